@@ -1,0 +1,1 @@
+"""Measuring: latency, memory, task metrics and fidelity, the harness and the report."""

@@ -1,0 +1,69 @@
+"""The technique contract: a frozen config dataclass plus a handler registered for its type.
+
+Two stages exist. *Model* techniques (pruning, distillation, QAT) turn a torch module into another
+torch module before export. *Graph* techniques (quantization, FP16) turn the exported fp32 ONNX
+into one or more deployable :class:`Variant` files for a runtime. Handlers never import a runtime
+at module level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from edgekit.errors import BadInputError
+from edgekit.io.data import Dataset
+
+Stage = Literal["model", "graph"]
+
+
+@dataclass
+class Variant:
+    """One deployable artifact produced by a graph technique."""
+
+    name: str  # unique in a bundle, e.g. "ort-int8-static"
+    runtime: str  # onnxruntime | openvino | tensorrt
+    precision: str  # fp32 | fp16 | int8 | mixed
+    path: Path  # the model file (.onnx, or .xml with its .bin beside it)
+    techniques: list[str] = field(default_factory=list)  # e.g. ["prune:structured:0.5", "quantize:int8-static"]
+    notes: list[str] = field(default_factory=list)  # facts the report must show (e.g. layers kept in float)
+    extra_files: list[Path] = field(default_factory=list)  # files belonging to this variant (e.g. .bin)
+
+
+@dataclass
+class Context:
+    """What a technique may use: data splits, a scratch directory, the seed and a log."""
+
+    workdir: Path
+    calib: Dataset
+    eval: Dataset
+    train: Dataset | None = None  # labelled training data, for fine-tuning (reference models, or --data with y)
+    seed: int = 0
+    task: str = "unknown"
+    records: dict[str, Any] = field(default_factory=dict)  # technique → measured facts for the report
+    progress: Callable[[str], None] = lambda _msg: None
+
+
+C = TypeVar("C")
+_HANDLERS: dict[type, tuple[Stage, Callable[..., Any]]] = {}
+
+
+def register(config_type: type, stage: Stage) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``@register(PruneConfig, "model")`` over ``def _prune(config, module, ctx) -> module``;
+    ``@register(Int8Config, "graph")`` over ``def _int8(config, onnx_path, ctx) -> list[Variant]``."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _HANDLERS[config_type] = (stage, fn)
+        return fn
+
+    return deco
+
+
+def handler_for(config: object) -> tuple[Stage, Callable[..., Any]]:
+    try:
+        return _HANDLERS[type(config)]
+    except KeyError:
+        known = ", ".join(sorted(t.__name__ for t in _HANDLERS)) or "none registered yet"
+        raise BadInputError(f"no technique handles {type(config).__name__}; known: {known}") from None

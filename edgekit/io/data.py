@@ -1,0 +1,150 @@
+"""Data sets as named numpy arrays: what calibration, evaluation and latency runs consume.
+
+A :class:`Dataset` holds one array per model input (first axis = samples) and optional labels.
+``.npz`` files carry ``x`` (and optional ``y``) for a single-input model, or one array per input
+named after the model's inputs; integer inputs stay integer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import BadInputError
+
+TASKS = ("classification", "binary", "regression", "embedding", "unknown")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Samples for a model: ``inputs`` maps input name → array with the sample axis first."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    task: str = "unknown"
+    name: str = "data"
+    directional_only: bool = False  # True for generated (random) data: figures are indicative
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise BadInputError(f"data set {self.name!r} has no input arrays")
+        lengths = {k: len(v) for k, v in self.inputs.items()}
+        if len(set(lengths.values())) != 1:
+            raise BadInputError(f"data set {self.name!r}: inputs have different sample counts {lengths}")
+        if self.labels is not None and len(self.labels) != len(self):
+            raise BadInputError(
+                f"data set {self.name!r}: {len(self.labels)} labels for {len(self)} samples"
+            )
+        if self.task not in TASKS:
+            raise BadInputError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.inputs)
+
+    def subset(self, index: Sequence[int] | np.ndarray | slice) -> Dataset:
+        idx = index if isinstance(index, slice) else np.asarray(index)
+        return Dataset(
+            inputs={k: v[idx] for k, v in self.inputs.items()},
+            labels=None if self.labels is None else self.labels[idx],
+            task=self.task,
+            name=self.name,
+            directional_only=self.directional_only,
+            meta=dict(self.meta),
+        )
+
+    def head(self, n: int) -> Dataset:
+        return self.subset(slice(0, min(n, len(self))))
+
+    def batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
+        """Feeds of ``batch_size`` consecutive samples (the last one may be smaller)."""
+        return [
+            {k: v[i : i + batch_size] for k, v in self.inputs.items()}
+            for i in range(0, len(self), batch_size)
+        ]
+
+    def feed_for(self, input_names: Sequence[str], index: slice | np.ndarray) -> dict[str, np.ndarray]:
+        """A feed keyed by the model's own input names (a single unnamed ``x`` maps to the only input)."""
+        arrays = self.bind(input_names)
+        return {k: v[index] for k, v in arrays.items()}
+
+    def bind(self, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Arrays keyed by the model's input names; raises a clear error when they do not fit."""
+        names = list(input_names)
+        if set(names) <= set(self.inputs):
+            return {n: self.inputs[n] for n in names}
+        if len(names) == 1 and len(self.inputs) == 1:
+            return {names[0]: next(iter(self.inputs.values()))}
+        raise BadInputError(
+            f"data set {self.name!r} has arrays {sorted(self.inputs)} but the model's inputs are {names}; "
+            "name one array per model input in the .npz"
+        )
+
+    def sha256(self) -> str:
+        """Content hash of inputs and labels, stable across processes."""
+        h = hashlib.sha256()
+        for key in sorted(self.inputs):
+            arr = np.ascontiguousarray(self.inputs[key])
+            h.update(key.encode())
+            h.update(str(arr.dtype).encode())
+            h.update(str(arr.shape).encode())
+            h.update(arr.tobytes())
+        if self.labels is not None:
+            h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()
+
+
+def split(data: Dataset, fractions: Sequence[float], seed: int) -> list[Dataset]:
+    """Shuffle with ``seed`` and cut into consecutive parts of the given fractions (they sum ≤ 1)."""
+    if sum(fractions) > 1.0 + 1e-9:
+        raise ValueError(f"fractions {fractions} add up to more than 1")
+    order = np.random.default_rng(seed).permutation(len(data))
+    parts, start = [], 0
+    for frac in fractions:
+        stop = start + int(round(frac * len(data)))
+        parts.append(data.subset(order[start:stop]))
+        start = stop
+    return parts
+
+
+def load_npz(path: str | Path, *, task: str = "unknown") -> Dataset:
+    """Load ``x``/``y`` or per-input arrays from an ``.npz`` (never with pickle)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"data file {p} does not exist; pass an .npz with an 'x' array (and optional 'y')")
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except ValueError as exc:
+        raise BadInputError(f"{p} is not a plain .npz of numeric arrays ({exc}); save it with numpy.savez") from exc
+    except Exception as exc:  # zipfile.BadZipFile, OSError
+        raise BadInputError(f"{p} is not a readable .npz file ({exc}); save it with numpy.savez") from exc
+    labels = arrays.pop("y", None)
+    if not arrays:
+        raise BadInputError(f"{p} has no input arrays; store the inputs as 'x' (or one array per model input)")
+    if labels is not None and task == "unknown":
+        task = "classification" if np.issubdtype(labels.dtype, np.integer) else "regression"
+    return Dataset(inputs=arrays, labels=labels, task=task, name=p.name)
+
+
+def random_like(shapes: dict[str, tuple[tuple[int, ...], np.dtype]], n: int, seed: int) -> Dataset:
+    """Generated samples for ``--calib random``: standard normal floats, small non-negative ints.
+
+    Figures measured on it are directional only, and the report says so.
+    """
+    rng = np.random.default_rng(seed)
+    inputs: dict[str, np.ndarray] = {}
+    for name, (shape, dtype) in shapes.items():
+        if np.issubdtype(dtype, np.integer):
+            inputs[name] = rng.integers(0, 100, size=(n, *shape)).astype(dtype)
+        else:
+            inputs[name] = rng.standard_normal((n, *shape)).astype(dtype)
+    return Dataset(inputs=inputs, name="random", directional_only=True)
