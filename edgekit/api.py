@@ -1,0 +1,516 @@
+"""The public Python API: ``train``, ``export``, ``compress`` and ``bench``. The CLI calls these.
+
+Every stage checks what it wrote before the next one uses it: the export is compared with torch
+on real samples, bundle files are hashed into the manifest, and every variant is measured against
+the fp32 baseline on held-out data before it can be recommended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.benchmarks.gate import Budget
+from edgekit.benchmarks.report import Report
+from edgekit.errors import BadInputError
+from edgekit.io.data import Dataset
+
+Progress = Callable[[str], None]
+CALIB_SIZE = 300
+EVAL_FRACTION = 0.3
+RANDOM_SAMPLES = 256
+
+
+def _quiet(_msg: str) -> None:
+    return None
+
+
+# --------------------------------------------------------------------------------------- train
+def train(name: str, out: str | Path, *, seed: int = 0, epochs: int | None = None, threads: int = 1) -> Any:
+    """Train reference model ``name`` and save it (TorchScript with its metadata) to ``out``."""
+    from edgekit import zoo
+
+    zoo.spec(name)  # validates the name before any work
+    result = zoo.train(name, seed=seed, epochs=epochs, threads=threads)
+    zoo.save(result, Path(out))
+    return result
+
+
+# -------------------------------------------------------------------------------------- data
+@dataclass
+class Splits:
+    train: Dataset | None
+    calib: Dataset
+    eval: Dataset
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _input_names(loaded: Any) -> list[str]:
+    return [s.name for s in loaded.inputs]
+
+
+def resolve_data(loaded: Any, data: str | Path | None, calib: str, seed: int) -> Splits:
+    """Calibration and held-out evaluation data for ``loaded``.
+
+    Reference models use their own data set. A user model needs ``--data`` (an .npz) or
+    ``--calib random`` (generated samples: figures are then directional only).
+    """
+    from edgekit.io.data import load_npz, random_like, split
+
+    if calib not in ("data", "random"):
+        raise BadInputError(f"--calib must be 'data' or 'random' (got {calib!r})")
+    meta = loaded.meta or {}
+    if data is None and calib == "data" and meta.get("zoo"):
+        from edgekit import zoo
+
+        s = zoo.load_data(meta["zoo"], seed=int(meta.get("seed", 0)))
+        info = {"source": f"reference data set of {meta['zoo']}", "calib_n": len(s.calib), "eval_n": len(s.test)}
+        return Splits(train=s.train, calib=s.calib, eval=s.test, info=info)
+    if data is not None:
+        ds = load_npz(data)
+        names = _input_names(loaded) or (["input"] if len(ds.inputs) == 1 else list(ds.inputs))
+        ds = Dataset(inputs=ds.bind(names), labels=ds.labels, task=ds.task, name=ds.name)
+        if len(ds) < 4:
+            raise BadInputError(f"{data} has {len(ds)} samples; calibration and evaluation need at least 4")
+        train_part, eval_part = split(ds, [1 - EVAL_FRACTION, EVAL_FRACTION], seed)
+        calib_part = train_part.head(CALIB_SIZE)
+        info = {"source": str(data), "calib_n": len(calib_part), "eval_n": len(eval_part), "labels": ds.labels is not None}
+        return Splits(train=train_part if ds.labels is not None else None, calib=calib_part, eval=eval_part, info=info)
+    if calib == "random":
+        specs = loaded.inputs
+        if not specs or any(d is None for s in specs for d in s.shape):
+            raise BadInputError(
+                "--calib random needs fixed input shapes; pass --input-shape (e.g. 3x32x32) or use --data calib.npz"
+            )
+        shapes = {s.name: (tuple(int(d) for d in s.shape), np.dtype(s.dtype)) for s in specs}
+        cal = random_like(shapes, RANDOM_SAMPLES, seed)
+        ev = random_like(shapes, RANDOM_SAMPLES // 2, seed + 1)
+        info = {"source": "random (directional only: figures do not predict real accuracy)", "calib_n": len(cal), "eval_n": len(ev)}
+        return Splits(train=None, calib=cal, eval=ev, info=info)
+    raise BadInputError(
+        f"{loaded.path.name} is not a reference model: pass --data calib.npz (an 'x' array, optional 'y') "
+        "or --calib random (directional figures only)"
+    )
+
+
+def _infer_task(splits: Splits, outputs: np.ndarray, meta_task: str | None) -> str:
+    if meta_task:
+        return meta_task
+    labels = splits.eval.labels
+    if labels is None:
+        return "unknown"
+    width = int(np.prod(outputs.shape[1:])) if outputs.ndim > 1 else 1
+    if np.issubdtype(labels.dtype, np.integer):
+        return "binary" if width == 1 else "classification"
+    return "regression"
+
+
+def _with_task(ds: Dataset | None, task: str) -> Dataset | None:
+    if ds is None:
+        return None
+    return Dataset(inputs=ds.inputs, labels=ds.labels, task=task, name=ds.name, directional_only=ds.directional_only)
+
+
+# ------------------------------------------------------------------------------------- export
+def export(
+    model: str | Path,
+    out: str | Path,
+    *,
+    data: str | Path | None = None,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    input_shape: str | None = None,
+    atol: float = 1e-4,
+) -> Any:
+    """Export ``model`` to one self-contained ONNX file with a dynamic batch axis, checked against
+    torch on real samples (reference data, ``--data``, or generated from ``--input-shape``)."""
+    from edgekit.export.onnx import export_onnx
+    from edgekit.io.models import load_model
+
+    loaded = load_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    if loaded.format == "onnx":
+        raise BadInputError(f"{model} is already ONNX; 'edgekit compress' takes it as it is")
+    calib = "data" if data is not None or (loaded.meta or {}).get("zoo") else "random"
+    splits = resolve_data(loaded, data, calib, seed=0)
+    sample = splits.eval.head(16).inputs
+    return export_onnx(loaded, Path(out), sample=sample, atol=atol)
+
+
+# ----------------------------------------------------------------------------------- compress
+@dataclass
+class CompressResult:
+    bundle: Path
+    report: Report
+    report_path: Path
+    budget_error: str | None = None  # set when a --max-drop budget was given and nothing met it (exit 3)
+
+
+MODEL_STAGE = "model"
+
+
+def _split_steps(steps: Sequence[object]) -> tuple[list[object], list[object]]:
+    from edgekit.compress.base import handler_for  # a config's module registers its handler
+
+    model_steps: list[object] = []
+    graph_steps: list[object] = []
+    for s in steps:
+        stage, _ = handler_for(s)
+        if stage == MODEL_STAGE:
+            if graph_steps:
+                raise BadInputError(
+                    f"{type(s).__name__} changes the torch model, so it must come before quantization/fp16 steps; reorder the recipe"
+                )
+            model_steps.append(s)
+        else:
+            graph_steps.append(s)
+    return model_steps, graph_steps
+
+
+def _label(config: object) -> str:
+    label = getattr(config, "label", None)
+    if callable(label):
+        return str(label())
+    from edgekit.config import technique_name
+
+    return technique_name(config)
+
+
+def _short(label: str) -> str:
+    return label.split(":")[0]
+
+
+def _place(variant: Any, root: Path) -> Path:
+    """Move a variant's files into the bundle layout and return the model file's new path."""
+    short = variant.name.split("-", 1)[1] if "-" in variant.name else variant.name
+    sub = {"onnxruntime": "", "openvino": "openvino", "tensorrt": "tensorrt"}.get(variant.runtime, variant.runtime)
+    folder = root / sub if sub else root
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / f"model.{short}{variant.path.suffix}"
+    shutil.move(str(variant.path), dest)
+    for extra in variant.extra_files:
+        shutil.move(str(extra), dest.with_suffix(extra.suffix))
+    variant.extra_files = [dest.with_suffix(e.suffix) for e in variant.extra_files]
+    variant.path = dest
+    return dest
+
+
+def _size(variant: Any) -> int:
+    return int(variant.path.stat().st_size + sum(p.stat().st_size for p in variant.extra_files))
+
+
+def _onnx_sparsity(path: Path) -> float | None:
+    import onnx
+    from onnx import numpy_helper
+
+    if path.suffix != ".onnx":
+        return None
+    zeros = total = 0
+    for init in onnx.load(str(path)).graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.ndim >= 2 and np.issubdtype(arr.dtype, np.floating):
+            zeros += int(np.count_nonzero(arr == 0))
+            total += arr.size
+    return round(zeros / total, 4) if total else None
+
+
+def compress(
+    model: str | Path,
+    *,
+    steps: Sequence[object] = (),
+    data: str | Path | None = None,
+    calib: str = "data",
+    target: str | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    threads: int = 1,
+    budget: Budget | None = None,
+    batches: Sequence[int] = (1,),
+    time_budget_s: float = 1.0,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    input_shape: str | None = None,
+    with_memory: bool = True,
+    command: str = "edgekit compress",
+    progress: Progress = _quiet,
+) -> CompressResult:
+    """Compress ``model`` with ``steps`` (technique configs, in order), export, measure every
+    variant against the fp32 baseline, and write a verified bundle atomically.
+
+    When ``budget.max_drop`` was given and no compressed variant met it, the bundle is still
+    written (every variant is in its report) and ``result.budget_error`` says why (CLI exit 3).
+    """
+    from edgekit.benchmarks import harness
+    from edgekit.benchmarks.report import machine_info, write_all
+    from edgekit.bundle import manifest as mf
+    from edgekit.compress.base import Context, handler_for
+    from edgekit.config import Recipe, recipe_to_dict
+    from edgekit.devices.detect import default_target, target_runtime
+    from edgekit.export.onnx import export_onnx, model_params
+    from edgekit.io.atomic import atomic_dir
+    from edgekit.io.models import load_model
+
+    budget = budget or Budget()
+    target = target or default_target()
+    target_rt = target_runtime(target)
+    src = Path(model)
+    bundle = Path(out) if out else src.with_name(src.stem + ".bundle")
+    if bundle.resolve() == src.resolve() or src.resolve() in bundle.resolve().parents:
+        raise BadInputError(f"output {bundle} would overwrite the input model; choose another -o")
+    if bundle.exists() and any(bundle.iterdir()) and not overwrite:
+        raise BadInputError(f"{bundle} already exists; pass --overwrite to replace it or choose another -o")
+
+    model_steps, graph_steps = _split_steps(steps)
+    progress(f"loading {src}")
+    loaded = load_model(src, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
+    if model_steps and not (loaded.module is not None and loaded.eager):
+        raise BadInputError(
+            f"{', '.join(_label(s) for s in model_steps)} need(s) the torch model as a module; "
+            "give a reference model, a state_dict with --arch, or a pickled module with --trust-pickle"
+        )
+    splits = resolve_data(loaded, data, calib, seed)
+
+    with atomic_dir(bundle, overwrite=overwrite) as root:
+        work = root / ".work"
+        work.mkdir()
+        progress("exporting the fp32 model to ONNX (checked against torch)")
+        fp32_path = root / "model.fp32.onnx"
+        sample = splits.eval.head(16).inputs
+        exported = export_onnx(loaded, fp32_path, sample=sample)
+        input_names = list(exported.input_names)
+        rebind = lambda ds: None if ds is None else Dataset(  # noqa: E731
+            inputs=ds.bind(input_names), labels=ds.labels, task=ds.task, name=ds.name, directional_only=ds.directional_only
+        )
+        splits = Splits(train=rebind(splits.train), calib=rebind(splits.calib), eval=rebind(splits.eval), info=splits.info)
+        from edgekit.runtimes import get_runtime
+
+        probe = get_runtime("onnxruntime", threads=threads).load(fp32_path).run(splits.eval.head(2).inputs)[0]
+        task = _infer_task(splits, np.asarray(probe), (loaded.meta or {}).get("task"))
+        splits = Splits(
+            train=_with_task(splits.train, task), calib=_with_task(splits.calib, task),  # type: ignore[arg-type]
+            eval=_with_task(splits.eval, task), info=splits.info,  # type: ignore[arg-type]
+        )
+        ctx = Context(workdir=work, calib=splits.calib, eval=splits.eval, train=splits.train, seed=seed, task=task, progress=progress)
+
+        model_labels: list[str] = []
+        graph_input = fp32_path
+        candidates: list[harness.Candidate] = []
+        baseline = harness.Candidate(
+            name="ort-fp32", runtime="onnxruntime", precision="fp32", path=fp32_path,
+            size_bytes=fp32_path.stat().st_size, params=model_params(fp32_path), artifact="model.fp32.onnx",
+        )
+        candidates.append(baseline)
+        if model_steps:
+            import torch
+
+            module = loaded.module
+            for step in model_steps:
+                progress(f"applying {_label(step)}")
+                _, fn = handler_for(step)
+                torch.manual_seed(seed)
+                module = fn(step, module, ctx)
+                model_labels.append(_label(step))
+            tag = "-".join(_short(lbl) for lbl in model_labels)
+            graph_input = root / f"model.fp32-{tag}.onnx"
+            progress(f"exporting the {tag} model to ONNX (checked against torch)")
+            export_onnx(module, graph_input, sample=splits.eval.head(16).inputs)
+            candidates.append(harness.Candidate(
+                name=f"ort-fp32-{tag}", runtime="onnxruntime", precision="fp32", path=graph_input,
+                techniques=list(model_labels), size_bytes=graph_input.stat().st_size, params=model_params(graph_input),
+                sparsity=_onnx_sparsity(graph_input), artifact=graph_input.name,
+            ))
+
+        from edgekit.compress.quantize_ov import ov_fp32_ir
+
+        progress("converting the fp32 model to OpenVINO IR")
+        ov_fp32 = ov_fp32_ir(fp32_path, work / "ov-fp32.xml")
+        variants = [ov_fp32]
+        for step in graph_steps:
+            progress(f"applying {_label(step)}")
+            _, fn = handler_for(step)
+            made = fn(step, graph_input, ctx)
+            for v in made:
+                v.techniques = model_labels + list(v.techniques)
+            variants.extend(made)
+        names = [v.name for v in variants]
+        if len(set(names)) != len(names):
+            raise BadInputError(f"two steps made variants with the same name ({names}); keep one int8/fp16 step per mode")
+        for v in variants:
+            _place(v, root)
+            candidates.append(harness.Candidate(
+                name=v.name, runtime=v.runtime, precision=v.precision, path=v.path, techniques=list(v.techniques),
+                notes=list(v.notes), size_bytes=_size(v), artifact=v.path.relative_to(root).as_posix(),
+            ))
+        shutil.rmtree(work)
+
+        _write_tensorrt_build(root, [c for c in candidates if c.runtime == "tensorrt"])
+
+        data_dir = root / "data"
+        data_dir.mkdir()
+        _save_npz(data_dir / "eval.npz", splits.eval)
+
+        report = Report(
+            command=command,
+            model={"source": str(src), "sha256": loaded.sha256, "params": baseline.params, "task": task,
+                   "format": loaded.format, "inputs": [{"name": n} for n in input_names]},
+            machine=machine_info(threads),
+            budget=budget.describe(_primary(task) if splits.eval.labels is not None else None),
+            data={**splits.info, "calib_sha256": splits.calib.sha256(), "eval_sha256": splits.eval.sha256()},
+            techniques=dict(ctx.records),
+        )
+        if splits.calib.directional_only:
+            report.warnings.append("calibration and evaluation used random inputs: accuracy figures are directional only")
+        rows = harness.measure(
+            candidates, splits.eval, baseline="ort-fp32", budget=budget, batches=batches, threads=threads,
+            budget_s=time_budget_s, with_memory=with_memory, progress=progress,
+        )
+        report.baseline, report.variants = rows[0], rows[1:]
+        report.recommended, report.recommendation_reason = harness.recommend(report.variants, target_rt)
+        for r in report.variants:
+            if r.slower_than_fp32:
+                report.warnings.append(f"{r.name} is slower than fp32 on {r.runtime} on this machine (×{r.speedup_vs_fp32_same_runtime:.2f})")
+        paths = write_all(report, root)
+
+        manifest = mf.Manifest(
+            source={"path": str(src), "sha256": loaded.sha256},
+            recipe=recipe_to_dict(Recipe(steps=list(steps), seed=seed, target=target, max_drop=budget.max_drop)),
+            calibration={"sha256": splits.calib.sha256(), "n": len(splits.calib), "seed": seed,
+                         "directional_only": splits.calib.directional_only},
+            target=target,
+            model={"task": task, "inputs": input_names, "metric": report.budget.get("metric")},
+            budget=dataclasses.asdict(budget),
+        )
+        manifest.variants = [
+            {"name": c.name, "runtime": c.runtime, "precision": c.precision, "artifact": c.artifact,
+             "techniques": c.techniques, "notes": c.notes, "params": c.params, "sparsity": c.sparsity}
+            for c in candidates
+        ]
+        files = [p for p in root.rglob("*") if p.is_file()]
+        manifest.add_files(root, files)
+        mf.write(root, manifest)
+    result = CompressResult(bundle=bundle, report=report, report_path=bundle / paths["json"].name)
+    compressed = [r for r in report.variants if r.measured and (r.techniques or r.precision != "fp32")]
+    if budget.max_drop is not None and not any(r.deployable for r in compressed):
+        scored = [r for r in compressed if r.metric_drop is not None]
+        best = min(scored, key=lambda r: r.metric_drop or 0.0) if scored else None
+        detail = f"best was {best.name}: {best.rejected_reason}" if best else "none could be measured"
+        result.budget_error = f"no compressed variant met the budget ({detail}); all are listed in {result.report_path}"
+    return result
+
+
+def _primary(task: str) -> str | None:
+    from edgekit.benchmarks.accuracy import PRIMARY
+
+    return PRIMARY.get(task)
+
+
+def _save_npz(path: Path, ds: Dataset) -> None:
+    arrays = dict(ds.inputs)
+    if ds.labels is not None:
+        arrays["y"] = ds.labels
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _write_tensorrt_build(root: Path, trt: Sequence[Any]) -> None:
+    if not trt:
+        return
+    from edgekit.runtimes.tensorrt import trtexec_command
+
+    lines = ["#!/bin/sh", "# Build TensorRT engines ON THE DEVICE (engines are tied to its GPU and TensorRT version).",
+             "# 'edgekit build BUNDLE --runtime tensorrt' does the same through the TensorRT Python API.", "set -e",
+             'cd "$(dirname "$0")"']
+    for c in trt:
+        engine = Path(c.path).with_suffix(".engine").name
+        cmd = trtexec_command(Path(Path(c.path).name), Path(engine), fp16=c.precision in ("fp16", "mixed"),
+                              int8=c.precision == "int8", timing_cache=Path("timing.cache"), shapes=None)
+        lines.append(" ".join(str(x) for x in cmd))
+    script = root / "tensorrt" / "build.sh"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(0o755)
+
+
+# -------------------------------------------------------------------------------------- bench
+def bench(
+    bundle: str | Path,
+    *,
+    runtimes: Sequence[str] | None = None,
+    batches: Sequence[int] = (1,),
+    threads: int = 1,
+    time_budget_s: float = 2.0,
+    budget: Budget | None = None,
+    out: str | Path | None = None,
+    with_memory: bool = True,
+    command: str = "edgekit bench",
+    progress: Progress = _quiet,
+) -> tuple[Report, Path]:
+    """Verify a bundle's hashes, then measure its variants (all, or those on ``runtimes``)."""
+    from edgekit.benchmarks import harness
+    from edgekit.benchmarks.report import machine_info, write_all
+    from edgekit.bundle import manifest as mf
+    from edgekit.devices.detect import target_runtime
+    from edgekit.io.data import load_npz
+
+    root = Path(bundle)
+    manifest = mf.read(root, verify=True)
+    variants = manifest.variants
+    if not variants:
+        raise BadInputError(f"{root}/manifest.json lists no variants; rebuild the bundle with this edgekit")
+    known = {v["runtime"] for v in variants}
+    if runtimes:
+        bad = sorted(set(runtimes) - {"onnxruntime", "openvino", "tensorrt", "torch"})
+        if bad:
+            raise BadInputError(f"unknown runtime(s) {', '.join(bad)}; choose from onnxruntime, openvino, tensorrt")
+    wanted = set(runtimes) if runtimes else known
+    task = manifest.model.get("task", "unknown")
+    ds = load_npz(root / "data" / "eval.npz", task=task)
+    ds = Dataset(inputs=ds.bind(manifest.model.get("inputs") or ds.names), labels=ds.labels, task=task, name="eval")
+    candidates = [
+        harness.Candidate(
+            name=v["name"], runtime=v["runtime"], precision=v["precision"], path=root / v["artifact"],
+            techniques=v.get("techniques", []), notes=v.get("notes", []), params=v.get("params"), sparsity=v.get("sparsity"),
+            size_bytes=_artifact_size(root / v["artifact"]), artifact=v["artifact"],
+        )
+        for v in variants
+        if v["name"] == "ort-fp32" or v["runtime"] in wanted
+    ]
+    budget = budget or Budget(**manifest.budget)
+    report = Report(
+        command=command,
+        model={"source": manifest.source.get("path"), "sha256": manifest.source.get("sha256"),
+               "params": next((v.get("params") for v in variants if v["name"] == "ort-fp32"), None), "task": task},
+        machine=machine_info(threads),
+        budget=budget.describe(manifest.model.get("metric") if ds.labels is not None else None),
+        data={"source": "bundle data/eval.npz", "eval_n": len(ds), "eval_sha256": ds.sha256()},
+    )
+    rows = harness.measure(
+        candidates, ds, baseline="ort-fp32", budget=budget, batches=batches, threads=threads,
+        budget_s=time_budget_s, with_memory=with_memory, progress=progress,
+    )
+    report.baseline, report.variants = rows[0], rows[1:]
+    report.recommended, report.recommendation_reason = harness.recommend(report.variants, target_runtime(manifest.target))
+    for r in report.variants:
+        if r.slower_than_fp32:
+            report.warnings.append(f"{r.name} is slower than fp32 on {r.runtime} on this machine (×{r.speedup_vs_fp32_same_runtime:.2f})")
+    out_dir = Path(out) if out else root / "bench"
+    from edgekit.io.atomic import atomic_dir
+
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        write_all(report, tmp)
+    return report, out_dir / "report.json"
+
+
+def _artifact_size(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    size = path.stat().st_size
+    if path.suffix == ".xml" and path.with_suffix(".bin").exists():
+        size += path.with_suffix(".bin").stat().st_size
+    return size

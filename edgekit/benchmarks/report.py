@@ -1,0 +1,221 @@
+"""The measured report: ``report.json`` (the contract of DESIGN.md), ``report.md`` and a plot.
+
+Keys may be added, never renamed: scripts and CI read them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit import __version__
+
+SCHEMA = 1
+
+
+@dataclass
+class VariantRow:
+    name: str
+    runtime: str
+    precision: str
+    techniques: list[str]
+    artifact: str | None
+    size_bytes: int | None
+    params: int | None = None
+    sparsity: float | None = None
+    latency_ms: dict[str, Any] | None = None  # batch 1 (or the first batch measured): p50, p90, p99, mean, n
+    latency_by_batch: dict[str, dict[str, Any]] = field(default_factory=dict)  # "8" → stats
+    throughput_ips: float | None = None
+    peak_rss_mb: float | None = None
+    metric: dict[str, Any] | None = None  # {"name", "value"}
+    metrics: dict[str, float] = field(default_factory=dict)  # every task metric measured
+    metric_drop: float | None = None
+    fidelity: dict[str, Any] | None = None
+    speedup_vs_baseline: float | None = None
+    speedup_vs_fp32_same_runtime: float | None = None
+    slower_than_fp32: bool | None = None
+    deployable: bool = True
+    rejected_reason: str | None = None
+    measured: bool = True  # False when this machine cannot run the variant (e.g. TensorRT without a GPU)
+    not_measured_reason: str | None = None
+    describe: dict[str, Any] = field(default_factory=dict)  # what the runtime says it ran
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    command: str
+    model: dict[str, Any]
+    machine: dict[str, Any]
+    baseline: VariantRow | None = None
+    variants: list[VariantRow] = field(default_factory=list)
+    recommended: str | None = None
+    recommendation_reason: str | None = None
+    budget: dict[str, Any] = field(default_factory=dict)  # the fidelity gate's thresholds
+    data: dict[str, Any] = field(default_factory=dict)  # which data the figures come from
+    techniques: dict[str, Any] = field(default_factory=dict)  # per-technique measured facts
+    warnings: list[str] = field(default_factory=list)
+    schema: int = SCHEMA
+    edgekit_version: str = __version__
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n"
+
+    def rows(self) -> list[VariantRow]:
+        return ([self.baseline] if self.baseline else []) + self.variants
+
+    def row(self, name: str) -> VariantRow:
+        for r in self.rows():
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, Path):
+        return obj.as_posix()
+    if hasattr(obj, "item"):
+        return obj.item()  # numpy scalars
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    from edgekit.devices.detect import cpu_name, machine
+
+    info = machine()
+    return {
+        "cpu": cpu_name(), "cores": os.cpu_count() or 1, "threads_used": threads, "arch": platform.machine(),
+        "isa": info["isa"], "python": platform.python_version(),
+    }
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def table_rows(report: Report) -> list[list[str]]:
+    """One row of text per variant: the table printed by the CLI and written to report.md."""
+    out = []
+    for r in report.rows():
+        lat = r.latency_ms or {}
+        fid = r.fidelity or {}
+        metric = f"{r.metric['value']:.3f}" if r.metric else "—"
+        if r.deployable:
+            verdict = "baseline" if r is report.baseline else "ok"
+        else:
+            verdict = "REJECTED: " + (r.rejected_reason or "")
+        if not r.measured:
+            verdict = "not measured: " + (r.not_measured_reason or "")
+        if r.slower_than_fp32:
+            verdict += " (SLOWER than fp32 on this runtime)"
+        if r.name == report.recommended:
+            verdict += " ← recommended"
+        out.append([
+            r.name, r.runtime, r.precision,
+            _fmt(lat.get("p50")), _fmt(lat.get("p99")),
+            _fmt(r.speedup_vs_fp32_same_runtime, ".2f"),
+            "—" if r.size_bytes is None else f"{r.size_bytes / 1024:.0f}",
+            metric, _fmt(r.metric_drop, "+.2f"),
+            _fmt(fid.get("top1_agreement"), ".4f"), _fmt(fid.get("sqnr_db"), ".1f"),
+            verdict,
+        ])
+    return out
+
+
+HEADER = ["variant", "runtime", "prec", "p50 ms", "p99 ms", "× fp32", "KiB", "metric", "drop", "top1 agr", "SQNR dB", "verdict"]
+
+
+def to_markdown(report: Report) -> str:
+    lines = [f"# edgekit report\n", f"`{report.command}`\n"]
+    m = report.model
+    lines.append(f"Model: `{m.get('source')}` (sha256 {str(m.get('sha256', ''))[:12]}…, task {m.get('task')}, {m.get('params')} params)  ")
+    mc = report.machine
+    lines.append(f"Machine: {mc.get('cpu')}, {mc.get('cores')} cores, {mc.get('threads_used')} thread(s) used, ISA {', '.join(mc.get('isa', []))}  ")
+    if report.data:
+        lines.append(f"Data: {report.data}  ")
+    lines.append(f"Gate: {report.budget}\n")
+    lines.append("| " + " | ".join(HEADER) + " |")
+    lines.append("|" + "---|" * len(HEADER))
+    for row in table_rows(report):
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append("Latency at batch " + str((report.baseline.latency_ms or {}).get("batch", 1) if report.baseline else 1)
+                 + ": median of interleaved runs; `× fp32` = fp32 p50 / variant p50 on the same runtime (>1 is faster).")
+    if report.recommended:
+        lines.append(f"\n**Recommended:** `{report.recommended}` — {report.recommendation_reason}")
+    for r in report.rows():
+        for note in r.notes:
+            lines.append(f"- `{r.name}`: {note}")
+    if report.techniques:
+        lines.append("\n## Techniques\n")
+        for name, facts in report.techniques.items():
+            lines.append(f"- **{name}**: `{json.dumps(facts, default=_json_default)}`")
+    for w in report.warnings:
+        lines.append(f"\n> warning: {w}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: Report, path: Path) -> Path | None:
+    """Latency (p50) against metric for every measured variant; one colour per runtime."""
+    rows = [r for r in report.rows() if r.latency_ms and r.metric]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    colours = {"onnxruntime": "tab:blue", "openvino": "tab:purple", "tensorrt": "tab:green", "torch": "tab:orange"}
+    for r in rows:
+        assert r.latency_ms is not None and r.metric is not None
+        marker = "o" if r.deployable else "x"
+        ax.scatter(r.latency_ms["p50"], r.metric["value"], c=colours.get(r.runtime, "gray"), marker=marker, s=60)
+        ax.annotate(r.name, (r.latency_ms["p50"], r.metric["value"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel(f"p50 latency (ms), batch {rows[0].latency_ms['batch']}")  # type: ignore[index]
+    ax.set_ylabel(rows[0].metric["name"])  # type: ignore[index]
+    ax.set_title("edgekit: latency vs metric (x = rejected by the gate)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_all(report: Report, directory: Path) -> dict[str, Path]:
+    """Write report.json, report.md and latency.png into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = {"json": directory / "report.json", "md": directory / "report.md"}
+    out["json"].write_text(report.to_json())
+    out["md"].write_text(to_markdown(report))
+    png = plot(report, directory / "latency.png")
+    if png:
+        out["png"] = png
+    return out
+
+
+def print_table(report: Report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"edgekit — {report.model.get('source')}", show_lines=False)
+    for h in HEADER:
+        table.add_column(h, overflow="fold")
+    for r, cells in zip(report.rows(), table_rows(report)):
+        style = None if r.deployable and r.measured else "red" if not r.deployable else "dim"
+        if r.slower_than_fp32:
+            style = "yellow"
+        table.add_row(*cells, style=style)
+    console = Console(stderr=False, width=max(140, Console().width))
+    console.print(table)
+    if report.recommended:
+        console.print(f"recommended: [bold]{report.recommended}[/bold] — {report.recommendation_reason}")
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")

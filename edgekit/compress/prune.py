@@ -1,0 +1,434 @@
+"""Magnitude pruning with fine-tuning: unstructured (zeroed weights) and structured (removed channels).
+
+*Unstructured* pruning zeroes the smallest weights of every Conv/Linear layer with
+``torch.nn.utils.prune``, fine-tunes with the masks applied and makes the zeros permanent. The
+tensors keep their shapes, so it only pays off where zeros are exploited: in a compressed file.
+
+*Structured* pruning removes whole channels and hidden units with Torch-Pruning, following the
+dependency graph (residual adds, depthwise convolutions, concatenations, BatchNorm, flatten), so
+the returned module and its exported graph are physically smaller. Layers that produce a model
+output are never pruned on their output dimension; embedding tables keep their vocabulary.
+
+Both kinds may run as an iterative schedule: prune ``amount * k / steps``, fine-tune, for
+``k = 1 .. steps``. Measured facts land in ``ctx.records["prune"]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import inspect
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekit.compress.base import Context, register
+from edgekit.errors import BadInputError, EdgekitError
+from edgekit.io.data import Dataset
+
+KINDS = ("structured", "unstructured")
+SCOPES = ("global", "layer")
+FINETUNE_BATCH_SIZE = 64
+_EXAMPLE_SAMPLES = 2  # real samples used to trace the dependency graph
+
+RUNTIME_BENEFIT = {
+    "unstructured": (
+        "no dense CPU runtime here (ONNX Runtime, OpenVINO on AVX2) skips zero weights: "
+        "size shrinks only when compressed (gzip); latency unchanged"
+    ),
+    "structured": "channels physically removed: fewer parameters and FLOPs in the exported graph",
+}
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Magnitude pruning of Conv/Linear layers followed by fine-tuning.
+
+    ``kind``: ``"unstructured"`` zeroes individual weights; ``"structured"`` removes channels.
+    ``amount``: fraction of weights (unstructured) or channels (structured) to remove, in (0, 1).
+    ``scope``: ``"global"`` ranks all layers together; ``"layer"`` prunes each layer by ``amount``.
+    ``finetune_epochs``: epochs of fine-tuning after each pruning step (0 disables it).
+    ``steps``: iterative schedule; step ``k`` prunes to ``amount * k / steps`` then fine-tunes.
+    ``ignore``: qualified module names (as in ``named_modules()``) that are never pruned.
+    """
+
+    kind: str
+    amount: float
+    scope: str = "global"
+    finetune_epochs: int = 5
+    lr: float = 1e-3
+    steps: int = 1
+    ignore: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise BadInputError(f"prune kind {self.kind!r} is unknown; choose one of: {', '.join(KINDS)}")
+        if isinstance(self.amount, bool) or not isinstance(self.amount, (int, float)):
+            raise BadInputError(f"prune amount must be a number between 0 and 1, got {self.amount!r}")
+        if not 0.0 < float(self.amount) < 1.0:
+            raise BadInputError(
+                f"prune amount {self.amount} is out of range; give a fraction strictly between 0 and 1 "
+                "(e.g. 0.5)"
+            )
+        if self.scope not in SCOPES:
+            raise BadInputError(f"prune scope {self.scope!r} is unknown; choose one of: {', '.join(SCOPES)}")
+        if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, int) \
+                or self.finetune_epochs < 0:
+            raise BadInputError(
+                f"finetune_epochs must be a non-negative integer, got {self.finetune_epochs!r}"
+            )
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise BadInputError(f"fine-tuning lr must be a positive number, got {self.lr!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise BadInputError(f"prune steps must be an integer >= 1, got {self.steps!r}")
+        if isinstance(self.ignore, str):
+            raise BadInputError(
+                f"prune ignore must be a list of module names, got the string {self.ignore!r}; "
+                f"write ignore = [{self.ignore!r}]"
+            )
+        names = tuple(self.ignore)
+        if not all(isinstance(n, str) and n for n in names):
+            raise BadInputError(f"prune ignore must hold module names (non-empty strings), got {self.ignore!r}")
+        object.__setattr__(self, "ignore", names)
+        object.__setattr__(self, "amount", float(self.amount))
+        object.__setattr__(self, "lr", float(self.lr))
+
+    def label(self) -> str:
+        """Short name used in reports, e.g. ``"prune:structured:0.5"``."""
+        return f"prune:{self.kind}:{self.amount:g}"
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+
+def prunable_layers(module: nn.Module, ignore: tuple[str, ...] = ()) -> dict[str, nn.Module]:
+    """Conv and Linear layers by qualified name, minus ``ignore``."""
+    return {
+        name: m
+        for name, m in module.named_modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and name not in ignore
+    }
+
+
+def count_params(module: nn.Module) -> dict[str, int]:
+    """Total and non-zero parameter elements."""
+    total = sum(p.numel() for p in module.parameters())
+    nonzero = sum(int(torch.count_nonzero(p.detach())) for p in module.parameters())
+    return {"total": total, "nonzero": nonzero}
+
+
+def weight_sparsity(module: nn.Module, ignore: tuple[str, ...] = ()) -> float:
+    """Fraction of zero weights over the Conv/Linear layers not in ``ignore``."""
+    layers = prunable_layers(module, ignore)
+    total = sum(m.weight.numel() for m in layers.values())
+    zeros = sum(int((m.weight.detach() == 0).sum()) for m in layers.values())
+    return zeros / total if total else 0.0
+
+
+def state_dict_sizes(module: nn.Module) -> dict[str, int]:
+    """Bytes of the serialized ``state_dict``, raw and gzip-compressed."""
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    raw = buf.getvalue()
+    return {"raw": len(raw), "gzip": len(gzip.compress(raw, compresslevel=9, mtime=0))}
+
+
+def _channels(module: nn.Module) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name, m in module.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            out[name] = m.out_channels
+        elif isinstance(m, nn.Linear):
+            out[name] = m.out_features
+        elif isinstance(m, nn.Embedding):
+            out[name] = m.embedding_dim
+    return out
+
+
+# --- model inputs and metrics -----------------------------------------------------------------
+
+
+def _to_tensor(array: np.ndarray) -> torch.Tensor:
+    if np.issubdtype(array.dtype, np.floating):
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if array.dtype == np.bool_:
+        return torch.from_numpy(np.ascontiguousarray(array))
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+
+
+def example_inputs(module: nn.Module, data: Dataset, n: int = _EXAMPLE_SAMPLES) -> tuple[torch.Tensor, ...]:
+    """The first ``n`` real samples of ``data`` as positional arguments of ``module.forward``.
+
+    Arrays named after ``forward``'s parameters are passed in that order; otherwise in data order.
+    """
+    head = data.head(n)
+    params = [
+        p.name
+        for p in inspect.signature(module.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    names = head.names
+    if len(names) > 1 and set(names) <= set(params):
+        names = [p for p in params if p in head.inputs]
+    return tuple(_to_tensor(head.inputs[k]) for k in names)
+
+
+def _metric(module: nn.Module, data: Dataset | None, task: str) -> tuple[str, float] | None:
+    from edgekit.benchmarks.accuracy import primary_metric
+
+    if data is None or data.labels is None or task not in ("classification", "binary", "regression"):
+        return None
+    from edgekit.zoo import predict
+
+    return primary_metric(task, predict(module, data), data.labels)
+
+
+def _finetune(module: nn.Module, config: PruneConfig, ctx: Context, task: str, step: int) -> nn.Module:
+    from edgekit.zoo import fit
+
+    assert ctx.train is not None
+    tuned = fit(
+        module,
+        ctx.train,
+        task,
+        epochs=config.finetune_epochs,
+        lr=config.lr,
+        batch_size=FINETUNE_BATCH_SIZE,
+        seed=ctx.seed + step,
+        threads=torch.get_num_threads(),
+    )
+    if tuned is not module:
+        # Pruning state (masks, the dependency graph) refers to ``module``: keep training there.
+        module.load_state_dict(tuned.state_dict())
+    return module
+
+
+def _check_inputs(config: PruneConfig, module: nn.Module, ctx: Context) -> str:
+    names = dict(module.named_modules())
+    unknown = [n for n in config.ignore if n not in names]
+    if unknown:
+        known = ", ".join(list(prunable_layers(module))[:12])
+        raise BadInputError(
+            f"prune ignore names {unknown} are not modules of the model; use qualified names such as: {known}"
+        )
+    if not prunable_layers(module, config.ignore):
+        raise BadInputError(
+            "the model has no Conv or Linear layer left to prune; remove names from ignore"
+        )
+    task = ctx.task if ctx.task != "unknown" else (ctx.train.task if ctx.train is not None else "unknown")
+    if config.finetune_epochs > 0:
+        if ctx.train is None or ctx.train.labels is None:
+            raise BadInputError(
+                "pruning with fine-tuning needs labelled data: pass --data with a 'y' array "
+                "(or set finetune_epochs = 0)"
+            )
+        if task not in ("classification", "binary", "regression"):
+            raise BadInputError(
+                f"fine-tuning needs a classification, binary or regression task, not {task!r}; "
+                "give the task of the model or set finetune_epochs = 0"
+            )
+    return task
+
+
+# --- the technique ----------------------------------------------------------------------------
+
+
+@register(PruneConfig, "model")
+def prune(config: PruneConfig, module: nn.Module, ctx: Context) -> nn.Module:
+    """Prune a copy of ``module`` as ``config`` says, fine-tune it, and return the plain module.
+
+    Writes what was measured to ``ctx.records["prune"]``. The input module is left untouched.
+    """
+    task = _check_inputs(config, module, ctx)
+    model = copy.deepcopy(module).cpu().float()
+    model.eval()
+    metric_before = _metric(model, ctx.eval, task)
+    params_before = count_params(model)
+    sizes_before = state_dict_sizes(model)
+    record: dict[str, Any] = {
+        "kind": config.kind,
+        "label": config.label(),
+        "amount": config.amount,
+        "scope": config.scope,
+        "steps": config.steps,
+        "finetune_epochs": config.finetune_epochs,
+        "finetune_epochs_total": config.finetune_epochs * config.steps,
+        "ignored": list(config.ignore),
+        "params_before": params_before,
+    }
+    if config.kind == "unstructured":
+        model, metric_pruned = _unstructured(config, model, ctx, task, record)
+    else:
+        model, metric_pruned = _structured(config, model, ctx, task, record)
+    model.eval()
+    metric_after = _metric(model, ctx.eval, task)
+
+    params_after = count_params(model)
+    sizes_after = state_dict_sizes(model)
+    record.update(
+        params_after=params_after,
+        params_ratio=params_after["total"] / params_before["total"],
+        nonzero_params_ratio=params_after["nonzero"] / params_before["nonzero"],
+        state_dict_bytes={"before": sizes_before["raw"], "after": sizes_after["raw"]},
+        gzip_bytes={"before": sizes_before["gzip"], "after": sizes_after["gzip"]},
+        gzip_ratio=sizes_after["gzip"] / sizes_before["gzip"],
+        runtime_benefit=RUNTIME_BENEFIT[config.kind],
+    )
+    if metric_before is not None and metric_after is not None:
+        record["metric"] = {
+            "name": metric_before[0],
+            "before": metric_before[1],
+            "after_prune": metric_pruned[1] if metric_pruned else None,
+            "after_finetune": metric_after[1],
+            "data": ctx.eval.name,
+        }
+    ctx.records["prune"] = record
+    ctx.progress(
+        f"{config.label()}: params {params_before['total']} -> {params_after['total']} "
+        f"(non-zero {params_after['nonzero']}), sparsity {record['sparsity']:.3f}"
+    )
+    return model
+
+
+def _unstructured(
+    config: PruneConfig, model: nn.Module, ctx: Context, task: str, record: dict[str, Any]
+) -> tuple[nn.Module, tuple[str, float] | None]:
+    from torch.nn.utils import prune as tprune
+
+    layers = prunable_layers(model, config.ignore)
+    params = [(m, "weight") for m in layers.values()]
+    metric_pruned = None
+    for k in range(1, config.steps + 1):
+        target = config.amount * k / config.steps
+        # Zeros made permanent by the previous step are the smallest magnitudes, so pruning the
+        # whole tensor to ``target`` keeps them and adds the next ones.
+        if config.scope == "global":
+            tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=target)
+        else:
+            for m, name in params:
+                tprune.l1_unstructured(m, name, amount=target)
+        if k == config.steps:
+            metric_pruned = _metric(model, ctx.eval, task)
+        if config.finetune_epochs > 0:
+            ctx.progress(f"fine-tuning step {k}/{config.steps} at sparsity {target:.2f}")
+            model = _finetune(model, config, ctx, task, k)
+        for m, name in params:
+            tprune.remove(m, name)
+
+    reached = weight_sparsity(model, config.ignore)
+    n_weights = sum(m.weight.numel() for m in layers.values())
+    # Rounding of amount × size per tensor allows a shortfall of under one weight per layer.
+    tolerance = (len(layers) + 1) / n_weights
+    if reached + tolerance < config.amount:
+        raise EdgekitError(
+            f"unstructured pruning reached sparsity {reached:.4f}, below the requested {config.amount}"
+        )
+    record["sparsity"] = reached
+    record["layer_sparsity"] = {
+        name: float((m.weight.detach() == 0).float().mean()) for name, m in layers.items()
+    }
+    return model, metric_pruned
+
+
+_ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.LSTM, nn.Embedding)
+
+
+def output_layers(model: nn.Module, graph: Any) -> list[nn.Module]:
+    """Layers whose output channels reach a model output (pruning them would change its shape)."""
+    import torch_pruning as tp
+
+    found = []
+    for m in model.modules():
+        if not isinstance(m, _ROOT_TYPES):
+            continue
+        if m not in graph.module2node:
+            continue
+        pruner = graph.get_pruner_of_module(m)
+        group = graph.get_pruning_group(m, pruner.prune_out_channels, idxs=[0])
+        # The graph is traced back from the outputs: a node nothing consumes produces an output.
+        if any(
+            dep.target.type == tp.ops.OPTYPE.OUTPUT
+            or (graph.is_out_channel_pruning_fn(dep.handler) and not dep.target.outputs)
+            for dep, _ in group
+        ):
+            found.append(m)
+    return found
+
+
+def _output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
+    with torch.no_grad():
+        out = model(*inputs)
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    return [tuple(o.shape) for o in outs if isinstance(o, torch.Tensor)]
+
+
+def _structured(
+    config: PruneConfig, model: nn.Module, ctx: Context, task: str, record: dict[str, Any]
+) -> tuple[nn.Module, tuple[str, float] | None]:
+    import torch_pruning as tp
+
+    sample = ctx.calib if ctx.calib is not None and len(ctx.calib) else ctx.train
+    if sample is None:
+        raise BadInputError("structured pruning needs a real input sample: pass --data")
+    inputs = example_inputs(model, sample)
+    example: torch.Tensor | tuple[torch.Tensor, ...] = inputs[0] if len(inputs) == 1 else inputs
+    shapes_before = _output_shapes(model, inputs)
+    channels_before = _channels(model)
+    macs_before, _ = tp.utils.count_ops_and_params(model, example)
+
+    named = dict(model.named_modules())
+    ignored = [named[n] for n in config.ignore]
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    outputs = output_layers(model, graph)
+    pruner = tp.pruner.BasePruner(
+        model,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        global_pruning=config.scope == "global",
+        pruning_ratio=config.amount,
+        iterative_steps=config.steps,
+        # Global ranking may otherwise empty a weak layer almost entirely.
+        max_pruning_ratio=max(config.amount, 0.9),
+        ignored_layers=ignored + outputs,
+        # Embeddings as roots too: their width (never their vocabulary) is a hidden dimension.
+        root_module_types=list(_ROOT_TYPES),
+    )
+    metric_pruned = None
+    for k in range(1, config.steps + 1):
+        model.eval()
+        pruner.step()
+        if k == config.steps:
+            metric_pruned = _metric(model, ctx.eval, task)
+        if config.finetune_epochs > 0:
+            ctx.progress(f"fine-tuning step {k}/{config.steps} after removing channels")
+            model = _finetune(model, config, ctx, task, k)
+    model.eval()
+
+    shapes_after = _output_shapes(model, inputs)
+    if shapes_after != shapes_before:
+        raise EdgekitError(
+            f"structured pruning changed the model's output shapes {shapes_before} -> {shapes_after}; "
+            "add the output layer's name to ignore"
+        )
+    channels_after = _channels(model)
+    removed = {n: channels_before[n] - channels_after[n] for n in channels_before
+               if channels_after.get(n, channels_before[n]) != channels_before[n]}
+    if not removed:
+        raise BadInputError(
+            "structured pruning removed no channel: every prunable layer is ignored or feeds an output; "
+            "lower ignore or use kind = 'unstructured'"
+        )
+    macs_after, _ = tp.utils.count_ops_and_params(model, example)
+    name_of = {m: n for n, m in named.items()}
+    record.update(
+        sparsity=weight_sparsity(model, config.ignore),
+        removed_channels=removed,
+        channels={n: [channels_before[n], channels_after[n]] for n in channels_before},
+        output_layers=[name_of[m] for m in outputs],
+        macs={"before": int(macs_before), "after": int(macs_after), "input_batch": len(inputs[0])},
+    )
+    return model, metric_pruned

@@ -1,0 +1,200 @@
+"""INT8 post-training quantization of the exported fp32 ONNX, one variant per runtime.
+
+- ONNX Runtime: static QDQ (calibrated activations) or dynamic (MatMul/Gemm only), see
+  :mod:`edgekit.compress.quantize_ort`.
+- OpenVINO: IR quantized by NNCF, see :mod:`edgekit.compress.quantize_ov`.
+- TensorRT: an explicit, symmetric Q/DQ ONNX that the device turns into an engine.
+
+Calibration uses the first ``calib_size`` samples of ``ctx.calib`` in order, one sample per
+feed, so the same data set always gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.compress.base import Context, Variant, register
+from edgekit.compress.quantize_ort import (
+    check_trt_qdq,
+    ort_int8_dynamic,
+    ort_int8_static,
+    quantization_summary,
+    trt_int8_qdq,
+)
+from edgekit.compress.quantize_ov import ov_fp32_ir, ov_int8, ov_quantized_ops
+from edgekit.errors import BadInputError
+from edgekit.io.data import Dataset
+
+__all__ = [
+    "Int8Config",
+    "calibration_feeds",
+    "check_trt_qdq",
+    "ov_fp32_ir",
+    "ov_quantized_ops",
+    "quantization_summary",
+]
+
+RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
+MODES = ("static", "dynamic")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise BadInputError(f"{field}={value!r} is not valid; choose one of: {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    """INT8 post-training quantization.
+
+    ``mode`` applies to ONNX Runtime only (OpenVINO and TensorRT are always static).
+    ``calib_method``, ``symmetric_activations`` and ``reduce_range`` apply to the ONNX Runtime
+    variants; NNCF uses its own range estimators and preset, TensorRT is always symmetric with
+    full-range weights. ``exclude`` names ONNX nodes kept in float on every runtime.
+
+    ``reduce_range`` defaults to True: ONNX Runtime's guidance for x86 CPUs without VNNI (AVX2
+    only) is uint8 activations, int8 weights and 7-bit weights, because the u8×s8 multiply-add
+    there saturates 16-bit intermediates. A VNNI or ARM target can pass False for 1 more bit.
+    """
+
+    runtimes: tuple[str, ...] = ("onnxruntime", "openvino")
+    mode: str = "static"
+    per_channel: bool = True
+    calib_size: int = 300
+    calib_method: str = "minmax"
+    exclude: tuple[str, ...] = ()
+    symmetric_activations: bool = False
+    reduce_range: bool = True
+
+    def __post_init__(self) -> None:
+        # Recipes (TOML) give lists; keep the frozen config hashable.
+        object.__setattr__(self, "runtimes", tuple(self.runtimes))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if not self.runtimes:
+            raise BadInputError(f"Int8Config needs at least one runtime; choose from: {', '.join(RUNTIMES)}")
+        for rt in self.runtimes:
+            _check_choice("runtimes", rt, RUNTIMES)
+        if len(set(self.runtimes)) != len(self.runtimes):
+            raise BadInputError(f"runtimes {self.runtimes} lists a runtime twice")
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("calib_method", self.calib_method, CALIB_METHODS)
+        if not isinstance(self.calib_size, int) or self.calib_size < 1:
+            raise BadInputError(f"calib_size={self.calib_size!r} must be a positive integer (e.g. 300)")
+        for name in self.exclude:
+            if not isinstance(name, str) or not name:
+                raise BadInputError(f"exclude must list ONNX node names (strings), got {name!r}")
+
+
+def model_inputs(onnx_path: Path) -> dict[str, tuple[list[int | str], np.dtype]]:
+    """The model's graph inputs (initializers excluded): name → (shape with symbolic dims, dtype)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    initializers = {t.name for t in model.graph.initializer}
+    specs: dict[str, tuple[list[int | str], np.dtype]] = {}
+    for inp in model.graph.input:
+        if inp.name in initializers:
+            continue
+        ttype = inp.type.tensor_type
+        dims: list[int | str] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in ttype.shape.dim]
+        specs[inp.name] = (dims, np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type)))
+    return specs
+
+
+def calibration_feeds(data: Dataset, onnx_path: Path, calib_size: int) -> list[dict[str, np.ndarray]]:
+    """The first ``calib_size`` samples of ``data`` as feeds keyed by the model's input names.
+
+    One sample per feed (batch 1) unless the model has a fixed batch size, in which case feeds
+    hold that many samples and an incomplete last group is dropped. Arrays are cast to the
+    model's input types.
+    """
+    specs = model_inputs(onnx_path)
+    if len(data) == 0:
+        raise BadInputError("the calibration data set is empty; pass --data with at least a few samples")
+    arrays = data.head(calib_size).bind(list(specs))
+    batch = 1
+    for dims, _ in specs.values():
+        if dims and isinstance(dims[0], int) and dims[0] > 0:
+            batch = dims[0]
+    n = len(next(iter(arrays.values())))
+    if n < batch:
+        raise BadInputError(
+            f"the model has a fixed batch size of {batch} but only {n} calibration samples were given; "
+            "pass more samples or export the model with a dynamic batch axis"
+        )
+    return [
+        {name: np.ascontiguousarray(arrays[name][i : i + batch], dtype=specs[name][1]) for name in specs}
+        for i in range(0, n - batch + 1, batch)
+    ]
+
+
+def _calibration_facts(feeds: list[dict[str, np.ndarray]]) -> tuple[dict[str, object], list[str]]:
+    h = hashlib.sha256()
+    identical = True
+    for name in sorted(feeds[0]):
+        stacked = np.concatenate([f[name] for f in feeds])
+        h.update(name.encode())
+        h.update(stacked.tobytes())
+        identical = identical and bool(np.all(stacked == stacked[:1]))
+    n = sum(len(next(iter(f.values()))) for f in feeds)
+    notes = []
+    if identical and n > 1:
+        notes.append(
+            f"all {n} calibration samples are identical: activation ranges cannot be estimated; "
+            "calibrate on real, varied samples"
+        )
+    return {"n": n, "sha256": h.hexdigest()}, notes
+
+
+@register(Int8Config, "graph")
+def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
+    """Quantize ``onnx_path`` to INT8 for each runtime of ``config``; files go to ``ctx.workdir``."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise BadInputError(f"ONNX model {onnx_path} does not exist; export the model first")
+    workdir = Path(ctx.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    needs_calib = "openvino" in config.runtimes or "tensorrt" in config.runtimes or (
+        "onnxruntime" in config.runtimes and config.mode == "static"
+    )
+    feeds: list[dict[str, np.ndarray]] = []
+    calib_notes: list[str] = []
+    record: dict[str, object] = {"config": {k: getattr(config, k) for k in config.__dataclass_fields__}}
+    if needs_calib:
+        feeds = calibration_feeds(ctx.calib, onnx_path, config.calib_size)
+        facts, calib_notes = _calibration_facts(feeds)
+        record["calibration"] = facts
+        if ctx.calib.directional_only:
+            calib_notes.append("calibrated on generated (random) samples: accuracy figures are indicative only")
+
+    variants: list[Variant] = []
+    for runtime in config.runtimes:
+        if runtime == "onnxruntime" and config.mode == "static":
+            ctx.progress(f"INT8 static (ONNX Runtime), calibrating on {len(feeds)} feeds")
+            variant = ort_int8_static(config, onnx_path, feeds, workdir / "model.ort-int8-static.onnx")
+        elif runtime == "onnxruntime":
+            ctx.progress("INT8 dynamic (ONNX Runtime), MatMul/Gemm only")
+            variant = ort_int8_dynamic(config, onnx_path, workdir / "model.ort-int8-dynamic.onnx")
+        elif runtime == "openvino":
+            ctx.progress(f"INT8 (OpenVINO via NNCF), calibrating on {len(feeds)} feeds")
+            variant = ov_int8(config, onnx_path, feeds, workdir / "openvino" / "model.ov-int8.xml")
+        else:
+            ctx.progress(f"INT8 explicit Q/DQ (TensorRT), calibrating on {len(feeds)} feeds")
+            variant = trt_int8_qdq(config, onnx_path, feeds, workdir / "tensorrt" / "model.trt-int8-qdq.onnx")
+        if variant.name != "ort-int8-dynamic":
+            variant.notes.extend(calib_notes)
+        variants.append(variant)
+
+    summaries: dict[str, dict] = {}
+    for v in variants:
+        summaries[v.name] = ov_quantized_ops(v.path) if v.runtime == "openvino" else quantization_summary(v.path)
+    record["variants"] = summaries
+    ctx.records["quantize:int8"] = record
+    return variants

@@ -1,0 +1,106 @@
+"""Reference models: small, deterministic models trained on data that ships with installed packages.
+
+They are the test bed of every technique and the demo of the README. Importing this package does not
+import torch; building and training a model does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from edgekit.errors import BadInputError
+from edgekit.registry import import_object
+from edgekit.zoo.datasets import TEXT_CLASSES, TEXT_LENGTH, Splits, load_data
+from edgekit.zoo.train import (
+    META_FILE,
+    TrainResult,
+    evaluate,
+    fit,
+    predict,
+    read_meta,
+    save,
+    train,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """What a reference model is: its task, held-out floor, input and factory."""
+
+    name: str
+    description: str
+    task: str  # classification | binary | regression
+    metric: str  # "accuracy" (percent, as in edgekit.benchmarks.accuracy) or "r2"
+    floor: float  # in the metric's units: accuracy in percent, r2 as a fraction
+    input_name: str
+    input_shape: tuple[int, ...]  # per sample, without the batch axis
+    input_dtype: str  # float32 | int64
+    factory: str  # "module:attr" building the untrained nn.Module
+
+
+_SPECS: dict[str, ReferenceSpec] = {
+    s.name: s
+    for s in (
+        ReferenceSpec(
+            "digits-cnn",
+            "Conv32-MaxPool-Conv64-MaxPool-Conv64-Dense64-Dense10 on scikit-learn digits at 28x28",
+            "classification", "accuracy", 95.0, "input", (1, 28, 28), "float32",
+            "edgekit.zoo.models:digits_cnn",
+        ),
+        ReferenceSpec(
+            "tabular-mlp",
+            "Dense50-Dense1(sigmoid) on scikit-learn breast cancer (30 standardized features)",
+            "binary", "accuracy", 93.0, "input", (30,), "float32",
+            "edgekit.zoo.models:tabular_mlp",
+        ),
+        ReferenceSpec(
+            "house-regressor",
+            "MLP regression (MSE) on scikit-learn diabetes; output in the target's units",
+            "regression", "r2", 0.40, "input", (10,), "float32",
+            "edgekit.zoo.models:house_regressor",
+        ),
+        ReferenceSpec(
+            "text-classifier",
+            f"Embedding-mean-MLP over docstrings of Python's standard library, {len(TEXT_CLASSES)} module families",
+            "classification", "accuracy", round(3 * 100.0 / len(TEXT_CLASSES), 2), "input_ids",
+            (TEXT_LENGTH,), "int64",
+            "edgekit.zoo.models:text_classifier",
+        ),
+        ReferenceSpec(
+            "edge-cnn",
+            "MobileNetV2-style CNN (inverted residuals, depthwise conv) on scikit-learn digits at 32x32",
+            "classification", "accuracy", 93.0, "input", (1, 32, 32), "float32",
+            "edgekit.zoo.models:edge_cnn",
+        ),
+    )
+}
+
+
+def names() -> list[str]:
+    """Names of the reference models, sorted."""
+    return sorted(_SPECS)
+
+
+def spec(name: str) -> ReferenceSpec:
+    """The spec of reference model ``name``."""
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise BadInputError(f"unknown reference model {name!r}; choose one of: {', '.join(names())}") from None
+
+
+def build(name: str) -> torch.nn.Module:
+    """A fresh, untrained module of reference model ``name`` (seed torch first for fixed weights)."""
+    module: torch.nn.Module = import_object(spec(name).factory)()
+    return module
+
+
+__all__ = [
+    "META_FILE", "ReferenceSpec", "Splits", "TrainResult", "build", "evaluate", "fit", "load_data",
+    "names", "predict", "read_meta", "save", "spec", "train",
+]

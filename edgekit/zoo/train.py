@@ -1,0 +1,322 @@
+"""Training, evaluation and saving of the reference models, and the generic training loop ``fit``.
+
+``fit`` is reused to fine-tune after pruning and to distil a student from a teacher. torch is
+imported inside the functions so that importing :mod:`edgekit.zoo` stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekit.benchmarks.accuracy import task_metrics
+from edgekit.errors import BadInputError
+from edgekit.io.data import Dataset
+from edgekit.zoo.datasets import load_data
+
+if TYPE_CHECKING:
+    import torch
+
+META_FILE = "edgekit.json"  # JSON metadata stored in a saved TorchScript archive (its extra/ folder)
+_META_MEMBER = re.compile(r"[^/]+/extra/" + re.escape(META_FILE))
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a reference model is trained (Adam, cosine-decayed learning rate)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    weight_decay: float = 0.0
+
+
+RECIPES: dict[str, Recipe] = {
+    "digits-cnn": Recipe(epochs=8, lr=2e-3, batch_size=32),
+    "tabular-mlp": Recipe(epochs=30, lr=1e-3, batch_size=32),
+    "house-regressor": Recipe(epochs=60, lr=3e-3, batch_size=32, weight_decay=1e-3),
+    "text-classifier": Recipe(epochs=20, lr=3e-3, batch_size=32),
+    "edge-cnn": Recipe(epochs=8, lr=3e-3, batch_size=32),
+}
+
+
+@dataclass
+class TrainResult:
+    """A trained reference model (in eval mode) and its held-out metrics."""
+
+    name: str
+    module: torch.nn.Module
+    metrics: dict[str, float]  # on the held-out test split, from edgekit.benchmarks.accuracy.task_metrics
+    metric: str  # the primary metric's name
+    value: float  # the primary metric's value
+    seed: int
+    seconds: float  # wall time of building and fitting the model
+
+
+@contextlib.contextmanager
+def _torch_settings(threads: int, seed: int) -> Iterator[None]:
+    """Threads, deterministic kernels and a private RNG stream; everything restored on exit."""
+    import torch
+
+    if threads < 1:
+        raise BadInputError(f"threads must be at least 1 (got {threads})")
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+        torch.set_num_threads(old_threads)
+
+
+def _first_output(out: Any) -> torch.Tensor:
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def _tensors(data: Dataset) -> list[torch.Tensor]:
+    import torch
+
+    return [torch.from_numpy(np.ascontiguousarray(a)) for a in data.inputs.values()]
+
+
+def _labels(data: Dataset, task: str) -> torch.Tensor:
+    import torch
+
+    if data.labels is None:
+        raise BadInputError(f"data set {data.name!r} has no labels; training needs labelled data (a 'y' array)")
+    y = np.asarray(data.labels)
+    return torch.from_numpy(y.astype(np.int64) if task == "classification" else y.astype(np.float32))
+
+
+def _task_loss(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    if task == "classification":
+        return F.cross_entropy(out, y)
+    if task == "binary":
+        return F.binary_cross_entropy(out.reshape(-1).clamp(1e-7, 1 - 1e-7), y.reshape(-1))
+    if task == "regression":
+        return F.mse_loss(out.reshape(-1), y.reshape(-1))
+    raise BadInputError(f"cannot train for task {task!r}; use classification, binary or regression")
+
+
+def _kd_loss(task: str, out: torch.Tensor, teacher_out: torch.Tensor, temperature: float) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    if task == "classification":
+        t = temperature
+        soft_teacher = F.softmax(teacher_out / t, dim=1)
+        return F.kl_div(F.log_softmax(out / t, dim=1), soft_teacher, reduction="batchmean") * (t * t)
+    return F.mse_loss(out.reshape(out.shape[0], -1), teacher_out.reshape(teacher_out.shape[0], -1))
+
+
+def fit(
+    module: torch.nn.Module,
+    train: Dataset,
+    task: str,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    threads: int = 1,
+    teacher: Callable[..., Any] | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
+    weight_decay: float = 0.0,
+    progress: Progress | None = None,
+) -> torch.nn.Module:
+    """Train ``module`` in place on ``train`` with Adam and a cosine-decayed learning rate.
+
+    The inputs of ``train`` are passed positionally in their order. With a ``teacher`` the loss is
+    ``alpha * KD + (1 - alpha) * task loss``, where KD is ``KL(softmax(t/T) || softmax(s/T)) * T²``
+    for classification and the MSE to the teacher's outputs for binary and regression tasks.
+    ``progress(epoch, epochs)`` is called after each epoch. Returns the module, in eval mode.
+    """
+    import torch
+
+    if epochs < 0 or batch_size < 1 or lr <= 0:
+        raise BadInputError(f"bad training settings: epochs={epochs}, batch_size={batch_size}, lr={lr}")
+    if not 0.0 <= alpha <= 1.0:
+        raise BadInputError(f"alpha must be in [0, 1] (got {alpha})")
+    xs = _tensors(train)
+    y = _labels(train, task) if teacher is None or alpha < 1.0 else None
+    n = len(train)
+    steps_per_epoch = max(1, -(-n // batch_size))
+    with _torch_settings(threads, seed):
+        generator = torch.Generator().manual_seed(seed)
+        teacher_out: torch.Tensor | None = None
+        if teacher is not None:
+            teacher_out = torch.from_numpy(predict(teacher, train, batch_size=256).astype(np.float32))
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
+        module.train()
+        for epoch in range(epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                if len(idx) < 2 and n > 1:  # a single sample breaks BatchNorm statistics
+                    continue
+                out = _first_output(module(*(x[idx] for x in xs)))
+                loss = out.new_zeros(())
+                if y is not None:
+                    loss = loss + (1.0 - alpha if teacher is not None else 1.0) * _task_loss(task, out, y[idx])
+                if teacher_out is not None:
+                    loss = loss + alpha * _kd_loss(task, out, teacher_out[idx], temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+            if progress is not None:
+                progress(epoch + 1, epochs)
+    return module.eval()
+
+
+def predict(module: Callable[..., Any], data: Dataset, batch_size: int = 256) -> np.ndarray:
+    """The first output of ``module`` on every sample of ``data``, as numpy (eval mode, no grad)."""
+    import torch
+
+    was_training = bool(getattr(module, "training", False))
+    if hasattr(module, "eval"):
+        module.eval()
+    xs = _tensors(data)
+    outs = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size):
+                out = _first_output(module(*(x[start : start + batch_size] for x in xs)))
+                outs.append(out.detach().cpu().numpy())
+    finally:
+        if was_training and hasattr(module, "train"):
+            module.train()
+    return np.concatenate(outs, axis=0)
+
+
+def evaluate(module: Callable[..., Any], data: Dataset) -> dict[str, float]:
+    """Task metrics of ``module`` on ``data`` (see :func:`edgekit.benchmarks.accuracy.task_metrics`)."""
+    if data.labels is None:
+        raise BadInputError(f"data set {data.name!r} has no labels; evaluation needs a 'y' array")
+    return task_metrics(data.task, predict(module, data), data.labels)
+
+
+def _prepare(name: str, module: torch.nn.Module, train: Dataset) -> None:
+    """Data-derived constants a model keeps in its state_dict (the regressor's target scale)."""
+    import torch
+
+    if name == "house-regressor" and train.labels is not None:
+        y = np.asarray(train.labels, dtype=np.float64)
+        with torch.no_grad():
+            module.target_mean.fill_(float(y.mean()))
+            module.target_std.fill_(float(y.std()) or 1.0)
+
+
+def train(
+    name: str,
+    seed: int = 0,
+    *,
+    epochs: int | None = None,
+    threads: int = 1,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train reference model ``name`` with ``seed`` and measure it on its held-out split.
+
+    Deterministic for a given seed, thread count and machine. ``epochs`` overrides the recipe's.
+    """
+    import torch
+
+    from edgekit.zoo import build, spec
+
+    ref = spec(name)
+    recipe = RECIPES[name]
+    splits = load_data(name, seed)
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = build(name)
+    _prepare(name, module, splits.train)
+    fit(
+        module, splits.train, ref.task,
+        epochs=recipe.epochs if epochs is None else epochs, lr=recipe.lr, batch_size=recipe.batch_size,
+        weight_decay=recipe.weight_decay, seed=seed, threads=threads, progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    metrics = evaluate(module, splits.test)
+    return TrainResult(name, module, metrics, ref.metric, metrics[ref.metric], seed, seconds)
+
+
+def save(result: TrainResult, path: str | Path) -> None:
+    """Save the trained module as TorchScript with its metadata in ``META_FILE``, atomically."""
+    import torch
+
+    from edgekit import __version__
+    from edgekit.zoo import spec
+
+    ref = spec(result.name)
+    meta = {
+        "zoo": result.name,
+        "seed": result.seed,
+        "task": ref.task,
+        "metric": {"name": result.metric, "value": result.value},
+        "metrics": result.metrics,
+        "input_name": ref.input_name,
+        "input_shape": list(ref.input_shape),
+        "input_dtype": ref.input_dtype,
+        "factory": ref.factory,
+        "edgekit_version": __version__,
+    }
+    scripted = torch.jit.script(result.module.eval())
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.jit.save(scripted, tmp, _extra_files={META_FILE: json.dumps(meta, sort_keys=True)})
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_meta(path: str | Path) -> dict[str, Any] | None:
+    """The edgekit metadata of a saved TorchScript file, or None when it has none.
+
+    Reads the archive as a zip file: no model code or pickle is run.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"model file {p} does not exist; check the path")
+    if not zipfile.is_zipfile(p):
+        return None
+    with zipfile.ZipFile(p) as archive:
+        member = next((n for n in archive.namelist() if _META_MEMBER.fullmatch(n)), None)
+        if member is None:
+            return None
+        raw = archive.read(member)
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise BadInputError(f"{p}: its {META_FILE} is not valid JSON ({exc}); re-save the model") from exc
+    return meta if isinstance(meta, dict) else None
