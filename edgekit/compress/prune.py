@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import gzip
-import inspect
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -160,21 +159,13 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
 
 
-def example_inputs(module: nn.Module, data: Dataset, n: int = _EXAMPLE_SAMPLES) -> tuple[torch.Tensor, ...]:
-    """The first ``n`` real samples of ``data`` as positional arguments of ``module.forward``.
+def example_inputs(data: Dataset, n: int = _EXAMPLE_SAMPLES) -> tuple[torch.Tensor, ...]:
+    """The first ``n`` real samples of ``data``, one tensor per input in data order.
 
-    Arrays named after ``forward``'s parameters are passed in that order; otherwise in data order.
+    That is the positional order in which :func:`edgekit.zoo.fit` and ``predict`` call a model.
     """
     head = data.head(n)
-    params = [
-        p.name
-        for p in inspect.signature(module.forward).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    names = head.names
-    if len(names) > 1 and set(names) <= set(params):
-        names = [p for p in params if p in head.inputs]
-    return tuple(_to_tensor(head.inputs[k]) for k in names)
+    return tuple(_to_tensor(a) for a in head.inputs.values())
 
 
 def _metric(module: nn.Module, data: Dataset | None, task: str) -> tuple[str, float] | None:
@@ -374,7 +365,7 @@ def _structured(
     sample = ctx.calib if ctx.calib is not None and len(ctx.calib) else ctx.train
     if sample is None:
         raise BadInputError("structured pruning needs a real input sample: pass --data")
-    inputs = example_inputs(model, sample)
+    inputs = example_inputs(sample)
     example: torch.Tensor | tuple[torch.Tensor, ...] = inputs[0] if len(inputs) == 1 else inputs
     shapes_before = _output_shapes(model, inputs)
     channels_before = _channels(model)

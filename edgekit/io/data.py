@@ -123,10 +123,8 @@ def load_npz(path: str | Path, *, task: str = "unknown") -> Dataset:
     try:
         with np.load(p, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except ValueError as exc:
-        raise BadInputError(f"{p} is not a plain .npz of numeric arrays ({exc}); save it with numpy.savez") from exc
-    except Exception as exc:  # zipfile.BadZipFile, OSError
-        raise BadInputError(f"{p} is not a readable .npz file ({exc}); save it with numpy.savez") from exc
+    except Exception as exc:  # ValueError (pickled objects), zipfile.BadZipFile, OSError
+        raise BadInputError(f"{p} is not a readable .npz of numeric arrays ({exc}); save it with numpy.savez") from exc
     labels = arrays.pop("y", None)
     if not arrays:
         raise BadInputError(f"{p} has no input arrays; store the inputs as 'x' (or one array per model input)")

@@ -1,0 +1,250 @@
+"""OpenVINO backend: IR conversion (fp32, fp16 weights) and INT8 through NNCF.
+
+Also :func:`ov_quantized_ops`, which says which layers of an IR really run in INT8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekit.compress.base import Variant
+from edgekit.errors import BadInputError, require
+
+if TYPE_CHECKING:
+    from edgekit.compress.quantize import Int8Config
+
+WEIGHTED_TYPES = (
+    "Convolution",
+    "GroupConvolution",
+    "ConvolutionBackpropData",
+    "GroupConvolutionBackpropData",
+    "MatMul",
+)
+_DECOMPRESSION = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze")
+_LAYOUT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Concat", "Split", "VariadicSplit")
+_LOW_BIT = ("i8", "u8", "i4", "u4")
+_AUTO_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_\d+$")
+
+BF16_NOTE = (
+    "OpenVINO's CPU plugin computes in bf16 by default on CPUs with AVX512-BF16 or AMX; "
+    "compile with INFERENCE_PRECISION_HINT=f32 for fp32 arithmetic"
+)
+
+
+def _onnx_names(onnx_path: Path) -> set[str]:
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    names = {n.name for n in graph.node}
+    names.update(t for n in graph.node for t in n.output)
+    names.update(t.name for t in graph.input)
+    names.update(t.name for t in graph.initializer)
+    return names
+
+
+def stable_names(model: Any, reserved: set[str]) -> None:
+    """Rename the operations OpenVINO named from a process-wide counter (``Constant_39163``) to
+    names numbered in graph order, so the same model always serializes to the same bytes.
+
+    Names in ``reserved`` (the source model's own names) are kept.
+    """
+    ops = list(model.get_ordered_ops())
+    to_rename = [op for op in ops if _AUTO_NAME.match(op.get_friendly_name()) and op.get_friendly_name() not in reserved]
+    renamed = {id(op) for op in to_rename}
+    taken = {op.get_friendly_name() for op in ops if id(op) not in renamed} | reserved
+    k = 0
+    for op in to_rename:
+        prefix = _AUTO_NAME.match(op.get_friendly_name()).group(1)  # type: ignore[union-attr]
+        while f"{prefix}_{k}" in taken:
+            k += 1
+        op.set_friendly_name(f"{prefix}_{k}")
+        taken.add(f"{prefix}_{k}")
+        k += 1
+
+
+def _convert(onnx_path: Path) -> Any:
+    require("openvino")
+    import openvino as ov
+
+    return ov.convert_model(str(onnx_path))
+
+
+def _save(model: Any, onnx_path: Path, out_xml: Path, *, compress_to_fp16: bool) -> Path:
+    import openvino as ov
+
+    out_xml.parent.mkdir(parents=True, exist_ok=True)
+    stable_names(model, _onnx_names(onnx_path))
+    ov.save_model(model, str(out_xml), compress_to_fp16=compress_to_fp16)
+    return out_xml.with_suffix(".bin")
+
+
+def ov_fp32_ir(onnx_path: Path | str, out_xml: Path | str) -> Variant:
+    """OpenVINO IR of the fp32 ONNX (``.xml`` + ``.bin``, fp32 weights): variant ``ov-fp32``."""
+    onnx_path, out_xml = Path(onnx_path), Path(out_xml)
+    model = _convert(onnx_path)
+    bin_path = _save(model, onnx_path, out_xml, compress_to_fp16=False)
+    return Variant(
+        name="ov-fp32",
+        runtime="openvino",
+        precision="fp32",
+        path=out_xml,
+        techniques=[],
+        notes=[BF16_NOTE],
+        extra_files=[bin_path],
+    )
+
+
+def ov_fp16_ir(onnx_path: Path | str, out_xml: Path | str) -> Variant:
+    """OpenVINO IR with fp16 weights: variant ``ov-fp16``."""
+    onnx_path, out_xml = Path(onnx_path), Path(out_xml)
+    model = _convert(onnx_path)
+    bin_path = _save(model, onnx_path, out_xml, compress_to_fp16=True)
+    return Variant(
+        name="ov-fp16",
+        runtime="openvino",
+        precision="fp16",
+        path=out_xml,
+        techniques=["quantize:fp16"],
+        notes=[
+            "weights stored in fp16 (half the size); on a CPU without native fp16 arithmetic OpenVINO "
+            "decompresses them at load time and computes in fp32 (or bf16, see below), so expect no speed-up there",
+            BF16_NOTE,
+        ],
+        extra_files=[bin_path],
+    )
+
+
+def _ov_names_for(exclude: tuple[str, ...], model: Any) -> list[str]:
+    """OpenVINO operations that came from the named ONNX nodes (a Conv with bias becomes
+    ``<name>/WithoutBiases`` + an Add named ``<name>``)."""
+    ops = [op for op in model.get_ordered_ops() if op.get_type_name() not in ("Constant", "Parameter", "Result")]
+    names: list[str] = []
+    for onnx_name in exclude:
+        found = [
+            op.get_friendly_name()
+            for op in ops
+            if op.get_friendly_name() == onnx_name or op.get_friendly_name().startswith(onnx_name + "/")
+        ]
+        if not found:
+            shown = ", ".join(op.get_friendly_name() for op in ops[:12])
+            raise BadInputError(
+                f"exclude name {onnx_name!r} matches no OpenVINO operation; name ONNX nodes such as: {shown}"
+            )
+        names.extend(found)
+    return names
+
+
+@contextlib.contextmanager
+def _quiet_nncf() -> Iterator[None]:
+    """NNCF draws progress bars on stdout and logs at INFO; neither belongs in a CLI's stdout."""
+    from nncf.common.logging import nncf_logger
+
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        nncf_logger.setLevel(level)
+
+
+def ov_int8(config: Int8Config, onnx_path: Path, feeds: list[dict[str, np.ndarray]], out_xml: Path) -> Variant:
+    """INT8 OpenVINO IR: ``openvino.convert_model`` then ``nncf.quantize`` (default preset:
+    symmetric int8 weights per channel and activations, fast bias correction)."""
+    require("nncf")
+    import nncf
+
+    model = _convert(onnx_path)
+    ignored = nncf.IgnoredScope(names=_ov_names_for(config.exclude, model)) if config.exclude else None
+    with _quiet_nncf():
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(feeds),
+            subset_size=len(feeds),
+            ignored_scope=ignored,
+        )
+    bin_path = _save(quantized, onnx_path, out_xml, compress_to_fp16=False)
+    n = sum(len(next(iter(f.values()))) for f in feeds)
+    notes = [
+        "NNCF post-training quantization, default preset (symmetric int8 weights and activations), "
+        "fast bias correction",
+        f"calibration: {n} samples with NNCF's own range estimators (calib_method applies to ONNX Runtime)",
+        "non-quantized operations run at OpenVINO's inference precision: " + BF16_NOTE,
+    ]
+    if config.exclude:
+        notes.append(f"kept in float (NNCF ignored scope): {', '.join(config.exclude)}")
+    return Variant(
+        name="ov-int8",
+        runtime="openvino",
+        precision="int8",
+        path=out_xml,
+        techniques=["quantize:int8-static"],
+        notes=notes,
+        extra_files=[bin_path],
+    )
+
+
+def _reaches(output: Any, target: str, through: tuple[str, ...], depth: int) -> Any:
+    """The first ``target`` operation found walking up from ``output`` through ``through`` ops."""
+    node = output.get_node()
+    if node.get_type_name() == target:
+        return node
+    if depth == 0 or node.get_type_name() not in through:
+        return None
+    for inp in node.inputs():
+        hit = _reaches(inp.get_source_output(), target, through, depth - 1)
+        if hit is not None:
+            return hit
+    return None
+
+
+def _low_bit_weight(output: Any) -> bool:
+    const = _reaches(output, "Constant", _DECOMPRESSION, 5)
+    return const is not None and const.get_element_type().get_type_name() in _LOW_BIT
+
+
+def ov_quantized_ops(xml: Path | str) -> dict[str, Any]:
+    """Which layers of an OpenVINO IR are quantized.
+
+    Returns ``FakeQuantize`` (count), ``quantized`` (weighted layers with int8 weights and
+    fake-quantized inputs: they run in INT8), ``weight_only`` (int8 weights, float inputs),
+    ``float`` (neither), and ``int8_weight_bytes``. Layer names drop OpenVINO's
+    ``/WithoutBiases`` suffix so they match the ONNX node names.
+    """
+    require("openvino")
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    ops = list(model.get_ordered_ops())
+    counts = Counter(op.get_type_name() for op in ops)
+    quantized: list[str] = []
+    weight_only: list[str] = []
+    floating: list[str] = []
+    for op in ops:
+        if op.get_type_name() not in WEIGHTED_TYPES:
+            continue
+        name = op.get_friendly_name().removesuffix("/WithoutBiases")
+        act_fq = _reaches(op.input(0).get_source_output(), "FakeQuantize", _LAYOUT, 4) is not None
+        low_bit = _low_bit_weight(op.input(1).get_source_output())
+        (quantized if act_fq and low_bit else weight_only if low_bit else floating).append(name)
+    int8_bytes = sum(
+        int(np.prod(list(op.get_output_shape(0)))) if op.get_output_partial_shape(0).is_static else 0
+        for op in ops
+        if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("i8", "u8")
+    )
+    return {
+        "FakeQuantize": counts["FakeQuantize"],
+        "quantized": quantized,
+        "weight_only": weight_only,
+        "float": floating,
+        "int8_weight_bytes": int(int8_bytes),
+    }
