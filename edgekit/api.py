@@ -55,12 +55,27 @@ def _input_names(loaded: Any) -> list[str]:
     return [s.name for s in loaded.inputs]
 
 
-def resolve_data(loaded: Any, data: str | Path | None, calib: str, seed: int) -> Splits:
+def resolve_data(
+    loaded: Any, data: str | Path | None, calib: str, seed: int, calib_data: str | Path | None = None
+) -> Splits:
     """Calibration and held-out evaluation data for ``loaded``.
 
     Reference models use their own data set. A user model needs ``--data`` (an .npz) or
-    ``--calib random`` (generated samples: figures are then directional only).
+    ``--calib random`` (generated samples: figures are then directional only). ``calib_data``
+    replaces the calibration samples only (evaluation stays on the held-out split).
     """
+    splits = _resolve(loaded, data, calib, seed)
+    if calib_data is None:
+        return splits
+    from edgekit.io.data import load_npz
+
+    cal = load_npz(calib_data)
+    cal = Dataset(inputs=cal.bind(splits.calib.names), name=cal.name).head(CALIB_SIZE)
+    info = {**splits.info, "calib_source": str(calib_data), "calib_n": len(cal)}
+    return Splits(train=splits.train, calib=cal, eval=splits.eval, info=info)
+
+
+def _resolve(loaded: Any, data: str | Path | None, calib: str, seed: int) -> Splits:
     from edgekit.io.data import load_npz, random_like, split
 
     if calib not in ("data", "random"):
@@ -225,6 +240,7 @@ def compress(
     steps: Sequence[object] = (),
     data: str | Path | None = None,
     calib: str = "data",
+    calib_data: str | Path | None = None,
     target: str | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
@@ -274,7 +290,7 @@ def compress(
             f"{', '.join(_label(s) for s in model_steps)} need(s) the torch model as a module; "
             "give a reference model, a state_dict with --arch, or a pickled module with --trust-pickle"
         )
-    splits = resolve_data(loaded, data, calib, seed)
+    splits = resolve_data(loaded, data, calib, seed, calib_data)
 
     with atomic_dir(bundle, overwrite=overwrite) as root:
         work = root / ".work"

@@ -162,6 +162,8 @@ def _steps_from_flags(int8: bool, int8_dynamic: bool, fp16: bool, prune: str | N
 @click.option("--data", type=click.Path(path_type=Path), default=None, help=".npz with x (and optional y).")
 @click.option("--calib", type=click.Choice(["data", "random"]), default="data", show_default=True,
               help="'random' calibrates on generated inputs (directional figures only).")
+@click.option("--calib-data", type=click.Path(path_type=Path), default=None,
+              help=".npz used for calibration only (evaluation stays on the held-out data).")
 @click.option("--target", default=None, help="Deployment target, e.g. x86-openvino (see 'edgekit targets').")
 @click.option("--runtime", "runtimes", default="onnxruntime,openvino,tensorrt", show_default=True,
               help="Runtimes to build INT8 variants for.")
@@ -180,7 +182,7 @@ def _steps_from_flags(int8: bool, int8_dynamic: bool, fp16: bool, prune: str | N
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 def compress(model: Path, int8: bool, int8_dynamic: bool, fp16: bool, prune: str | None, distill: bool,
              student: str | None, qat: bool, recipe: Path | None, save_recipe: Path | None, data: Path | None,
-             calib: str, target: str | None, runtimes: str, out: Path | None, overwrite: bool, seed: int | None,
+             calib: str, calib_data: Path | None, target: str | None, runtimes: str, out: Path | None, overwrite: bool, seed: int | None,
              threads: int, max_drop: float | None, batch: str, time_budget: float, arch: str | None,
              trust_pickle: bool, input_shape: str | None, no_memory: bool, as_json: bool) -> None:
     """Compress MODEL, export it, measure every variant and write a verified bundle."""
@@ -205,7 +207,7 @@ def compress(model: Path, int8: bool, int8_dynamic: bool, fp16: bool, prune: str
         write_recipe(plan, save_recipe)
     with _progress(not as_json) as step:
         result = api.compress(
-            model, steps=plan.steps, data=data, calib=calib, target=plan.target, out=out, overwrite=overwrite,
+            model, steps=plan.steps, data=data, calib=calib, calib_data=calib_data, target=plan.target, out=out, overwrite=overwrite,
             seed=plan.seed, threads=threads, budget=Budget(max_drop=plan.max_drop),
             batches=_int_list(batch, "--batch"), time_budget_s=time_budget, arch=arch, trust_pickle=trust_pickle,
             input_shape=input_shape, with_memory=not no_memory, command=_command_line(), progress=step,

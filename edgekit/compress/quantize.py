@@ -155,10 +155,10 @@ def _calibration_facts(feeds: list[dict[str, np.ndarray]]) -> tuple[dict[str, ob
 @register(Int8Config, "graph")
 def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
     """Quantize ``onnx_path`` to INT8 for each runtime of ``config``; files go to ``ctx.workdir``."""
-    onnx_path = Path(onnx_path)
+    onnx_path = Path(onnx_path).resolve()
     if not onnx_path.is_file():
         raise BadInputError(f"ONNX model {onnx_path} does not exist; export the model first")
-    workdir = Path(ctx.workdir)
+    workdir = Path(ctx.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
 
     needs_calib = "openvino" in config.runtimes or "tensorrt" in config.runtimes or (

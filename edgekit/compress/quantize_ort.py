@@ -153,6 +153,7 @@ def _quantize_static(
 ) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    src, out = Path(src).resolve(), Path(out).resolve()
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -186,6 +187,7 @@ def _external_files(out: Path) -> list[Path]:
 
 def ort_int8_static(config: Int8Config, onnx_path: Path, feeds: list[dict[str, np.ndarray]], out: Path) -> Variant:
     """Static QDQ INT8 for ONNX Runtime's CPU execution provider (uint8 activations, int8 weights)."""
+    out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgekit-pre-") as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
@@ -239,6 +241,7 @@ def ort_int8_dynamic(config: Int8Config, onnx_path: Path, out: Path) -> Variant:
     require("onnxruntime")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     op_types = ["MatMul", "Gemm"]
     with tempfile.TemporaryDirectory(prefix="edgekit-pre-") as tmp:

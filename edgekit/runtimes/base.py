@@ -248,10 +248,15 @@ def _shape_text(shape: tuple[int | str | None, ...]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
+def precision_name(kind: str) -> str:
+    """edgekit's name for a runtime's precision label (``f32`` → ``fp32``, ``u8`` → ``int8``)."""
+    return _PRECISION_NAMES.get(kind, kind)
+
+
 def precision_verdict(counts: Mapping[str, int]) -> str:
     """Name the precision of a model from per-precision counts of its compute layers:
     one precision → its name (``fp32``, ``fp16``, ``bf16``, ``int8``), several → ``mixed``."""
-    used = {_PRECISION_NAMES.get(k, k) for k, n in counts.items() if n > 0}
+    used = {precision_name(k) for k, n in counts.items() if n > 0}
     if not used:
         return "unknown"
     return used.pop() if len(used) == 1 else "mixed"

@@ -78,8 +78,10 @@ class OnnxRuntime(Runtime):
 
     def op_summary(self) -> dict[str, Any]:
         """Op types of the graph ONNX Runtime really executes (after fusing Q/DQ pairs into
-        QLinear* kernels), the count of int8 kernels and of Q/DQ nodes left unfused, and the
-        precision verdict. Computed once; skipped for models over 64 MB."""
+        QLinear*/QGemm kernels), the count of int8 kernels and of Q/DQ nodes left in the graph,
+        and the precision verdict over compute ops. A Q/DQ model whose compute ops stayed float
+        (``int8_ops == 0``) runs in float with fake quantization. Computed once; skipped for
+        models over 64 MB."""
         if self._op_summary is not None:
             return self._op_summary
         assert self.path is not None
@@ -89,7 +91,7 @@ class OnnxRuntime(Runtime):
             return self._op_summary
         ops, float_kind = self._optimized_graph_facts()
         int8 = sum(n for op, n in ops.items() if op in INT8_OPS)
-        unfused = ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0)
+        qdq = ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0)
         compute = {
             "int8": int8,
             float_kind: sum(n for op, n in ops.items() if op in COMPUTE_LAYERS and op not in INT8_OPS),
@@ -97,7 +99,7 @@ class OnnxRuntime(Runtime):
         self._op_summary = {
             "ops": dict(sorted(ops.items())),
             "int8_ops": int8,
-            "qdq_unfused": unfused,
+            "qdq_nodes": qdq,
             "ops_by_precision": {k: v for k, v in compute.items() if v},
             "precision": precision_verdict(compute),
         }

@@ -1,0 +1,129 @@
+"""OpenVINO on the CPU: IR (.xml + .bin) or ONNX, compiled for latency with an explicit
+inference precision, run through a synchronous infer request."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.runtimes.base import COMPUTE_LAYERS, Runtime, TensorSpec, precision_name, precision_verdict
+
+DEVICE = "CPU"
+# The CPU plugin runs in bf16 by default on CPUs with bf16 support, so an "fp32" variant would
+# not really be fp32; edgekit always says which precision it wants.
+_HINTS = {None: "f32", "fp32": "f32", "int8": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+class OpenVINORuntime(Runtime):
+    """OpenVINO, CPU plugin."""
+
+    name = "openvino"
+    package = "openvino"
+    module = "openvino"
+    extra = None
+    suffixes = (".xml", ".onnx")
+
+    def _load(self, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        import openvino as ov
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").exists():
+            from edgekit.errors import BadInputError
+
+            raise BadInputError(f"OpenVINO IR {path} has no weights file {path.with_suffix('.bin').name} beside it")
+        core = ov.Core()
+        model = core.read_model(str(path))
+        try:
+            self._batch_dynamic = _make_batch_dynamic(model)
+        except Exception:  # a batch hard-coded in the graph (e.g. in a Reshape): keep it static
+            model = core.read_model(str(path))
+            self._batch_dynamic = False
+        config = {
+            props.inference_num_threads: self.threads,
+            hints.performance_mode: hints.PerformanceMode.LATENCY,
+            hints.inference_precision: getattr(ov.Type, _HINTS[self.precision_hint]),
+        }
+        self._compiled = core.compile_model(model, DEVICE, config)
+        self._request = self._compiled.create_infer_request()
+        self._core = core
+        self._layers: list[dict[str, str]] | None = None
+        inputs = [_spec(p, f"input_{i}") for i, p in enumerate(self._compiled.inputs)]
+        outputs = [_spec(p, f"output_{i}") for i, p in enumerate(self._compiled.outputs)]
+        self._index = {s.name: i for i, s in enumerate(inputs)}
+        return inputs, outputs
+
+    def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        # share_outputs=False (the default) hands back copies, not the request's own buffers.
+        result = self._request.infer({self._index[k]: v for k, v in feed.items()}, share_inputs=True)
+        return [np.asarray(result[port]) for port in self._compiled.outputs]
+
+    def layers(self) -> list[dict[str, str]]:
+        """Every layer of the compiled (runtime) graph: name, type and the precision it runs in."""
+        if self._layers is None:
+            rows = []
+            for op in self._compiled.get_runtime_model().get_ordered_ops():
+                info = op.get_rt_info()
+                rows.append(
+                    {
+                        "name": op.get_friendly_name(),
+                        "type": info["layerType"].astype(str),
+                        "precision": info["runtimePrecision"].astype(str),
+                        "kernel": info["primitiveType"].astype(str),
+                    }
+                )
+            self._layers = rows
+        return self._layers
+
+    def _describe(self) -> dict[str, Any]:
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        layers = self.layers()
+        compute = Counter(row["precision"] for row in layers if row["type"] in COMPUTE_LAYERS)
+        return {
+            "device": DEVICE,
+            "device_name": self._core.get_property(DEVICE, props.device.full_name),
+            "execution_devices": list(self._compiled.get_property(props.execution_devices)),
+            "inference_precision": _precision_name(self._compiled.get_property(hints.inference_precision)),
+            "threads_used": int(self._compiled.get_property(props.inference_num_threads)),
+            "batch_dynamic": self._batch_dynamic,
+            "ops_by_precision": dict(Counter(row["precision"] for row in layers)),
+            "compute_ops_by_precision": dict(compute),
+            "precision": precision_verdict(compute),
+        }
+
+
+def _make_batch_dynamic(model: Any) -> bool:
+    """Make axis 0 of every input dynamic when it is static, so one compiled model serves every
+    batch size. Returns whether the batch axis is dynamic afterwards; raises when the graph
+    cannot be reshaped (the caller then keeps the model as it was)."""
+    import openvino as ov
+
+    shapes = {}
+    for port in model.inputs:
+        ps = port.get_partial_shape()
+        if ps.rank.is_dynamic or ps.rank.get_length() == 0:
+            return False
+        if ps[0].is_static:
+            ps = ov.PartialShape(ps)
+            ps[0] = ov.Dimension(-1)
+            shapes[port] = ps
+    if shapes:
+        model.reshape(shapes)
+    return True
+
+
+def _spec(port: Any, fallback: str) -> TensorSpec:
+    """Spec of a port; tensors converted from torch may have no name (outputs usually)."""
+    ps = port.get_partial_shape()
+    dims: tuple[int | str | None, ...] = tuple(d.get_length() if d.is_static else None for d in ps)
+    name = port.get_any_name() if port.get_names() else fallback
+    return TensorSpec(name, dims, port.get_element_type().to_dtype().name)
+
+
+def _precision_name(ov_type: Any) -> str:
+    return precision_name(ov_type.get_type_name())
