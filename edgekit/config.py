@@ -50,8 +50,9 @@ class Recipe:
 
 
 def technique_name(config: object) -> str:
+    spec = f"{type(config).__module__}:{type(config).__qualname__}"
     for name in TECHNIQUES:
-        if TECHNIQUES.get(name) is type(config):
+        if TECHNIQUES.spec(name) == spec:
             return name
     raise BadInputError(f"{type(config).__name__} is not a known technique config")
 

@@ -42,6 +42,10 @@ class LazyRegistry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
+    def spec(self, name: str) -> str:
+        """The ``"module:attr"`` behind ``name``, without importing it."""
+        return self._entries[name]
+
     def get(self, name: str) -> T:
         if name not in self._entries:
             raise BadInputError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")

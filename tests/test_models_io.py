@@ -117,8 +117,14 @@ def test_torchscript_input_shape_takes_forward_argument_name(tmp_path: Path) -> 
 
 def test_torchscript_with_meta_factory_rebuilds_eager_module(tmp_path: Path) -> None:
     net = _seeded(ConvNet)
-    meta = {"zoo": "test-cnn", "task": "classification", "input_name": "input",
-            "input_shape": [1, 28, 28], "input_dtype": "float32", "factory": f"{__name__}:ConvNet"}
+    meta = {
+        "zoo": "test-cnn",
+        "task": "classification",
+        "input_name": "input",
+        "input_shape": [1, 28, 28],
+        "input_dtype": "float32",
+        "factory": f"{__name__}:ConvNet",
+    }
     path = tmp_path / "ref.pt"
     torch.jit.save(_script(net), str(path), _extra_files={"edgekit.json": json.dumps(meta)})
     loaded = load_model(path)
@@ -131,7 +137,9 @@ def test_torchscript_with_meta_factory_rebuilds_eager_module(tmp_path: Path) -> 
 def test_torchscript_with_unimportable_factory_falls_back_to_scripted(tmp_path: Path) -> None:
     path = tmp_path / "ref.pt"
     meta = {"factory": "no_such_module_here:build", "input_shape": [30]}
-    torch.jit.save(_script(_seeded(MLP)), str(path), _extra_files={"edgekit.json": json.dumps(meta)})
+    torch.jit.save(
+        _script(_seeded(MLP)), str(path), _extra_files={"edgekit.json": json.dumps(meta)}
+    )
     loaded = load_model(path)
     assert not loaded.eager and isinstance(loaded.module, torch.jit.ScriptModule)
     assert loaded.inputs == [InputSpec("input", (30,), "float32")]
@@ -151,12 +159,19 @@ def test_torchscript_with_arch_rebuilds_eager_module(tmp_path: Path) -> None:
 
 def test_multi_input_meta_inputs_keep_int64(tmp_path: Path) -> None:
     net = _seeded(TextNet)
-    meta = {"inputs": [{"name": "input_ids", "shape": [16], "dtype": "int64"},
-                       {"name": "attention_mask", "shape": [16], "dtype": "float32"}]}
+    meta = {
+        "inputs": [
+            {"name": "input_ids", "shape": [16], "dtype": "int64"},
+            {"name": "attention_mask", "shape": [16], "dtype": "float32"},
+        ]
+    }
     path = tmp_path / "text.pt"
     torch.jit.save(_script(net), str(path), _extra_files={"edgekit.json": json.dumps(meta)})
     loaded = load_model(path)
-    assert [(s.name, s.dtype) for s in loaded.inputs] == [("input_ids", "int64"), ("attention_mask", "float32")]
+    assert [(s.name, s.dtype) for s in loaded.inputs] == [
+        ("input_ids", "int64"),
+        ("attention_mask", "float32"),
+    ]
     ids, mask = torch.randint(0, 100, (2, 16)), torch.ones(2, 16)
     _same(loaded, net, ids, mask)
 
@@ -184,27 +199,47 @@ def test_exported_program_int64_input(tmp_path: Path) -> None:
     path = tmp_path / "text.pt2"
     torch.export.save(program, str(path))
     loaded = load_model(path)
-    assert loaded.inputs == [InputSpec("input_ids", (16,), "int64"), InputSpec("attention_mask", (16,), "float32")]
+    assert loaded.inputs == [
+        InputSpec("input_ids", (16,), "int64"),
+        InputSpec("attention_mask", (16,), "float32"),
+    ]
 
 
 # -- ONNX -------------------------------------------------------------------------------------
 
 
-def _onnx_export(net: nn.Module, args: tuple[torch.Tensor, ...], path: Path, names: list[str]) -> None:
+def _onnx_export(
+    net: nn.Module, args: tuple[torch.Tensor, ...], path: Path, names: list[str]
+) -> None:
     with warnings.catch_warnings():  # the TorchScript-based exporter warns it is deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net, args, str(path), dynamo=False, opset_version=17, input_names=names,
-                          output_names=["output"], dynamic_axes={n: {0: "batch"} for n in [*names, "output"]})
+        torch.onnx.export(
+            net,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=names,
+            output_names=["output"],
+            dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
+        )
 
 
 def test_onnx_inputs_from_graph(tmp_path: Path) -> None:
     path = tmp_path / "text.onnx"
-    _onnx_export(_seeded(TextNet), (torch.randint(0, 100, (2, 16)), torch.ones(2, 16)), path,
-                 ["input_ids", "attention_mask"])
+    _onnx_export(
+        _seeded(TextNet),
+        (torch.randint(0, 100, (2, 16)), torch.ones(2, 16)),
+        path,
+        ["input_ids", "attention_mask"],
+    )
     loaded = load_model(path)
     assert loaded.format == "onnx" and loaded.module is None and not loaded.is_torch
     assert loaded.onnx_path == path
-    assert loaded.inputs == [InputSpec("input_ids", (16,), "int64"), InputSpec("attention_mask", (16,), "float32")]
+    assert loaded.inputs == [
+        InputSpec("input_ids", (16,), "int64"),
+        InputSpec("attention_mask", (16,), "float32"),
+    ]
 
 
 def test_format_detected_by_content_not_extension(tmp_path: Path) -> None:
@@ -219,10 +254,11 @@ def test_format_detected_by_content_not_extension(tmp_path: Path) -> None:
 # -- torch.save -------------------------------------------------------------------------------
 
 
-def test_state_dict_needs_arch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_state_dict_needs_arch(tmp_path: Path, zipped: bool) -> None:
     net = _seeded(MLP)
     path = tmp_path / "weights.pt"
-    torch.save(net.state_dict(), path)
+    torch.save(net.state_dict(), path, _use_new_zipfile_serialization=zipped)
     with pytest.raises(BadInputError, match="is a state_dict; pass --arch module:factory"):
         load_model(path)
     loaded = load_model(path, arch=f"{__name__}:build_mlp", input_shape="30")
@@ -234,7 +270,9 @@ def test_state_dict_needs_arch(tmp_path: Path) -> None:
 def test_state_dict_with_wrong_arch_names_the_keys(tmp_path: Path) -> None:
     path = tmp_path / "weights.pt"
     torch.save(_seeded(MLP).state_dict(), path)
-    with pytest.raises(BadInputError, match=r"do not fit .*missing conv\.weight.*unexpected net\.0\.weight"):
+    with pytest.raises(
+        BadInputError, match=r"do not fit .*missing conv\.weight.*unexpected net\.0\.weight"
+    ):
         load_model(path, arch=f"{__name__}:ConvNet")
 
 
@@ -252,14 +290,18 @@ def test_untrusted_pickle_never_runs_code(tmp_path: Path) -> None:
     path = tmp_path / "whole.pt"
     torch.save(net, path)
     assert not marker.exists()
-    with pytest.raises(BadInputError, match="is a pickled module; loading it runs code.*--trust-pickle"):
+    with pytest.raises(
+        BadInputError, match="is a pickled module; loading it runs code.*--trust-pickle"
+    ):
         load_model(path)
     with pytest.raises(BadInputError, match="pickled module"):
         load_model(path, arch=f"{__name__}:build_mlp")  # --arch does not open the door either
     assert not marker.exists()
 
     loaded = load_model(path, trust_pickle=True)
-    assert marker.exists()  # proves the file does run code when trusted, so the check above means something
+    assert (
+        marker.exists()
+    )  # proves the file does run code when trusted, so the check above means something
     assert loaded.format == "pickle" and loaded.eager and isinstance(loaded.module, MarkerNet)
     _same(loaded, net, torch.randn(2, 30))
 
@@ -274,7 +316,10 @@ def test_untrusted_pickle_never_runs_code(tmp_path: Path) -> None:
         (lambda d: d, "is a directory"),
         (lambda d: _write(d / "empty.onnx", b""), "is empty"),
         (lambda d: _write(d / "text.pt", b"hello, this is not a model\n" * 20), "not a model file"),
-        (lambda d: _write(d / "noise.onnx", np.random.default_rng(0).bytes(4096)), "not a model file"),
+        (
+            lambda d: _write(d / "noise.onnx", np.random.default_rng(0).bytes(4096)),
+            "not a model file",
+        ),
         (lambda d: _zip(d / "other.pt"), "zip archive but not a PyTorch or ONNX model"),
         (lambda d: _write(d / "tensor.pt", _saved_tensor()), "holds a Tensor"),
     ],
@@ -309,7 +354,9 @@ def test_parse_input_shapes() -> None:
     assert parse_input_shapes("1x28x28") == [InputSpec("input", (1, 28, 28), "float32")]
     assert parse_input_shapes("1x28x28", known_names=["image"]) == [InputSpec("image", (1, 28, 28))]
     assert parse_input_shapes("input_ids:64:int64,attention_mask:64") == [
-        InputSpec("input_ids", (64,), "int64"), InputSpec("attention_mask", (64,), "float32")]
+        InputSpec("input_ids", (64,), "int64"),
+        InputSpec("attention_mask", (64,), "float32"),
+    ]
     assert parse_input_shapes("tokens:?:int32") == [InputSpec("tokens", (None,), "int32")]
     for bad in ["", "28 x 28", "a:1x2,1x2", "x:3:notadtype", "x:3,x:4"]:
         with pytest.raises(BadInputError):

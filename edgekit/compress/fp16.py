@@ -27,10 +27,14 @@ class Fp16Config:
     def __post_init__(self) -> None:
         object.__setattr__(self, "runtimes", tuple(self.runtimes))
         if not self.runtimes:
-            raise BadInputError(f"Fp16Config needs at least one runtime; choose from: {', '.join(RUNTIMES)}")
+            raise BadInputError(
+                f"Fp16Config needs at least one runtime; choose from: {', '.join(RUNTIMES)}"
+            )
         for rt in self.runtimes:
             if rt not in RUNTIMES:
-                raise BadInputError(f"runtimes={rt!r} is not valid; choose one of: {', '.join(RUNTIMES)}")
+                raise BadInputError(
+                    f"runtimes={rt!r} is not valid; choose one of: {', '.join(RUNTIMES)}"
+                )
         if len(set(self.runtimes)) != len(self.runtimes):
             raise BadInputError(f"runtimes {self.runtimes} lists a runtime twice")
 
@@ -52,9 +56,10 @@ def ort_fp16(onnx_path: Path | str, out: Path | str) -> Variant:
         path=out,
         techniques=["quantize:fp16"],
         notes=[
-            "fp16 weights and activations, fp32 inputs and outputs; ops ONNX Runtime cannot run in fp16 stay fp32",
-            "meant for GPU execution providers and fp16-capable ARM CPUs: on x86 CPUs ONNX Runtime inserts casts "
-            "to fp32 around most fp16 ops, so expect it to be slower than fp32 there",
+            "fp16 weights and activations, fp32 inputs and outputs; "
+            "ops ONNX Runtime cannot run in fp16 stay fp32",
+            "meant for GPU execution providers and fp16-capable ARM CPUs: on x86 CPUs ONNX Runtime "
+            "inserts casts to fp32 around most fp16 ops, so expect it to be slower than fp32 there",
         ],
     )
 
@@ -76,7 +81,10 @@ def trt_fp16(onnx_path: Path | str, out: Path | str) -> Variant:
         precision="fp16",
         path=out,
         techniques=["quantize:fp16"],
-        notes=["fp32 ONNX; the engine is built on the device with --fp16 (TensorRT picks fp16 kernels per layer)"],
+        notes=[
+            "fp32 ONNX; the engine is built on the device with --fp16 "
+            "(TensorRT then picks fp16 kernels layer by layer)"
+        ],
         extra_files=extra,
     )
 
@@ -84,10 +92,10 @@ def trt_fp16(onnx_path: Path | str, out: Path | str) -> Variant:
 @register(Fp16Config, "graph")
 def _fp16(config: Fp16Config, onnx_path: Path, ctx: Context) -> list[Variant]:
     """One fp16 variant per runtime of ``config``; files go to ``ctx.workdir``."""
-    onnx_path = Path(onnx_path)
+    onnx_path = Path(onnx_path).resolve()
     if not onnx_path.is_file():
         raise BadInputError(f"ONNX model {onnx_path} does not exist; export the model first")
-    workdir = Path(ctx.workdir)
+    workdir = Path(ctx.workdir).resolve()
     variants: list[Variant] = []
     for runtime in config.runtimes:
         ctx.progress(f"FP16 ({runtime})")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,7 @@ __all__ = [
     "Int8Config",
     "calibration_feeds",
     "check_trt_qdq",
+    "model_inputs",
     "ov_fp32_ir",
     "ov_quantized_ops",
     "quantization_summary",
@@ -76,7 +78,9 @@ class Int8Config:
         object.__setattr__(self, "runtimes", tuple(self.runtimes))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if not self.runtimes:
-            raise BadInputError(f"Int8Config needs at least one runtime; choose from: {', '.join(RUNTIMES)}")
+            raise BadInputError(
+                f"Int8Config needs at least one runtime; choose from: {', '.join(RUNTIMES)}"
+            )
         for rt in self.runtimes:
             _check_choice("runtimes", rt, RUNTIMES)
         if len(set(self.runtimes)) != len(self.runtimes):
@@ -84,14 +88,16 @@ class Int8Config:
         _check_choice("mode", self.mode, MODES)
         _check_choice("calib_method", self.calib_method, CALIB_METHODS)
         if not isinstance(self.calib_size, int) or self.calib_size < 1:
-            raise BadInputError(f"calib_size={self.calib_size!r} must be a positive integer (e.g. 300)")
+            raise BadInputError(
+                f"calib_size={self.calib_size!r} must be a positive integer (e.g. 300)"
+            )
         for name in self.exclude:
             if not isinstance(name, str) or not name:
                 raise BadInputError(f"exclude must list ONNX node names (strings), got {name!r}")
 
 
 def model_inputs(onnx_path: Path) -> dict[str, tuple[list[int | str], np.dtype]]:
-    """The model's graph inputs (initializers excluded): name → (shape with symbolic dims, dtype)."""
+    """The graph inputs (initializers excluded): name → (shape, symbolic dims as str; dtype)."""
     import onnx
     from onnx import helper
 
@@ -102,12 +108,17 @@ def model_inputs(onnx_path: Path) -> dict[str, tuple[list[int | str], np.dtype]]
         if inp.name in initializers:
             continue
         ttype = inp.type.tensor_type
-        dims: list[int | str] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in ttype.shape.dim]
+        dims: list[int | str] = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in ttype.shape.dim
+        ]
         specs[inp.name] = (dims, np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type)))
     return specs
 
 
-def calibration_feeds(data: Dataset, onnx_path: Path, calib_size: int) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(
+    data: Dataset, onnx_path: Path, calib_size: int
+) -> list[dict[str, np.ndarray]]:
     """The first ``calib_size`` samples of ``data`` as feeds keyed by the model's input names.
 
     One sample per feed (batch 1) unless the model has a fixed batch size, in which case feeds
@@ -116,7 +127,9 @@ def calibration_feeds(data: Dataset, onnx_path: Path, calib_size: int) -> list[d
     """
     specs = model_inputs(onnx_path)
     if len(data) == 0:
-        raise BadInputError("the calibration data set is empty; pass --data with at least a few samples")
+        raise BadInputError(
+            "the calibration data set is empty; pass --data with at least a few samples"
+        )
     arrays = data.head(calib_size).bind(list(specs))
     batch = 1
     for dims, _ in specs.values():
@@ -125,11 +138,11 @@ def calibration_feeds(data: Dataset, onnx_path: Path, calib_size: int) -> list[d
     n = len(next(iter(arrays.values())))
     if n < batch:
         raise BadInputError(
-            f"the model has a fixed batch size of {batch} but only {n} calibration samples were given; "
-            "pass more samples or export the model with a dynamic batch axis"
+            f"the model has a fixed batch size of {batch} but only {n} calibration samples "
+            "were given; pass more samples or export the model with a dynamic batch axis"
         )
     return [
-        {name: np.ascontiguousarray(arrays[name][i : i + batch], dtype=specs[name][1]) for name in specs}
+        {k: np.ascontiguousarray(arrays[k][i : i + batch], dtype=specs[k][1]) for k in specs}
         for i in range(0, n - batch + 1, batch)
     ]
 
@@ -154,7 +167,7 @@ def _calibration_facts(feeds: list[dict[str, np.ndarray]]) -> tuple[dict[str, ob
 
 @register(Int8Config, "graph")
 def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
-    """Quantize ``onnx_path`` to INT8 for each runtime of ``config``; files go to ``ctx.workdir``."""
+    """Quantize ``onnx_path`` to INT8 for each runtime of ``config``, into ``ctx.workdir``."""
     onnx_path = Path(onnx_path).resolve()
     if not onnx_path.is_file():
         raise BadInputError(f"ONNX model {onnx_path} does not exist; export the model first")
@@ -166,19 +179,22 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
     )
     feeds: list[dict[str, np.ndarray]] = []
     calib_notes: list[str] = []
-    record: dict[str, object] = {"config": {k: getattr(config, k) for k in config.__dataclass_fields__}}
+    record: dict[str, Any] = ctx.records.setdefault("quantize:int8", {"variants": {}})
     if needs_calib:
         feeds = calibration_feeds(ctx.calib, onnx_path, config.calib_size)
         facts, calib_notes = _calibration_facts(feeds)
         record["calibration"] = facts
         if ctx.calib.directional_only:
-            calib_notes.append("calibrated on generated (random) samples: accuracy figures are indicative only")
+            calib_notes.append(
+                "calibrated on generated (random) samples: accuracy figures are indicative only"
+            )
 
     variants: list[Variant] = []
     for runtime in config.runtimes:
         if runtime == "onnxruntime" and config.mode == "static":
             ctx.progress(f"INT8 static (ONNX Runtime), calibrating on {len(feeds)} feeds")
-            variant = ort_int8_static(config, onnx_path, feeds, workdir / "model.ort-int8-static.onnx")
+            out = workdir / "model.ort-int8-static.onnx"
+            variant = ort_int8_static(config, onnx_path, feeds, out)
         elif runtime == "onnxruntime":
             ctx.progress("INT8 dynamic (ONNX Runtime), MatMul/Gemm only")
             variant = ort_int8_dynamic(config, onnx_path, workdir / "model.ort-int8-dynamic.onnx")
@@ -187,14 +203,16 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
             variant = ov_int8(config, onnx_path, feeds, workdir / "openvino" / "model.ov-int8.xml")
         else:
             ctx.progress(f"INT8 explicit Q/DQ (TensorRT), calibrating on {len(feeds)} feeds")
-            variant = trt_int8_qdq(config, onnx_path, feeds, workdir / "tensorrt" / "model.trt-int8-qdq.onnx")
+            out = workdir / "tensorrt" / "model.trt-int8-qdq.onnx"
+            variant = trt_int8_qdq(config, onnx_path, feeds, out)
         if variant.name != "ort-int8-dynamic":
             variant.notes.extend(calib_notes)
         variants.append(variant)
 
-    summaries: dict[str, dict] = {}
+    settings = {k: getattr(config, k) for k in config.__dataclass_fields__}
     for v in variants:
-        summaries[v.name] = ov_quantized_ops(v.path) if v.runtime == "openvino" else quantization_summary(v.path)
-    record["variants"] = summaries
-    ctx.records["quantize:int8"] = record
+        summary = (
+            ov_quantized_ops(v.path) if v.runtime == "openvino" else quantization_summary(v.path)
+        )
+        record["variants"][v.name] = {"config": settings, "summary": summary}
     return variants

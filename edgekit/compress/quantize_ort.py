@@ -1,7 +1,8 @@
 """ONNX Runtime quantization backend: static and dynamic INT8 for the CPU, and the symmetric
 explicit Q/DQ ONNX that TensorRT builds into an INT8 engine.
 
-Also :func:`quantization_summary`, which says what a quantized ONNX really contains.
+Also :func:`quantization_summary`, which says what a quantized ONNX really contains, and
+:func:`check_trt_qdq`, which checks a Q/DQ ONNX against what TensorRT's parser accepts.
 """
 
 from __future__ import annotations
@@ -23,19 +24,29 @@ from edgekit.errors import BadInputError, IntegrityError, require
 if TYPE_CHECKING:
     from edgekit.compress.quantize import Int8Config
 
+Feeds = list[dict[str, np.ndarray]]
+
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 INTEGER_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# ORT's calibrator keeps every intermediate output until it computes ranges; merging the min/max
-# every few feeds gives the same ranges with bounded memory.
+_WEIGHTED_INTEGER_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
+# ORT's calibrator keeps every intermediate output until it computes ranges; merging min/max
+# every few feeds gives the same ranges in bounded memory.
 _CALIB_CHUNK = 32
+_NO_SATURATION = (
+    "weights use 7 bits (reduce_range) so u8×s8 products cannot saturate on x86 CPUs without VNNI"
+)
+_MAY_SATURATE = (
+    "weights use all 8 bits (reduce_range=False): u8×s8 products may saturate on x86 CPUs "
+    "without VNNI (AVX2 only)"
+)
 
 
 class _FeedReader:
-    """ONNX Runtime ``CalibrationDataReader`` over a fixed list of feeds (duck-typed: ORT checks
-    only for ``get_next``)."""
+    """ONNX Runtime ``CalibrationDataReader`` over a list of feeds (ORT checks only for
+    ``get_next``, so no ORT import is needed here)."""
 
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+    def __init__(self, feeds: Feeds) -> None:
         self._feeds = feeds
         self._i = 0
 
@@ -58,7 +69,7 @@ class _FeedReader:
 
 @contextlib.contextmanager
 def _in_temp_cwd() -> Iterator[Path]:
-    """Run in a fresh temporary directory as the working directory (some ORT tools leave files in cwd)."""
+    """Work in a fresh temporary directory (some ORT tools leave files in the current one)."""
     old = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="edgekit-quant-") as tmp:
         os.chdir(tmp)
@@ -70,7 +81,7 @@ def _in_temp_cwd() -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
-    """ORT's quantization tools log advice through the root logger; keep it out of the CLI output."""
+    """ORT's quantization tools log advice through the root logger; keep it out of CLI output."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))
@@ -80,69 +91,87 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _has_external_data(onnx_path: Path) -> bool:
+def _load(onnx_path: Path | str, *, weights: bool = True) -> Any:
     import onnx
+
+    return onnx.load(str(onnx_path), load_external_data=weights)
+
+
+def _has_external_data(onnx_path: Path) -> bool:
     from onnx.external_data_helper import uses_external_data
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return any(uses_external_data(t) for t in model.graph.initializer)
+    return any(uses_external_data(t) for t in _load(onnx_path, weights=False).graph.initializer)
 
 
-def _node_names(onnx_path: Path) -> list[str]:
-    import onnx
+def _external_files(out: Path) -> list[Path]:
+    data = out.with_name(out.name + ".data")
+    return [data] if data.exists() else []
 
-    return [n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node]
 
-
-def _check_exclude(exclude: tuple[str, ...], onnx_path: Path, where: str) -> None:
-    if not exclude:
-        return
-    names = _node_names(onnx_path)
-    missing = [e for e in exclude if e not in set(names)]
-    if missing:
-        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-        raise BadInputError(f"exclude names {missing} are not nodes of the {where}; its nodes are: {shown}")
+def _count(feeds: Feeds) -> int:
+    return sum(len(next(iter(f.values()))) for f in feeds)
 
 
 def preprocess(onnx_path: Path, out_path: Path) -> list[str]:
     """ORT's quantization pre-processing (shape inference + basic graph optimization).
 
-    Upgrades opset < 13 first (per-channel Q/DQ needs it); falls back to skipping symbolic shape
-    inference when it cannot complete. Returns notes on what was done differently.
+    Upgrades opset < 13 first (per-channel Q/DQ needs it) and skips symbolic shape inference
+    when it cannot complete. Returns notes on anything done differently from the default.
     """
-    require("onnxruntime", extra=None)
+    require("onnxruntime")
     import onnx
     from onnxruntime.quantization import quant_pre_process
 
     notes: list[str] = []
-    src: Path = Path(onnx_path).resolve()
+    src = Path(onnx_path).resolve()
     out_path = Path(out_path).resolve()
     external = _has_external_data(src)
     with _in_temp_cwd() as tmp, _quiet_root_logger():
-        model = onnx.load(str(src), load_external_data=False)
+        model = _load(src, weights=False)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         if opset < 13:
             from onnx import version_converter
 
-            upgraded = version_converter.convert_version(onnx.load(str(src)), 13)
-            src = tmp / "opset13.onnx"
-            onnx.save(upgraded, str(src))
-            notes.append(f"upgraded the ONNX opset {opset} → 13 before quantizing (per-channel Q/DQ needs it)")
-        kwargs: dict[str, Any] = {"save_as_external_data": external, "all_tensors_to_one_file": True}
+            src_upgraded = tmp / "opset13.onnx"
+            onnx.save(version_converter.convert_version(_load(src), 13), str(src_upgraded))
+            src = src_upgraded
+            notes.append(f"upgraded ONNX opset {opset} → 13 first (per-channel Q/DQ needs it)")
+        kwargs: dict[str, Any] = {
+            "save_as_external_data": external,
+            "all_tensors_to_one_file": True,
+        }
         try:
             quant_pre_process(str(src), str(out_path), **kwargs)
         except Exception as exc:  # ORT raises a bare Exception here
             if "Incomplete symbolic shape inference" not in str(exc):
                 raise
             quant_pre_process(str(src), str(out_path), skip_symbolic_shape=True, **kwargs)
-            notes.append("pre-processing skipped symbolic shape inference (it could not complete on this graph)")
+            notes.append("pre-processing skipped symbolic shape inference (incomplete here)")
     return notes
+
+
+@contextlib.contextmanager
+def _preprocessed(onnx_path: Path, exclude: tuple[str, ...]) -> Iterator[tuple[Path, list[str]]]:
+    """The pre-processed model in a temporary directory, after checking ``exclude`` against it."""
+    with tempfile.TemporaryDirectory(prefix="edgekit-pre-") as tmp:
+        pre = Path(tmp) / "preprocessed.onnx"
+        notes = preprocess(onnx_path, pre)
+        if exclude:
+            names = [n.name for n in _load(pre, weights=False).graph.node]
+            missing = [e for e in exclude if e not in set(names)]
+            if missing:
+                shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+                raise BadInputError(
+                    f"exclude names {missing} are not nodes of the pre-processed ONNX graph; "
+                    f"its nodes are: {shown}"
+                )
+        yield pre, notes
 
 
 def _quantize_static(
     src: Path,
     out: Path,
-    feeds: list[dict[str, np.ndarray]],
+    feeds: Feeds,
     *,
     activation_type: str,
     per_channel: bool,
@@ -180,19 +209,15 @@ def _quantize_static(
         )
 
 
-def _external_files(out: Path) -> list[Path]:
-    data = out.with_name(out.name + ".data")
-    return [data] if data.exists() else []
+def ort_int8_static(config: Int8Config, onnx_path: Path, feeds: Feeds, out: Path) -> Variant:
+    """Static QDQ INT8 for ONNX Runtime's CPU execution provider.
 
-
-def ort_int8_static(config: Int8Config, onnx_path: Path, feeds: list[dict[str, np.ndarray]], out: Path) -> Variant:
-    """Static QDQ INT8 for ONNX Runtime's CPU execution provider (uint8 activations, int8 weights)."""
+    uint8 activations with int8 weights (U8S8), ONNX Runtime's recommended pairing for x86
+    CPUs; ``config.reduce_range`` keeps weights to 7 bits for CPUs without VNNI.
+    """
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgekit-pre-") as tmp:
-        pre = Path(tmp) / "preprocessed.onnx"
-        notes = preprocess(onnx_path, pre)
-        _check_exclude(config.exclude, pre, "pre-processed ONNX graph")
+    with _preprocessed(onnx_path, config.exclude) as (pre, pre_notes):
         _quantize_static(
             pre,
             out,
@@ -204,20 +229,14 @@ def ort_int8_static(config: Int8Config, onnx_path: Path, feeds: list[dict[str, n
             exclude=config.exclude,
             extra_options={"ActivationSymmetric": config.symmetric_activations},
         )
-    n = sum(len(next(iter(f.values()))) for f in feeds)
+    symmetry = "symmetric" if config.symmetric_activations else "asymmetric"
+    granularity = "per-channel" if config.per_channel else "per-tensor"
     notes = [
-        "QDQ format; activations uint8"
-        + (" symmetric" if config.symmetric_activations else " asymmetric")
-        + ", weights int8 symmetric "
-        + ("per-channel" if config.per_channel else "per-tensor")
-        + " (U8S8: ONNX Runtime's recommended pairing for x86 CPUs)",
-        (
-            "weights use 7 bits (reduce_range) so u8×s8 products cannot saturate on x86 CPUs without VNNI"
-            if config.reduce_range
-            else "weights use the full 8 bits (reduce_range=False): may saturate on x86 CPUs without VNNI (AVX2 only)"
-        ),
-        f"calibration: {n} samples, method {config.calib_method}",
-        *notes,
+        f"QDQ format; activations uint8 {symmetry}, weights int8 symmetric {granularity} "
+        "(U8S8: ONNX Runtime's recommended pairing for x86 CPUs)",
+        _NO_SATURATION if config.reduce_range else _MAY_SATURATE,
+        f"calibration: {_count(feeds)} samples, method {config.calib_method}",
+        *pre_notes,
     ]
     if config.exclude:
         notes.append(f"kept in float (exclude): {', '.join(config.exclude)}")
@@ -235,8 +254,7 @@ def ort_int8_static(config: Int8Config, onnx_path: Path, feeds: list[dict[str, n
 def ort_int8_dynamic(config: Int8Config, onnx_path: Path, out: Path) -> Variant:
     """Dynamic INT8 for ONNX Runtime, restricted to MatMul/Gemm.
 
-    Dynamic Conv becomes ConvInteger, which is several times slower than fp32 on CPU, so Conv
-    stays float.
+    Dynamic Conv becomes ConvInteger, several times slower than fp32 on CPU: Conv stays float.
     """
     require("onnxruntime")
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -244,11 +262,8 @@ def ort_int8_dynamic(config: Int8Config, onnx_path: Path, out: Path) -> Variant:
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     op_types = ["MatMul", "Gemm"]
-    with tempfile.TemporaryDirectory(prefix="edgekit-pre-") as tmp:
-        pre = Path(tmp) / "preprocessed.onnx"
-        notes = preprocess(onnx_path, pre)
-        _check_exclude(config.exclude, pre, "pre-processed ONNX graph")
-        present = Counter(n.op_type for n in _load(pre).graph.node)
+    with _preprocessed(onnx_path, config.exclude) as (pre, pre_notes):
+        present = Counter(n.op_type for n in _load(pre, weights=False).graph.node)
         with _in_temp_cwd(), _quiet_root_logger():
             quantize_dynamic(
                 str(pre),
@@ -260,16 +275,18 @@ def ort_int8_dynamic(config: Int8Config, onnx_path: Path, out: Path) -> Variant:
                 nodes_to_exclude=list(config.exclude),
                 use_external_data_format=_has_external_data(pre),
             )
+    granularity = "per-channel" if config.per_channel else "per-tensor"
     notes = [
-        "only MatMul/Gemm quantized (weights int8 "
-        + ("per-channel" if config.per_channel else "per-tensor")
-        + ", activations quantized at run time); Conv left float: dynamic Conv (ConvInteger) is much slower on CPU",
-        *notes,
+        f"only MatMul/Gemm quantized (int8 {granularity} weights, activations quantized at run "
+        "time); Conv stays float: dynamic Conv (ConvInteger) is much slower on CPU",
+        _NO_SATURATION if config.reduce_range else _MAY_SATURATE,
+        *pre_notes,
     ]
-    if config.reduce_range:
-        notes.append("weights use 7 bits (reduce_range) so u8×s8 products cannot saturate on x86 CPUs without VNNI")
     if not any(present[t] for t in op_types):
-        notes.append("the model has no MatMul or Gemm: dynamic INT8 quantized nothing, this variant computes like fp32")
+        notes.append(
+            "the model has no MatMul or Gemm: dynamic INT8 quantized nothing, "
+            "this variant computes like fp32"
+        )
     if config.exclude:
         notes.append(f"kept in float (exclude): {', '.join(config.exclude)}")
     return Variant(
@@ -283,19 +300,17 @@ def ort_int8_dynamic(config: Int8Config, onnx_path: Path, out: Path) -> Variant:
     )
 
 
-def trt_int8_qdq(config: Int8Config, onnx_path: Path, feeds: list[dict[str, np.ndarray]], out: Path) -> Variant:
-    """Explicit-quantization ONNX for TensorRT: symmetric int8 Q/DQ (zero point 0 everywhere).
+def trt_int8_qdq(config: Int8Config, onnx_path: Path, feeds: Feeds, out: Path) -> Variant:
+    """Explicit-quantization ONNX for TensorRT: symmetric int8 Q/DQ, zero point 0 everywhere.
 
     Placement follows TensorRT's recommendations: Q/DQ on the inputs of weighted layers, not on
-    their outputs; activations such as ReLU stay explicit so TensorRT can fuse them; biases stay
-    float (TensorRT's DequantizeLinear takes int8 only and quantizes the bias itself); weights
-    use the full int8 range. The result is checked with :func:`check_trt_qdq`.
+    their outputs; activations such as ReLU stay explicit so TensorRT can fuse them; one Q/DQ
+    pair per consumer; biases stay float (TensorRT's DequantizeLinear takes int8 only and it
+    quantizes biases itself); weights use the full int8 range. Checked by :func:`check_trt_qdq`.
     """
+    out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgekit-pre-") as tmp:
-        pre = Path(tmp) / "preprocessed.onnx"
-        notes = preprocess(onnx_path, pre)
-        _check_exclude(config.exclude, pre, "pre-processed ONNX graph")
+    with _preprocessed(onnx_path, config.exclude) as (pre, pre_notes):
         _quantize_static(
             pre,
             out,
@@ -315,14 +330,13 @@ def trt_int8_qdq(config: Int8Config, onnx_path: Path, feeds: list[dict[str, np.n
             },
         )
     check_trt_qdq(out)
-    n = sum(len(next(iter(f.values()))) for f in feeds)
+    granularity = "per-channel" if config.per_channel else "per-tensor"
     notes = [
-        "explicit Q/DQ, int8 symmetric activations and "
-        + ("per-channel" if config.per_channel else "per-tensor")
-        + " weights, zero points 0, float biases",
-        f"calibration: {n} samples, method {config.calib_method}",
-        "the engine is built on the device (edgekit build) from this ONNX; no precision flag is needed for Q/DQ layers",
-        *notes,
+        f"explicit Q/DQ: int8 symmetric activations and {granularity} weights, zero points 0, "
+        "float biases",
+        f"calibration: {_count(feeds)} samples, method {config.calib_method}",
+        "the engine is built on the device (edgekit build); Q/DQ layers need no precision flag",
+        *pre_notes,
     ]
     if config.exclude:
         notes.append(f"kept in float (exclude): {', '.join(config.exclude)}")
@@ -337,18 +351,13 @@ def trt_int8_qdq(config: Int8Config, onnx_path: Path, feeds: list[dict[str, np.n
     )
 
 
-def _load(onnx_path: Path | str) -> Any:
-    import onnx
-
-    return onnx.load(str(onnx_path))
-
-
 def check_trt_qdq(onnx_path: Path | str) -> dict[str, int]:
-    """Check that an ONNX is a valid explicit-quantization model for TensorRT.
+    """Check that an ONNX is an explicit-quantization model TensorRT's parser accepts.
 
-    Every QuantizeLinear/DequantizeLinear must be int8 with a zero point of 0 (TensorRT's ONNX
-    parser rejects anything else), and no operator-oriented or integer ops may appear.
-    Returns counts; raises :class:`IntegrityError` naming the offending nodes.
+    Every QuantizeLinear/DequantizeLinear must have an int8 zero point equal to 0, every
+    dequantized constant must be int8 (no int32 biases), and no operator-oriented (QLinear*)
+    or integer ops may appear. Returns the Q and DQ counts; raises :class:`IntegrityError`
+    naming the offending nodes.
     """
     from onnx import numpy_helper
 
@@ -357,58 +366,61 @@ def check_trt_qdq(onnx_path: Path | str) -> dict[str, int]:
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute:
             consts[node.output[0]] = node.attribute[0].t
-    problems: list[str] = []
     counts = Counter(n.op_type for n in model.graph.node)
+    problems: list[str] = []
     for node in model.graph.node:
         if node.op_type.startswith("QLinear") or node.op_type in INTEGER_OPS:
             problems.append(f"{node.name}: {node.op_type} is not supported by TensorRT")
         if node.op_type not in QDQ_OPS:
             continue
         if len(node.input) < 3 or node.input[2] not in consts:
-            problems.append(f"{node.name}: no constant zero point (TensorRT needs an explicit int8 zero point of 0)")
+            problems.append(f"{node.name}: no constant zero point (TensorRT needs an int8 zero)")
             continue
         zp = numpy_helper.to_array(consts[node.input[2]])
         if zp.dtype != np.int8:
             problems.append(f"{node.name}: zero point is {zp.dtype}, TensorRT needs int8")
         elif np.any(zp != 0):
-            problems.append(f"{node.name}: zero point is not 0 (asymmetric), TensorRT needs symmetric quantization")
+            problems.append(f"{node.name}: zero point is not 0 (TensorRT needs symmetric)")
         if node.op_type == "DequantizeLinear" and node.input[0] in consts:
-            q = numpy_helper.to_array(consts[node.input[0]])
-            if q.dtype != np.int8:
-                problems.append(f"{node.name}: dequantizes {q.dtype} data, TensorRT accepts int8 only")
+            data = numpy_helper.to_array(consts[node.input[0]])
+            if data.dtype != np.int8:
+                problems.append(f"{node.name}: dequantizes {data.dtype}, TensorRT takes int8 only")
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise IntegrityError(f"{onnx_path} is not a valid TensorRT Q/DQ model: {'; '.join(problems[:5])}{more}")
-    return {"QuantizeLinear": counts["QuantizeLinear"], "DequantizeLinear": counts["DequantizeLinear"]}
+        raise IntegrityError(
+            f"{onnx_path} is not a valid TensorRT Q/DQ model: {'; '.join(problems[:5])}{more}"
+        )
+    return {op: counts[op] for op in QDQ_OPS}
 
 
 def quantization_summary(onnx_path: Path | str) -> dict[str, Any]:
     """What a (quantized) ONNX really contains.
 
-    Returns counts of ``QuantizeLinear``, ``DequantizeLinear``, ``QLinear*``, ``ConvInteger``,
-    ``MatMulInteger`` and ``DynamicQuantizeLinear`` nodes; ``quantized_op_types`` and
-    ``float_op_types`` (op type → count), where a node counts as quantized when it is an integer
-    op or takes a dequantized input; ``quantized_weighted`` / ``float_weighted``: names of the
-    Conv/ConvTranspose/Gemm/MatMul nodes whose weights are / are not int8; ``int8_weight_bytes``.
+    Returns counts of ``QuantizeLinear``, ``DequantizeLinear``, ``QLinear`` (all QLinear* ops),
+    ``ConvInteger``, ``MatMulInteger`` and ``DynamicQuantizeLinear`` nodes;
+    ``quantized_op_types`` / ``float_op_types`` (op type → count; a node is quantized when it
+    is an integer op or takes a dequantized input); ``quantized_weighted`` / ``float_weighted``
+    (names of Conv/ConvTranspose/Gemm/MatMul-like nodes whose weights are / are not 8-bit);
+    ``int8_weight_bytes`` (bytes of 8-bit weight tensors).
     """
     from onnx import numpy_helper
 
-    model = _load(onnx_path)
-    graph = model.graph
+    graph = _load(onnx_path).graph
     inits = {t.name: t for t in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
     counts = Counter(n.op_type for n in graph.node)
 
-    def int8_source(tensor: str) -> bool:
-        """True when ``tensor`` is an int8/uint8 initializer, or a DequantizeLinear of one."""
-        if tensor in inits:
-            return numpy_helper.to_array(inits[tensor]).dtype in (np.int8, np.uint8)
+    def is_8bit(name: str) -> bool:
+        return name in inits and numpy_helper.to_array(inits[name]).dtype in (np.int8, np.uint8)
+
+    def weight_source(tensor: str) -> str | None:
+        """The initializer a weight comes from, through layout ops and DequantizeLinear."""
         node = producer.get(tensor)
         while node is not None and node.op_type in ("Transpose", "Reshape", "Identity"):
-            node = producer.get(node.input[0])
-        if node is not None and node.op_type == "DequantizeLinear" and node.input[0] in inits:
-            return numpy_helper.to_array(inits[node.input[0]]).dtype in (np.int8, np.uint8)
-        return False
+            tensor, node = node.input[0], producer.get(node.input[0])
+        if node is not None and node.op_type == "DequantizeLinear":
+            tensor = node.input[0]
+        return tensor if tensor in inits else None
 
     quantized_types: Counter[str] = Counter()
     float_types: Counter[str] = Counter()
@@ -418,23 +430,21 @@ def quantization_summary(onnx_path: Path | str) -> dict[str, Any]:
         if node.op_type in QDQ_OPS or node.op_type == "DynamicQuantizeLinear":
             continue
         integer_op = node.op_type.startswith("QLinear") or node.op_type in INTEGER_OPS
-        dequantized_input = any(
-            (p := producer.get(i)) is not None and p.op_type == "DequantizeLinear" for i in node.input
+        dequantized = any(
+            i in producer and producer[i].op_type == "DequantizeLinear" for i in node.input
         )
-        if integer_op or dequantized_input:
-            quantized_types[node.op_type] += 1
-        else:
-            float_types[node.op_type] += 1
-        weighted = node.op_type in WEIGHTED_OPS or node.op_type in ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
-        if weighted:
-            # The weight is input 1 except for QLinear ops (input 3).
-            w = node.input[3] if node.op_type.startswith("QLinear") else node.input[1] if len(node.input) > 1 else ""
-            (quantized_weighted if int8_source(w) else float_weighted).append(node.name)
+        (quantized_types if integer_op or dequantized else float_types)[node.op_type] += 1
+        if node.op_type in WEIGHTED_OPS + _WEIGHTED_INTEGER_OPS and len(node.input) > 1:
+            # QLinearConv/QLinearMatMul carry (x, x_scale, x_zero_point, w, ...).
+            weight = weight_source(node.input[3 if node.op_type.startswith("QLinear") else 1])
+            if weight is not None:  # a MatMul of two activations has no weight
+                (quantized_weighted if is_8bit(weight) else float_weighted).append(node.name)
 
+    # Weights are at least 2-D; scales and zero points are 0-D or 1-D.
     int8_bytes = sum(
         numpy_helper.to_array(t).nbytes
         for t in graph.initializer
-        if t.data_type in (2, 3) and len(t.dims) >= 2  # UINT8/INT8 weights (zero points are 0-D or 1-D)
+        if is_8bit(t.name) and len(t.dims) >= 2
     )
     return {
         "QuantizeLinear": counts["QuantizeLinear"],

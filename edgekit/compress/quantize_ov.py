@@ -30,7 +30,7 @@ WEIGHTED_TYPES = (
     "MatMul",
 )
 _DECOMPRESSION = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze")
-_LAYOUT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Concat", "Split", "VariadicSplit")
+_LAYOUT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Concat", "Split")
 _LOW_BIT = ("i8", "u8", "i4", "u4")
 _AUTO_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_\d+$")
 
@@ -58,7 +58,11 @@ def stable_names(model: Any, reserved: set[str]) -> None:
     Names in ``reserved`` (the source model's own names) are kept.
     """
     ops = list(model.get_ordered_ops())
-    to_rename = [op for op in ops if _AUTO_NAME.match(op.get_friendly_name()) and op.get_friendly_name() not in reserved]
+    to_rename = [
+        op
+        for op in ops
+        if _AUTO_NAME.match(op.get_friendly_name()) and op.get_friendly_name() not in reserved
+    ]
     renamed = {id(op) for op in to_rename}
     taken = {op.get_friendly_name() for op in ops if id(op) not in renamed} | reserved
     k = 0
@@ -115,8 +119,9 @@ def ov_fp16_ir(onnx_path: Path | str, out_xml: Path | str) -> Variant:
         path=out_xml,
         techniques=["quantize:fp16"],
         notes=[
-            "weights stored in fp16 (half the size); on a CPU without native fp16 arithmetic OpenVINO "
-            "decompresses them at load time and computes in fp32 (or bf16, see below), so expect no speed-up there",
+            "weights stored in fp16 (half the size); on a CPU without native fp16 arithmetic "
+            "OpenVINO decompresses them at load time and computes in fp32 (or bf16, see below), "
+            "so expect no speed-up there",
             BF16_NOTE,
         ],
         extra_files=[bin_path],
@@ -126,18 +131,20 @@ def ov_fp16_ir(onnx_path: Path | str, out_xml: Path | str) -> Variant:
 def _ov_names_for(exclude: tuple[str, ...], model: Any) -> list[str]:
     """OpenVINO operations that came from the named ONNX nodes (a Conv with bias becomes
     ``<name>/WithoutBiases`` + an Add named ``<name>``)."""
-    ops = [op for op in model.get_ordered_ops() if op.get_type_name() not in ("Constant", "Parameter", "Result")]
+    skip = ("Constant", "Parameter", "Result")
+    ops = [op for op in model.get_ordered_ops() if op.get_type_name() not in skip]
     names: list[str] = []
     for onnx_name in exclude:
         found = [
-            op.get_friendly_name()
-            for op in ops
-            if op.get_friendly_name() == onnx_name or op.get_friendly_name().startswith(onnx_name + "/")
+            name
+            for name in (op.get_friendly_name() for op in ops)
+            if name == onnx_name or name.startswith(onnx_name + "/")
         ]
         if not found:
             shown = ", ".join(op.get_friendly_name() for op in ops[:12])
             raise BadInputError(
-                f"exclude name {onnx_name!r} matches no OpenVINO operation; name ONNX nodes such as: {shown}"
+                f"exclude name {onnx_name!r} matches no OpenVINO operation; "
+                f"name ONNX nodes such as: {shown}"
             )
         names.extend(found)
     return names
@@ -157,14 +164,18 @@ def _quiet_nncf() -> Iterator[None]:
         nncf_logger.setLevel(level)
 
 
-def ov_int8(config: Int8Config, onnx_path: Path, feeds: list[dict[str, np.ndarray]], out_xml: Path) -> Variant:
+def ov_int8(
+    config: Int8Config, onnx_path: Path, feeds: list[dict[str, np.ndarray]], out_xml: Path
+) -> Variant:
     """INT8 OpenVINO IR: ``openvino.convert_model`` then ``nncf.quantize`` (default preset:
     symmetric int8 weights per channel and activations, fast bias correction)."""
     require("nncf")
     import nncf
 
     model = _convert(onnx_path)
-    ignored = nncf.IgnoredScope(names=_ov_names_for(config.exclude, model)) if config.exclude else None
+    ignored = None
+    if config.exclude:
+        ignored = nncf.IgnoredScope(names=_ov_names_for(config.exclude, model))
     with _quiet_nncf():
         quantized = nncf.quantize(
             model,
@@ -177,7 +188,8 @@ def ov_int8(config: Int8Config, onnx_path: Path, feeds: list[dict[str, np.ndarra
     notes = [
         "NNCF post-training quantization, default preset (symmetric int8 weights and activations), "
         "fast bias correction",
-        f"calibration: {n} samples with NNCF's own range estimators (calib_method applies to ONNX Runtime)",
+        f"calibration: {n} samples with NNCF's own range estimators "
+        "(calib_method applies to ONNX Runtime)",
         "non-quantized operations run at OpenVINO's inference precision: " + BF16_NOTE,
     ]
     if config.exclude:
@@ -237,9 +249,11 @@ def ov_quantized_ops(xml: Path | str) -> dict[str, Any]:
         low_bit = _low_bit_weight(op.input(1).get_source_output())
         (quantized if act_fq and low_bit else weight_only if low_bit else floating).append(name)
     int8_bytes = sum(
-        int(np.prod(list(op.get_output_shape(0)))) if op.get_output_partial_shape(0).is_static else 0
+        int(np.prod(list(op.get_output_shape(0))))
         for op in ops
-        if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("i8", "u8")
+        if op.get_type_name() == "Constant"
+        and op.get_element_type().get_type_name() in ("i8", "u8")
+        and op.get_output_partial_shape(0).is_static
     )
     return {
         "FakeQuantize": counts["FakeQuantize"],

@@ -1,9 +1,9 @@
 """Export a model to one self-contained ONNX file and prove it computes what the model computes.
 
 Every export ends with :func:`check_parity` on the caller's real sample, at its own batch size
-and at batch 1; a mismatch is an error. The file has a dynamic batch axis named ``batch`` on every
-input and output, opset ≥ 13 (ONNX Runtime's per-channel quantization needs it), and no external
-data file.
+and at a second one (batch 1, or 2 when the sample is a single row); a mismatch is an error.
+The file has a dynamic batch axis named ``batch`` on every input and output, opset ≥ 13
+(ONNX Runtime's per-channel quantization needs it), and no external data file.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 
 from edgekit.errors import BadInputError, IntegrityError
 from edgekit.io.atomic import atomic_write_bytes
-from edgekit.io.models import META_FILE, InputSpec, LoadedModel
+from edgekit.io.models import META_FILE, InputSpec, LoadedModel, forward_input_names
 
 if TYPE_CHECKING:
     import onnx
@@ -33,9 +33,15 @@ DYNAMO_MIN_OPSET = 18  # the dynamo exporter implements 18+; asking for less mak
 BATCH = "batch"
 
 _ORT_TYPES = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
-    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
 }
 
 
@@ -68,20 +74,31 @@ def export_onnx(
     written only when the parity check passes (:class:`IntegrityError` otherwise).
     """
     if opset < MIN_OPSET:
-        raise BadInputError(f"opset {opset} is too old; use {MIN_OPSET} or newer (ONNX Runtime quantization needs it)")
+        raise BadInputError(
+            f"opset {opset} is too old; use {MIN_OPSET} or newer "
+            "(ONNX Runtime quantization needs it)"
+        )
     out = Path(out)
     if isinstance(model, LoadedModel) and not model.is_torch:
         if model.onnx_path is None:
-            raise BadInputError(f"{model.path} has neither a torch module nor an ONNX file to export")
+            raise BadInputError(
+                f"{model.path} has neither a torch module nor an ONNX file to export"
+            )
         return _normalise_onnx(model.onnx_path, out, sample, opset, atol, dynamic_batch)
 
     module, specs, meta, is_program = _unpack(model)
-    names = [s.name for s in specs] or list(sample)
+    names = [s.name for s in specs] or _names_from_forward(module, sample)
     feed = _bind(sample, names, {s.name: s.dtype for s in specs})
     trace = feed
     if dynamic_batch and _batch_size(feed) == 1:
         # A batch of 1 would be specialised as a constant by tracing; use the sample twice.
         trace = {k: np.concatenate([v, v]) for k, v in feed.items()}
+    if is_program and dynamic_batch and _static_batch_placeholders(module):
+        raise BadInputError(
+            "this torch.export program has a fixed batch size "
+            f"({', '.join(_static_batch_placeholders(module))}); re-export it with "
+            "dynamic_shapes={0: torch.export.Dim('batch')} per input, or export with a static batch"
+        )
     output_names = _output_names(module, trace)
 
     failures: list[str] = []
@@ -91,7 +108,9 @@ def export_onnx(
             raw = Path(tmp) / f"{exporter}.raw.onnx"
             try:
                 with _eval_mode(module), _quiet():
-                    _EXPORTERS[exporter](module, _tensors(trace), raw, names, output_names, opset, dynamic_batch)
+                    _EXPORTERS[exporter](
+                        module, _tensors(trace), raw, names, output_names, opset, dynamic_batch
+                    )
                 proto = _finalise(raw, dynamic_batch, meta)
             except IntegrityError as exc:
                 failures.append(f"{exporter}: {exc}")
@@ -140,12 +159,16 @@ def check_parity(
     session = _session(Path(onnx_path))
     names = [i.name for i in session.get_inputs()]
     feed = _bind(sample, names, {})
-    feed = {i.name: feed[i.name].astype(_ORT_TYPES.get(i.type, feed[i.name].dtype), copy=False)
-            for i in session.get_inputs()}
+    feed = {
+        i.name: feed[i.name].astype(_ORT_TYPES.get(i.type, feed[i.name].dtype), copy=False)
+        for i in session.get_inputs()
+    }
     try:
         got = session.run(None, feed)
     except Exception as exc:
-        raise IntegrityError(f"ONNX Runtime cannot run {onnx_path} on the sample: {_first_line(exc)}") from exc
+        raise IntegrityError(
+            f"ONNX Runtime cannot run the ONNX model on the sample: {_first_line(exc)}"
+        ) from exc
     ref = _reference(module, feed)
     if len(got) != len(ref):
         raise IntegrityError(f"ONNX model has {len(got)} outputs but the reference has {len(ref)}")
@@ -153,7 +176,9 @@ def check_parity(
     for i, (a, b) in enumerate(zip(got, ref, strict=True)):
         a, b = np.asarray(a), np.asarray(b)
         if a.shape != b.shape:
-            raise IntegrityError(f"ONNX output {i} has shape {a.shape} but the reference gives {b.shape}")
+            raise IntegrityError(
+                f"ONNX output {i} has shape {a.shape} but the reference gives {b.shape}"
+            )
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         diff = np.abs(a64 - b64)
         same_nan = np.isnan(a64) & np.isnan(b64)
@@ -166,8 +191,9 @@ def check_parity(
     limit = atol * scale
     if err > limit:
         raise IntegrityError(
-            f"ONNX output differs from torch by {err:.3g} > {limit:.3g} (atol {atol:g}); the exported graph "
-            "does not compute what the model does (data-dependent control flow, or values traced as constants?)"
+            f"ONNX output differs from torch by {err:.3g} > {limit:.3g} (atol {atol:g}); the "
+            "exported graph does not compute what the model does (data-dependent control flow, "
+            "or values traced as constants?)"
         )
     return err
 
@@ -179,20 +205,60 @@ def model_params(onnx_path: Path) -> int:
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     kinds = {
-        onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-        onnx.TensorProto.BFLOAT16, onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
-        onnx.TensorProto.INT4, onnx.TensorProto.UINT4,
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.BFLOAT16,
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.INT4,
+        onnx.TensorProto.UINT4,
     }
-    return sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer if t.data_type in kinds)
+    return sum(
+        int(np.prod(t.dims, dtype=np.int64))
+        for t in model.graph.initializer
+        if t.data_type in kinds
+    )
 
 
 # -- torch side -------------------------------------------------------------------------------
 
 
-def _unpack(model: LoadedModel | torch.nn.Module) -> tuple[Any, list[InputSpec], dict[str, Any], bool]:
+def _unpack(
+    model: LoadedModel | torch.nn.Module,
+) -> tuple[Any, list[InputSpec], dict[str, Any], bool]:
     if isinstance(model, LoadedModel):
-        return model.module, list(model.inputs), dict(model.meta), model.format == "exported_program"
+        return (
+            model.module,
+            list(model.inputs),
+            dict(model.meta),
+            model.format == "exported_program",
+        )
     return model, [], {}, False
+
+
+def _names_from_forward(module: Any, sample: Mapping[str, np.ndarray]) -> list[str]:
+    """Input names for a bare module: the sample's keys, in ``forward``'s argument order."""
+    params = forward_input_names(module)
+    if not params or set(params) == set(sample) or (len(params) == 1 and len(sample) == 1):
+        keys = list(sample)
+        return sorted(keys, key=params.index) if set(params) == set(keys) else keys
+    raise BadInputError(
+        f"the model's forward takes {params} but the sample has arrays {list(sample)}; "
+        "name one array per argument"
+    )
+
+
+def _static_batch_placeholders(module: Any) -> list[str]:
+    """Inputs of a torch.export graph module whose first axis was recorded as a fixed size."""
+    import torch
+
+    fixed = []
+    for node in module.graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" else None
+        if isinstance(val, torch.Tensor) and val.dim() > 0 and isinstance(val.shape[0], int):
+            fixed.append(f"{node.name}: {val.shape[0]}")
+    return fixed
 
 
 def _exporter_order(module: Any, is_program: bool) -> list[str]:
@@ -200,7 +266,9 @@ def _exporter_order(module: Any, is_program: bool) -> list[str]:
 
     if isinstance(module, torch.jit.ScriptModule):
         return ["torchscript"]
-    if is_program or isinstance(module, torch.fx.GraphModule):
+    if is_program:
+        return ["dynamo"]  # the TorchScript exporter needs .train(), which these modules refuse
+    if isinstance(module, torch.fx.GraphModule):
         return ["dynamo", "torchscript"]
     # The TorchScript exporter first: fast (~0.1 s against ~1.5 s on a small CNN), honours opset 17
     # without conversion, and is the one that handles NNCF-stripped models.
@@ -208,32 +276,62 @@ def _exporter_order(module: Any, is_program: bool) -> list[str]:
 
 
 def _export_torchscript(
-    module: Any, args: tuple[Any, ...], path: Path, names: list[str], outputs: list[str], opset: int, dynamic: bool
+    module: Any,
+    args: tuple[Any, ...],
+    path: Path,
+    names: list[str],
+    outputs: list[str],
+    opset: int,
+    dynamic: bool,
 ) -> None:
     import torch
 
     axes = {n: {0: BATCH} for n in [*names, *outputs]} if dynamic else None
     torch.onnx.export(
-        module, args, str(path), dynamo=False, opset_version=opset, input_names=names,
-        output_names=outputs, dynamic_axes=axes, do_constant_folding=True,
+        module,
+        args,
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=names,
+        output_names=outputs,
+        dynamic_axes=axes,
+        do_constant_folding=True,
     )
 
 
 def _export_dynamo(
-    module: Any, args: tuple[Any, ...], path: Path, names: list[str], outputs: list[str], opset: int, dynamic: bool
+    module: Any,
+    args: tuple[Any, ...],
+    path: Path,
+    names: list[str],
+    outputs: list[str],
+    opset: int,
+    dynamic: bool,
 ) -> None:
     import torch
 
     batch = torch.export.Dim(BATCH)
     shapes = tuple({0: batch} for _ in args) if dynamic else None
     torch.onnx.export(
-        module, args, str(path), dynamo=True, opset_version=max(opset, DYNAMO_MIN_OPSET),
-        input_names=names, output_names=outputs, dynamic_shapes=shapes, external_data=False,
-        verbose=False, optimize=True,
+        module,
+        args,
+        str(path),
+        dynamo=True,
+        opset_version=max(opset, DYNAMO_MIN_OPSET),
+        input_names=names,
+        output_names=outputs,
+        dynamic_shapes=shapes,
+        external_data=False,
+        verbose=False,
+        optimize=True,
     )
 
 
-_EXPORTERS: dict[str, Callable[..., None]] = {"torchscript": _export_torchscript, "dynamo": _export_dynamo}
+_EXPORTERS: dict[str, Callable[..., None]] = {
+    "torchscript": _export_torchscript,
+    "dynamo": _export_dynamo,
+}
 
 
 @contextlib.contextmanager
@@ -243,7 +341,9 @@ def _quiet() -> Iterator[None]:
     The parity checks that follow every export are what tells a good export from a bad one."""
     import torch
 
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    loggers = [
+        logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
+    ]
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
         for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
@@ -259,17 +359,24 @@ def _quiet() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _eval_mode(module: Any) -> Iterator[None]:
-    """Put a module in eval mode for the duration (graph modules from torch.export refuse .train())."""
-    was_training = bool(getattr(module, "training", False))
+    """Put a module in eval mode for the duration.
+
+    Graph modules from torch.export refuse ``.eval()``: their behaviour is baked into the graph,
+    so only their ``training`` flags (which exporters warn about) are cleared and restored.
+    """
+    import torch
+
+    flags = {m: m.training for m in module.modules()} if isinstance(module, torch.nn.Module) else {}
     try:
         module.eval()
     except NotImplementedError:
-        was_training = False
+        for m in flags:
+            m.training = False
     try:
         yield
     finally:
-        if was_training:
-            module.train()
+        for m, flag in flags.items():
+            m.training = flag
 
 
 def _tensors(feed: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
@@ -287,7 +394,9 @@ def _flatten(out: Any) -> list[Any]:
         return [t for item in out for t in _flatten(item)]
     if isinstance(out, Mapping):
         return [t for item in out.values() for t in _flatten(item)]
-    raise BadInputError(f"the model returns a {type(out).__name__}; edgekit exports models returning tensors")
+    raise BadInputError(
+        f"the model returns a {type(out).__name__}; edgekit exports models returning tensors"
+    )
 
 
 def _run_torch(module: Any, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -298,7 +407,8 @@ def _run_torch(module: Any, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
             out = module(*_tensors(feed))
         except Exception as exc:
             raise BadInputError(
-                f"the model fails on the sample {_shapes(feed)}: {_first_line(exc)}; check --input-shape or the data"
+                f"the model fails on the sample {_shapes(feed)}: {_first_line(exc)}; "
+                "check --input-shape or the data"
             ) from exc
     return [t.detach().cpu().numpy() for t in _flatten(out)]
 
@@ -328,7 +438,7 @@ def _session(path: Path) -> Any:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures surface as exceptions; do not also log them
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -345,8 +455,12 @@ def _run_onnx(path: Path, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         step = min(fixed)
     chunks = []
     for start in range(0, n, step):
-        part = {i.name: np.asarray(feed[i.name][start : start + step]).astype(
-            _ORT_TYPES.get(i.type, feed[i.name].dtype), copy=False) for i in session.get_inputs()}
+        part = {
+            i.name: np.asarray(feed[i.name][start : start + step]).astype(
+                _ORT_TYPES.get(i.type, feed[i.name].dtype), copy=False
+            )
+            for i in session.get_inputs()
+        }
         chunks.append(session.run(None, part))
     return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
 
@@ -361,8 +475,9 @@ def _finalise(raw: Path, dynamic: bool, meta: Mapping[str, Any]) -> onnx.ModelPr
         fixed = [v.name for v in _io(proto) if not _dim0_is_dynamic(v)]
         if fixed:
             raise IntegrityError(
-                f"the exported batch axis of {', '.join(fixed)} is fixed; the model probably hard-codes its "
-                "batch size (e.g. x.view(1, -1)): use x.flatten(1) or x.view(x.size(0), -1)"
+                f"the exported batch axis of {', '.join(fixed)} is fixed; the model probably "
+                "hard-codes its batch size (e.g. x.view(1, -1)): use x.flatten(1) or "
+                "x.view(x.size(0), -1)"
             )
     if meta:
         _set_meta(proto, meta)
@@ -373,7 +488,7 @@ def _finalise(raw: Path, dynamic: bool, meta: Mapping[str, Any]) -> onnx.ModelPr
 def _normalise_onnx(
     src: Path, out: Path, sample: dict[str, np.ndarray], opset: int, atol: float, dynamic: bool
 ) -> ExportResult:
-    """An ONNX input: raise its opset to ≥ 13, check it, infer shapes, make the batch axis dynamic."""
+    """An ONNX input: opset raised to ≥ 13, checked, shapes inferred, batch axis made dynamic."""
     import onnx
     from onnx import version_converter
 
@@ -386,28 +501,38 @@ def _normalise_onnx(
             proto = version_converter.convert_version(proto, opset)
         except Exception as exc:
             raise BadInputError(
-                f"{src} uses opset {_opset(proto)} and cannot be converted to {opset} ({_first_line(exc)}); "
-                f"re-export it with opset ≥ {MIN_OPSET}"
+                f"{src} uses opset {_opset(proto)} and cannot be converted to {opset} "
+                f"({_first_line(exc)}); re-export it with opset ≥ {MIN_OPSET}"
             ) from exc
     names = [i.name for i in _real_inputs(proto)]
     feed = _bind(sample, names, {})
-    fixed_batch = {v.type.tensor_type.shape.dim[0].dim_value for v in _real_inputs(proto)
-                   if not _dim0_is_dynamic(v) and v.type.tensor_type.shape.dim}
+    fixed_batch = {
+        v.type.tensor_type.shape.dim[0].dim_value
+        for v in _real_inputs(proto)
+        if not _dim0_is_dynamic(v) and v.type.tensor_type.shape.dim
+    }
     made_dynamic = dynamic and bool(fixed_batch)
     if made_dynamic:
         if len(fixed_batch) != 1:
-            raise BadInputError(f"{src} has inputs with different fixed batch sizes {sorted(fixed_batch)}")
+            raise BadInputError(
+                f"{src} has inputs with different fixed batch sizes {sorted(fixed_batch)}"
+            )
         size = fixed_batch.pop()
         feed = {k: v[: len(v) - len(v) % size] for k, v in feed.items()}
         if _batch_size(feed) == 0:
-            raise BadInputError(f"{src} has a fixed batch size of {size}; give a sample of at least {size} rows")
+            raise BadInputError(
+                f"{src} has a fixed batch size of {size}; give a sample of at least {size} rows"
+            )
         _make_batch_dynamic(proto, size)
-    with contextlib.suppress(Exception):  # shape inference is advisory: a model it cannot follow still runs
+    # Shape inference is advisory: a model it cannot follow still runs.
+    with contextlib.suppress(Exception):
         proto = onnx.shape_inference.infer_shapes(proto)
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
-        raise BadInputError(f"{src} is not a valid ONNX model after normalisation: {_first_line(exc)}") from exc
+        raise BadInputError(
+            f"{src} is not a valid ONNX model after normalisation: {_first_line(exc)}"
+        ) from exc
 
     with tempfile.TemporaryDirectory(prefix="edgekit-export-") as tmp:
         final = Path(tmp) / "model.onnx"
@@ -417,13 +542,17 @@ def _normalise_onnx(
         except IntegrityError as exc:
             if made_dynamic:
                 raise BadInputError(
-                    f"{src} has a fixed batch size that cannot be made dynamic ({exc}); re-export it with a "
-                    "dynamic batch axis, or export with a static batch"
+                    f"{src} has a fixed batch size that cannot be made dynamic ({exc}); "
+                    "re-export it with a dynamic batch axis, or export with a static batch"
                 ) from exc
             raise
         atomic_write_bytes(out, final.read_bytes())
     return ExportResult(
-        path=out, opset=_opset(proto), exporter="onnx", max_abs_err=err, input_names=names,
+        path=out,
+        opset=_opset(proto),
+        exporter="onnx",
+        max_abs_err=err,
+        input_names=names,
         output_names=[o.name for o in proto.graph.output],
     )
 
@@ -459,8 +588,11 @@ def _dim0_is_dynamic(value: onnx.ValueInfoProto) -> bool:
 
 def _name_batch_axis(proto: onnx.ModelProto) -> None:
     """Rename the exporter's symbol for the batch axis (e.g. ``s77``) to ``batch`` everywhere."""
-    symbols = {v.type.tensor_type.shape.dim[0].dim_param for v in _real_inputs(proto)
-               if v.type.tensor_type.shape.dim} - {""}
+    symbols = {
+        v.type.tensor_type.shape.dim[0].dim_param
+        for v in _real_inputs(proto)
+        if v.type.tensor_type.shape.dim
+    } - {""}
     for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in symbols:
@@ -490,7 +622,9 @@ def _opset(proto: onnx.ModelProto) -> int:
 # -- samples ----------------------------------------------------------------------------------
 
 
-def _bind(sample: Mapping[str, np.ndarray], names: Sequence[str], dtypes: Mapping[str, str]) -> dict[str, np.ndarray]:
+def _bind(
+    sample: Mapping[str, np.ndarray], names: Sequence[str], dtypes: Mapping[str, str]
+) -> dict[str, np.ndarray]:
     """The sample keyed and ordered by the model's input names, cast to the declared dtypes.
 
     Integer arrays stay integer; float arrays without a declared dtype become float32.
@@ -503,7 +637,8 @@ def _bind(sample: Mapping[str, np.ndarray], names: Sequence[str], dtypes: Mappin
         picked = {names[0]: np.asarray(next(iter(sample.values())))}
     else:
         raise BadInputError(
-            f"the sample has arrays {sorted(sample)} but the model's inputs are {list(names)}; name one array per input"
+            f"the sample has arrays {sorted(sample)} but the model's inputs are {list(names)}; "
+            "name one array per input"
         )
     feed = {}
     for name, arr in picked.items():

@@ -59,7 +59,9 @@ def atomic_dir(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """
     target = Path(target)
     if not overwrite and _is_nonempty(target):
-        raise BadInputError(f"{target} already exists and is not empty; choose another path or pass --overwrite")
+        raise BadInputError(
+            f"{target} already exists and is not empty; choose another path or pass --overwrite"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
@@ -67,11 +69,13 @@ def atomic_dir(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private; the result should not be
         if _is_nonempty(target):
             if not overwrite:  # something appeared there while we were writing
-                raise BadInputError(f"{target} was created by someone else meanwhile; nothing was written")
+                raise BadInputError(
+                    f"{target} was created by someone else meanwhile; nothing was written"
+                )
             _replace_existing(tmp, target)
         else:
             if target.is_dir():
-                target.rmdir()  # an empty directory: os.rename over it is fine on POSIX, not elsewhere
+                target.rmdir()  # empty: os.rename over it works on POSIX only
             os.rename(tmp, target)
         _fsync_dir(target.parent)
     except BaseException:

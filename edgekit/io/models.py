@@ -3,7 +3,7 @@
 Formats are recognised by content, not by extension:
 
 - TorchScript (``torch.jit.save``): a zip archive with ``code/`` and ``constants.pkl``;
-- a ``torch.export`` program (``torch.export.save``, ``.pt2``): a zip archive with ``archive_format``;
+- a ``torch.export`` program (``torch.export.save``, ``.pt2``): a zip with ``archive_format``;
 - ``torch.save`` output (a zip archive with ``data.pkl``, or a bare pickle): a ``state_dict``
   (needs ``arch``) or a whole pickled module (needs ``trust_pickle``);
 - ONNX: a protobuf ``ModelProto``.
@@ -41,7 +41,7 @@ _SAVE_HINT = "save it with torch.jit.save, torch.export.save or torch.onnx.expor
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input: its name, per-sample shape (batch axis excluded, ``None`` = dynamic), dtype."""
+    """One model input: name, per-sample shape (no batch axis; ``None`` = dynamic), dtype."""
 
     name: str
     shape: tuple[int | None, ...]
@@ -50,7 +50,7 @@ class InputSpec:
 
 @dataclass
 class LoadedModel:
-    """A model file, loaded: a torch module (or an ONNX path) plus what is known about its inputs."""
+    """A loaded model file: a torch module (or an ONNX path) and what is known of its inputs."""
 
     path: Path
     format: str
@@ -104,8 +104,8 @@ def load_model(
         loaded = _load_onnx(p)
 
     if input_shape:
-        known = loaded.inputs or [InputSpec(n, ()) for n in _forward_arg_names(loaded.module)]
-        loaded.inputs = parse_input_shapes(input_shape, known_names=[s.name for s in known])
+        known = loaded.input_names or forward_input_names(loaded.module)
+        loaded.inputs = parse_input_shapes(input_shape, known_names=known)
     return loaded
 
 
@@ -152,7 +152,7 @@ def _load_torchscript(p: Path, arch: str | None) -> LoadedModel:
     loaded = _base(p, "torchscript")
     loaded.meta = meta
     loaded.module, loaded.eager = scripted, False
-    loaded.inputs = _inputs_from_meta(meta)
+    loaded.inputs = _inputs_from_meta(meta, p)
 
     factory = arch or meta.get("factory")
     if factory:
@@ -163,7 +163,9 @@ def _load_torchscript(p: Path, arch: str | None) -> LoadedModel:
             if arch:  # asked for explicitly: say why it did not work
                 raise
             # A reference file from another edgekit version: the scripted module still works.
-            log.warning("using the TorchScript module of %s: cannot rebuild it eagerly (%s)", p, exc)
+            log.warning(
+                "using the TorchScript module of %s: cannot rebuild it eagerly (%s)", p, exc
+            )
         else:
             loaded.module, loaded.eager = eager.eval(), True
     return loaded
@@ -175,31 +177,43 @@ def _parse_meta(text: str | bytes | None, p: Path) -> dict[str, Any]:
     try:
         meta = json.loads(text)
     except ValueError as exc:
-        raise BadInputError(f"{p}: its {META_FILE} is not valid JSON ({exc}); re-save the model") from exc
+        raise BadInputError(
+            f"{p}: its {META_FILE} is not valid JSON ({exc}); re-save the model"
+        ) from exc
     if not isinstance(meta, dict):
         raise BadInputError(f"{p}: its {META_FILE} is not a JSON object; re-save the model")
     return meta
 
 
-def _inputs_from_meta(meta: Mapping[str, Any]) -> list[InputSpec]:
+def _inputs_from_meta(meta: Mapping[str, Any], p: Path) -> list[InputSpec]:
     """Inputs recorded in the metadata, either as ``inputs: [{name, shape, dtype}]`` or as
     ``input_name``/``input_shape``/``input_dtype`` (per-sample shapes, batch axis excluded)."""
     entries: list[Mapping[str, Any]]
     if isinstance(meta.get("inputs"), list):
         entries = meta["inputs"]
     elif "input_shape" in meta:
-        entries = [{"name": meta.get("input_name", "input"), "shape": meta["input_shape"],
-                    "dtype": meta.get("input_dtype", "float32")}]
+        entries = [
+            {
+                "name": meta.get("input_name", "input"),
+                "shape": meta["input_shape"],
+                "dtype": meta.get("input_dtype", "float32"),
+            }
+        ]
     else:
         return []
-    return [
-        InputSpec(
-            name=str(e.get("name", "input")),
-            shape=tuple(None if d is None or int(d) < 0 else int(d) for d in e.get("shape", ())),
-            dtype=str(e.get("dtype", "float32")),
-        )
-        for e in entries
-    ]
+    try:
+        return [
+            InputSpec(
+                name=str(e.get("name", "input")),
+                shape=tuple(None if d is None or int(d) < 0 else int(d) for d in e["shape"]),
+                dtype=str(e.get("dtype", "float32")),
+            )
+            for e in entries
+        ]
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise BadInputError(
+            f"{p}: the inputs in its {META_FILE} are malformed ({exc!r}); re-save the model"
+        ) from exc
 
 
 # -- torch.export -----------------------------------------------------------------------------
@@ -212,11 +226,16 @@ def _load_exported_program(p: Path) -> LoadedModel:
         program = torch.export.load(str(p))
     except Exception as exc:
         raise BadInputError(
-            f"cannot load torch.export program {p}: {_first_line(exc)}; re-save it with torch.export.save "
-            "using this torch version"
+            f"cannot load torch.export program {p}: {_first_line(exc)}; "
+            "re-save it with torch.export.save using this torch version"
         ) from exc
+    module = program.module()
+    # Its train/eval behaviour is baked into the graph and .eval() raises; clear the flag directly
+    # so that exporters and callers do not take it for a module in training mode.
+    for sub in module.modules():
+        sub.training = False
     loaded = _base(p, "exported_program")
-    loaded.module, loaded.eager = program.module(), False
+    loaded.module, loaded.eager = module, False
     loaded.inputs = _exported_program_inputs(program)
     return loaded
 
@@ -256,12 +275,14 @@ def _load_torch_save(p: Path, arch: str | None, trust_pickle: bool) -> LoadedMod
         # weights_only refuses any object that is not a tensor or a plain container.
         if not trust_pickle:
             raise BadInputError(
-                f"{p} is a pickled module; loading it runs code from the file. If you trust it, pass "
-                "--trust-pickle (or save it with torch.jit.save / torch.export)"
+                f"{p} is a pickled module; loading it runs code from the file. If you trust "
+                "it, pass --trust-pickle (or save it with torch.jit.save / torch.export)"
             ) from exc
         return _load_pickle(p)
     except Exception as exc:
-        raise BadInputError(f"cannot read {p} with torch.load: {_first_line(exc)}; {_SAVE_HINT}") from exc
+        raise BadInputError(
+            f"cannot read {p} with torch.load: {_first_line(exc)}; {_SAVE_HINT}"
+        ) from exc
 
     state = _find_state_dict(obj)
     if state is None:
@@ -269,7 +290,9 @@ def _load_torch_save(p: Path, arch: str | None, trust_pickle: bool) -> LoadedMod
             f"{p} holds a {type(obj).__name__}, not a state_dict or a model; {_SAVE_HINT}"
         )
     if not arch:
-        raise BadInputError(f"{p} is a state_dict; pass --arch module:factory (a function that builds the model)")
+        raise BadInputError(
+            f"{p} is a state_dict; pass --arch module:factory (a function that builds the model)"
+        )
     module = _build(arch, {})
     _load_state(module, state, p, arch)
     loaded = _base(p, "state_dict")
@@ -278,12 +301,14 @@ def _load_torch_save(p: Path, arch: str | None, trust_pickle: bool) -> LoadedMod
 
 
 def _find_state_dict(obj: Any) -> dict[str, Any] | None:
-    """The tensors of a ``state_dict``, also inside a training checkpoint (``{"state_dict": ...}``)."""
+    """The tensors of a ``state_dict``, also inside a checkpoint (``{"state_dict": ...}``)."""
     import torch
 
     def is_state(d: Any) -> bool:
-        return isinstance(d, Mapping) and bool(d) and all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items()
+        return (
+            isinstance(d, Mapping)
+            and bool(d)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
         )
 
     if is_state(obj):
@@ -306,7 +331,9 @@ def _load_pickle(p: Path) -> LoadedModel:
             "(or save it with torch.jit.save / torch.export)"
         ) from exc
     if not isinstance(obj, torch.nn.Module):
-        raise BadInputError(f"{p} holds a {type(obj).__name__}, not a torch.nn.Module; {_SAVE_HINT}")
+        raise BadInputError(
+            f"{p} holds a {type(obj).__name__}, not a torch.nn.Module; {_SAVE_HINT}"
+        )
     loaded = _base(p, "pickle")
     loaded.module = obj.eval()
     loaded.eager = not isinstance(obj, torch.jit.ScriptModule)
@@ -320,9 +347,13 @@ def _build(factory: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
     try:
         module = builder(**kwargs)
     except Exception as exc:
-        raise BadInputError(f"{factory}() failed: {_first_line(exc)}; it must build the model with no arguments") from exc
+        raise BadInputError(
+            f"{factory}() failed: {_first_line(exc)}; it must build the model with no arguments"
+        ) from exc
     if not isinstance(module, torch.nn.Module):
-        raise BadInputError(f"{factory}() returned a {type(module).__name__}, not a torch.nn.Module")
+        raise BadInputError(
+            f"{factory}() returned a {type(module).__name__}, not a torch.nn.Module"
+        )
     return module
 
 
@@ -337,7 +368,8 @@ def _load_state(module: torch.nn.Module, state: Mapping[str, Any], p: Path, arch
         if unexpected:
             parts.append(f"unexpected {_few(unexpected)}")
         raise BadInputError(
-            f"the weights in {p} do not fit {arch}: {'; '.join(parts)}; pass the factory that built them"
+            f"the weights in {p} do not fit {arch}: {'; '.join(parts)}; "
+            "pass the factory that built them"
         )
     try:
         module.load_state_dict(dict(state), strict=True)
@@ -359,9 +391,13 @@ def _load_onnx(p: Path) -> LoadedModel:
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # google.protobuf DecodeError for anything that is not a ModelProto
-        raise BadInputError(f"{p} is not a model file edgekit can read (not PyTorch, not ONNX); {_SAVE_HINT}") from exc
+        raise BadInputError(
+            f"{p} is not a model file edgekit can read (not PyTorch, not ONNX); {_SAVE_HINT}"
+        ) from exc
     if not model.graph.node or not model.opset_import:
-        raise BadInputError(f"{p} is not a model file edgekit can read (not PyTorch, not ONNX); {_SAVE_HINT}")
+        raise BadInputError(
+            f"{p} is not a model file edgekit can read (not PyTorch, not ONNX); {_SAVE_HINT}"
+        )
     try:
         onnx.checker.check_model(str(p))  # by path: works for models with external data too
     except Exception as exc:
@@ -385,7 +421,10 @@ def onnx_inputs(model: Any) -> list[InputSpec]:
         if value.name in initializers:
             continue
         ttype = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in ttype.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in ttype.shape.dim
+        ]
         specs.append(
             InputSpec(
                 name=value.name,
@@ -398,7 +437,9 @@ def onnx_inputs(model: Any) -> list[InputSpec]:
 
 # -- input shapes -----------------------------------------------------------------------------
 
-_SHAPE_RE = re.compile(r"^(?:(?P<name>[A-Za-z_][\w.\-/]*):)?(?P<dims>[0-9?]+(?:x[0-9?]+)*|scalar)(?::(?P<dtype>\w+))?$")
+_SHAPE_RE = re.compile(
+    r"^(?:(?P<name>[A-Za-z_][\w.\-/]*):)?(?P<dims>[0-9?]+(?:x[0-9?]+)*|scalar)(?::(?P<dtype>\w+))?$"
+)
 
 
 def parse_input_shapes(text: str, *, known_names: list[str] | None = None) -> list[InputSpec]:
@@ -412,17 +453,23 @@ def parse_input_shapes(text: str, *, known_names: list[str] | None = None) -> li
     specs = []
     items = [s.strip() for s in text.split(",") if s.strip()]
     if not items:
-        raise BadInputError("--input-shape is empty; write e.g. 1x28x28 or input_ids:64:int64,attention_mask:64")
+        raise BadInputError(
+            "--input-shape is empty; write e.g. 1x28x28 or input_ids:64:int64,attention_mask:64"
+        )
     for item in items:
         match = _SHAPE_RE.match(item)
         if not match:
             raise BadInputError(
-                f"cannot read input shape {item!r}; write e.g. 1x28x28 or input_ids:64:int64,attention_mask:64"
+                f"cannot read input shape {item!r}; "
+                "write e.g. 1x28x28 or input_ids:64:int64,attention_mask:64"
             )
         name = match["name"]
         if name is None:
             if len(items) > 1:
-                raise BadInputError(f"name every input when giving several shapes (e.g. input_ids:64:int64), not {item!r}")
+                raise BadInputError(
+                    "name every input when giving several shapes "
+                    f"(e.g. input_ids:64:int64), not {item!r}"
+                )
             name = known_names[0] if known_names and len(known_names) == 1 else "input"
         dims: tuple[int | None, ...] = ()
         if match["dims"] != "scalar":
@@ -431,26 +478,30 @@ def parse_input_shapes(text: str, *, known_names: list[str] | None = None) -> li
         try:
             dtype = np.dtype(dtype).name
         except TypeError as exc:
-            raise BadInputError(f"unknown dtype {dtype!r} in input shape {item!r}; use e.g. float32 or int64") from exc
+            raise BadInputError(
+                f"unknown dtype {dtype!r} in input shape {item!r}; use e.g. float32 or int64"
+            ) from exc
         if any(s.name == name for s in specs):
             raise BadInputError(f"input {name!r} is given twice in --input-shape")
         specs.append(InputSpec(name=name, shape=dims, dtype=dtype))
     return specs
 
 
-def _forward_arg_names(module: Any) -> list[str]:
-    """Names of ``forward``'s positional arguments (for TorchScript, from its schema)."""
+def forward_input_names(module: Any) -> list[str]:
+    """Names of the positional arguments ``forward`` requires (for TorchScript, from its schema)."""
     if module is None:
         return []
     schema = getattr(getattr(module, "forward", None), "schema", None)
     if schema is not None:
-        return [a.name for a in schema.arguments[1:]]
+        return [a.name for a in schema.arguments[1:] if not a.has_default_value()]
     try:
         params = inspect.signature(module.forward).parameters.values()
     except (TypeError, ValueError):
         return []
     return [
-        p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
     ]
 
 

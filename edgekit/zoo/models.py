@@ -120,9 +120,10 @@ class EdgeCNN(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16) -> None:
         super().__init__()
         w = width
-        # (out channels, stride, expansion): total stride 8, e.g. 32×32 → 4×4, 224×224 → 28×28.
+        # Stem stride 2, then (out channels, stride, expansion): total stride 16, e.g. 32×32 → 2×2,
+        # 224×224 → 14×14.
         plan = [(w, 1, 2), (int(1.5 * w), 2, 4), (int(1.5 * w), 1, 4), (2 * w, 2, 4), (2 * w, 1, 4), (4 * w, 2, 4)]
-        blocks: list[nn.Module] = [_conv_bn(in_channels, w, 3)]
+        blocks: list[nn.Module] = [_conv_bn(in_channels, w, 3, stride=2)]
         cin = w
         for cout, stride, expand in plan:
             blocks.append(InvertedResidual(cin, cout, stride, expand))

@@ -1,0 +1,175 @@
+"""Latency of several variants, measured interleaved on real samples.
+
+The machines edgekit runs on are often shared, and their speed drifts. :func:`measure` therefore
+never times one variant after the other: after a warm-up it runs ``rounds`` rounds, and in each
+round every variant runs a slice of its iterations (the order rotating from round to round), so
+a slow period hits every variant alike. Figures are quoted as medians; compare ratios, not
+absolute milliseconds across machines.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one variant in milliseconds per call (one call = one batch)."""
+
+    batch: int
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    n: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def throughput_ips(self) -> float:
+        """Samples per second at the median latency: ``batch * 1000 / p50``. The median, not the
+        mean, so a few calls slowed by another job on the machine do not move it."""
+        return self.batch * 1000.0 / self.p50 if self.p50 > 0 else math.inf
+
+
+def summarize(samples_ms: Sequence[float], batch: int) -> LatencyStats:
+    """Percentiles (numpy's linear interpolation), mean, sample standard deviation (n - 1) and
+    minimum of per-call latencies in milliseconds."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise BadInputError(f"batch must be a positive integer, got {batch!r}")
+    arr = np.asarray(samples_ms, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise BadInputError("no latency samples to summarize; measure at least one call")
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    return LatencyStats(
+        batch=batch,
+        p50=float(p50),
+        p90=float(p90),
+        p99=float(p99),
+        mean=float(arr.mean()),
+        std=float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+        min=float(arr.min()),
+        n=int(arr.size),
+    )
+
+
+def measure(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    batch: int = 1,
+    warmup: int = 10,
+    budget_s: float = 2.0,
+    min_iters: int = 20,
+    max_iters: int = 100_000,
+    rounds: int = 10,
+) -> dict[str, LatencyStats]:
+    """Time each callable of ``fns`` (one inference each), interleaved; returns stats per name.
+
+    Each function is warmed up ``warmup`` times; its per-call cost (median of the warm-up) sets
+    how many calls fit in ``budget_s`` seconds, clamped to ``[min_iters, max_iters]``. Those calls
+    are spread over ``rounds`` rounds; each round runs a slice of every function in turn, the
+    starting function rotating each round. Total time is about ``budget_s`` times the number of
+    functions. Every call is timed alone with ``perf_counter_ns``; the garbage collector is
+    paused during a round, as ``timeit`` does.
+    """
+    if not fns:
+        raise BadInputError("nothing to measure: pass at least one function")
+    for label, value, low in (("warmup", warmup, 0), ("min_iters", min_iters, 1), ("rounds", rounds, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise BadInputError(f"{label} must be an integer >= {low}, got {value!r}")
+    if max_iters < min_iters:
+        raise BadInputError(f"max_iters ({max_iters}) must be >= min_iters ({min_iters})")
+    if budget_s < 0:
+        raise BadInputError(f"budget_s must be >= 0, got {budget_s}")
+    names = list(fns)
+
+    per_call_ns = {name: _warm_up(fns[name], warmup) for name in names}
+    per_round: dict[str, int] = {}
+    for name in names:
+        fitting = int(budget_s * 1e9 / max(per_call_ns[name], 1))
+        total = min(max(fitting, min_iters), max_iters)
+        per_round[name] = max(1, math.ceil(total / rounds))
+
+    samples: dict[str, list[int]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            _timed(fns[name], per_round[name], samples[name])
+    return {name: summarize([ns / 1e6 for ns in samples[name]], batch) for name in names}
+
+
+def _warm_up(fn: Callable[[], object], calls: int) -> float:
+    """Run ``fn`` ``calls`` times (at least once) and return the median call time in ns."""
+    times: list[int] = []
+    _timed(fn, max(calls, 1), times)
+    return float(np.median(times))
+
+
+def _timed(fn: Callable[[], object], calls: int, out: list[int]) -> None:
+    clock = time.perf_counter_ns
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(calls):
+            start = clock()
+            fn()
+            out.append(clock() - start)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def feeds_from(
+    dataset_arrays: Mapping[str, np.ndarray], batch: int, n_feeds: int, seed: int
+) -> list[dict[str, np.ndarray]]:
+    """``n_feeds`` feeds of ``batch`` real samples each, drawn without replacement within a
+    feed (seeded), as contiguous arrays keyed like ``dataset_arrays`` (the model's input names:
+    use ``Dataset.bind(runtime input names)``)."""
+    if not dataset_arrays:
+        raise BadInputError("no input arrays to take latency samples from")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise BadInputError(f"batch must be a positive integer, got {batch!r}")
+    if n_feeds < 1:
+        raise BadInputError(f"n_feeds must be at least 1, got {n_feeds}")
+    lengths = {k: len(v) for k, v in dataset_arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise BadInputError(f"input arrays have different sample counts {lengths}")
+    n = next(iter(lengths.values()))
+    if n < batch:
+        raise BadInputError(f"the data has {n} samples, fewer than the batch size {batch}; use more data or a smaller batch")
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(n_feeds):
+        idx = np.sort(rng.choice(n, size=batch, replace=False))
+        feeds.append({k: np.ascontiguousarray(v[idx]) for k, v in dataset_arrays.items()})
+    return feeds
+
+
+def cycle(runtime: Any, feeds: Sequence[Mapping[str, np.ndarray]]) -> Callable[[], object]:
+    """A no-argument closure that runs ``runtime`` on the next feed of ``feeds`` (round robin).
+
+    Every feed is validated once here, so the timed call measures the runtime, not the checks.
+    """
+    if not feeds:
+        raise BadInputError("cycle needs at least one feed")
+    checked = [runtime.validate(feed) for feed in feeds]
+    it = itertools.cycle(checked)
+    run = runtime.run
+
+    def call() -> object:
+        return run(next(it), validate=False)
+
+    return call
