@@ -14,3 +14,23 @@ def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """``trained(name)`` → (TrainResult, saved TorchScript path): each reference model is trained
+    once per test session (seed 0, one thread) and shared by every test that needs it."""
+    from edgekit import zoo
+
+    cache: dict[str, tuple[object, object]] = {}
+    root = tmp_path_factory.mktemp("reference-models")
+
+    def get(name: str):
+        if name not in cache:
+            result = zoo.train(name, seed=0, threads=1)
+            path = root / f"{name}.pt"
+            zoo.save(result, path)
+            cache[name] = (result, path)
+        return cache[name]
+
+    return get

@@ -24,13 +24,19 @@ def invoke(args: list[str]) -> tuple[int, str, str]:
         return code, out.getvalue().decode(), err.getvalue().decode()
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("digits") / "digits.pt"
-    result = CliRunner().invoke(cli, ["train", "digits-cnn", "-o", str(path), "--json"])
+def test_train_cli_meets_the_floor(tmp_path: Path) -> None:
+    path = tmp_path / "tabular.pt"
+    result = CliRunner().invoke(cli, ["train", "tabular-mlp", "-o", str(path), "--json", "--seed", "1"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
-    assert payload["metric"] == "accuracy" and payload["value"] >= 95.0  # the floor of issue 2
+    assert payload["metric"] == "accuracy" and payload["value"] >= 93.0 and payload["seed"] == 1
+    assert path.is_file()
+
+
+@pytest.fixture(scope="module")
+def digits(trained) -> Path:
+    result, path = trained("digits-cnn")
+    assert result.value >= 95.0  # the floor of issue 2
     return path
 
 

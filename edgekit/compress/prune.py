@@ -178,6 +178,37 @@ def _metric(module: nn.Module, data: Dataset | None, task: str) -> tuple[str, fl
     return primary_metric(task, predict(module, data), data.labels)
 
 
+def recalibrate_batchnorm(module: nn.Module, data: Dataset, batch_size: int = FINETUNE_BATCH_SIZE) -> bool:
+    """Re-estimate BatchNorm running statistics on ``data`` (no gradient step); True if any BN.
+
+    Removing channels or weights shifts the activations every later BatchNorm normalizes, so
+    its stored statistics no longer fit; a forward pass over real samples restores them.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(data) < 2:
+        return False
+    saved = [(m, m.momentum) for m in norms]
+    was_training = module.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    module.train()
+    try:
+        with torch.no_grad():
+            for feed in data.batches(batch_size):
+                if len(next(iter(feed.values()))) >= 2:
+                    module(*(_to_tensor(a) for a in feed.values()))
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        module.train(was_training)
+    return True
+
+
+def _inputs_for_stats(ctx: Context) -> Dataset:
+    return ctx.train if ctx.train is not None else ctx.calib
+
+
 def _finetune(module: nn.Module, config: PruneConfig, ctx: Context, task: str, step: int) -> nn.Module:
     from edgekit.zoo import fit
 
@@ -302,6 +333,7 @@ def _unstructured(
         else:
             for m, name in params:
                 tprune.l1_unstructured(m, name, amount=target)
+        record["batchnorm_recalibrated"] = recalibrate_batchnorm(model, _inputs_for_stats(ctx))
         if k == config.steps:
             metric_pruned = _metric(model, ctx.eval, task)
         if config.finetune_epochs > 0:
@@ -392,6 +424,7 @@ def _structured(
     for k in range(1, config.steps + 1):
         model.eval()
         pruner.step()
+        record["batchnorm_recalibrated"] = recalibrate_batchnorm(model, _inputs_for_stats(ctx))
         if k == config.steps:
             metric_pruned = _metric(model, ctx.eval, task)
         if config.finetune_epochs > 0:

@@ -55,13 +55,15 @@ def stable_names(model: Any, reserved: set[str]) -> None:
     """Rename the operations OpenVINO named from a process-wide counter (``Constant_39163``) to
     names numbered in graph order, so the same model always serializes to the same bytes.
 
-    Names in ``reserved`` (the source model's own names) are kept.
+    Names in ``reserved`` (the source model's own names), inputs and outputs are kept.
     """
     ops = list(model.get_ordered_ops())
     to_rename = [
         op
         for op in ops
-        if _AUTO_NAME.match(op.get_friendly_name()) and op.get_friendly_name() not in reserved
+        if _AUTO_NAME.match(op.get_friendly_name())
+        and op.get_friendly_name() not in reserved
+        and op.get_type_name() not in ("Parameter", "Result")
     ]
     renamed = {id(op) for op in to_rename}
     taken = {op.get_friendly_name() for op in ops if id(op) not in renamed} | reserved
