@@ -8,6 +8,7 @@ the fp32 baseline on held-out data before it can be recommended.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -434,23 +435,57 @@ def _save_npz(path: Path, ds: Dataset) -> None:
         np.savez(f, **arrays)
 
 
+def _trt_plan(variant: Any, root: Path) -> dict[str, Any]:
+    """How to build one TensorRT variant: precision flags and the optimization profile."""
+    from edgekit.runtimes.tensorrt import profile_shapes
+
+    path = root / variant["artifact"] if isinstance(variant, dict) else Path(variant.path)
+    precision = variant["precision"] if isinstance(variant, dict) else variant.precision
+    # An explicit Q/DQ graph runs INT8 where its Q/DQ nodes say; FP16 is allowed for the rest.
+    return {"onnx": path, "engine": path.with_suffix(".engine"), "fp16": precision in ("fp16", "int8", "mixed"),
+            "int8": precision in ("int8", "mixed"), "shapes": profile_shapes(path, min_batch=1, opt_batch=1, max_batch=32)}
+
+
 def _write_tensorrt_build(root: Path, trt: Sequence[Any]) -> None:
     if not trt:
         return
     from edgekit.runtimes.tensorrt import trtexec_command
 
     lines = ["#!/bin/sh", "# Build TensorRT engines ON THE DEVICE (engines are tied to its GPU and TensorRT version).",
-             "# 'edgekit build BUNDLE --runtime tensorrt' does the same through the TensorRT Python API.", "set -e",
+             "# 'edgekit build BUNDLE' does the same through the TensorRT Python API.", "set -e",
              'cd "$(dirname "$0")"']
     for c in trt:
-        engine = Path(c.path).with_suffix(".engine").name
-        cmd = trtexec_command(Path(Path(c.path).name), Path(engine), fp16=c.precision in ("fp16", "mixed"),
-                              int8=c.precision == "int8", timing_cache=Path("timing.cache"), shapes=None)
-        lines.append(" ".join(str(x) for x in cmd))
+        plan = _trt_plan(c, root)
+        cmd = trtexec_command(Path(plan["onnx"].name), Path(plan["engine"].name), fp16=plan["fp16"], int8=plan["int8"],
+                              timing_cache=Path("timing.cache"), shapes=plan["shapes"])
+        lines.append(" ".join(shlex.quote(str(x)) for x in cmd))
     script = root / "tensorrt" / "build.sh"
     script.parent.mkdir(exist_ok=True)
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o755)
+
+
+def build(bundle: str | Path, *, runtime: str = "tensorrt", progress: Progress = _quiet) -> list[Path]:
+    """On the device: verify the bundle, then build a TensorRT engine for every TensorRT variant,
+    sharing one timing cache (``tensorrt/timing.cache``) so rebuilds skip kernel timing."""
+    from edgekit.bundle import manifest as mf
+    from edgekit.runtimes.tensorrt import build_engine
+
+    if runtime != "tensorrt":
+        raise BadInputError(f"'edgekit build' compiles TensorRT engines; got --runtime {runtime} (ONNX Runtime and "
+                            "OpenVINO load the bundle's files directly)")
+    root = Path(bundle)
+    manifest = mf.read(root, verify=True)
+    trt = [v for v in manifest.variants if v["runtime"] == "tensorrt"]
+    if not trt:
+        raise BadInputError(f"{root} has no TensorRT variants; compress with --runtime tensorrt (the default) or --fp16")
+    engines = []
+    for v in trt:
+        plan = _trt_plan(v, root)
+        progress(f"building {plan['engine'].name} (TensorRT, fp16={plan['fp16']}, int8={plan['int8']})")
+        engines.append(build_engine(plan["onnx"], plan["engine"], fp16=plan["fp16"], int8=plan["int8"],
+                                    timing_cache=root / "tensorrt" / "timing.cache", shapes=plan["shapes"]))
+    return engines
 
 
 # -------------------------------------------------------------------------------------- bench

@@ -253,6 +253,19 @@ def bench(bundle: Path, runtimes: str | None, batch: str, threads: int, time_bud
 
 
 @cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--runtime", default="tensorrt", show_default=True, help="Runtime to compile for (tensorrt).")
+def build(bundle: Path, runtime: str) -> None:
+    """On the device: build TensorRT engines from BUNDLE's ONNX (Q/DQ INT8, FP16) with a timing cache."""
+    from edgekit import api
+
+    with _progress(True) as step:
+        engines = api.build(bundle, runtime=runtime, progress=step)
+    for e in engines:
+        click.echo(f"engine: {e}")
+
+
+@cli.command()
 def targets() -> None:
     """Deployment targets, and whether this machine can run each."""
     from edgekit.devices.detect import TARGETS, runnable_targets

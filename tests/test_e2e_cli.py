@@ -41,8 +41,8 @@ def digits(trained) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundle(digits: Path) -> Path:
-    out = digits.parent / "digits.bundle"
+def bundle(digits: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("e2e") / "digits.bundle"
     code, stdout, err = invoke(["compress", str(digits), "--int8", "-o", str(out), "--time-budget", "0.3"])
     assert code == 0, err
     assert "report:" in stdout and "bundle:" in stdout

@@ -35,17 +35,17 @@ class Candidate:
 
 
 def _cannot_run(runtime: str) -> str | None:
+    """Why this machine cannot run ``runtime``, or None when it can."""
     from edgekit.runtimes import available
 
-    status = available().get(runtime)
-    if status is True:
-        if runtime == "tensorrt":
-            from edgekit.runtimes.tensorrt import gpu_available
+    if runtime == "tensorrt":
+        from edgekit.runtimes.tensorrt import gpu_available
 
-            ok, reason = gpu_available()
-            return None if ok else reason
-        return None
-    return f"{runtime} cannot run here ({status})" if isinstance(status, str) else f"{runtime} is not installed here"
+        ok, _detail = gpu_available()
+        if not ok:
+            return "needs an NVIDIA GPU: build the engine on the device (tensorrt/build.sh or 'edgekit build')"
+    status = available().get(runtime)
+    return None if status is True else str(status)
 
 
 def _outputs(runtime: Any, data: Dataset) -> np.ndarray:

@@ -87,7 +87,8 @@ def measure(
     """
     if not fns:
         raise BadInputError("nothing to measure: pass at least one function")
-    for label, value, low in (("warmup", warmup, 0), ("min_iters", min_iters, 1), ("rounds", rounds, 1)):
+    settings = (("warmup", warmup, 0), ("min_iters", min_iters, 1), ("rounds", rounds, 1))
+    for label, value, low in settings:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise BadInputError(f"{label} must be an integer >= {low}, got {value!r}")
     if max_iters < min_iters:
@@ -149,7 +150,10 @@ def feeds_from(
         raise BadInputError(f"input arrays have different sample counts {lengths}")
     n = next(iter(lengths.values()))
     if n < batch:
-        raise BadInputError(f"the data has {n} samples, fewer than the batch size {batch}; use more data or a smaller batch")
+        raise BadInputError(
+            f"the data has {n} samples, fewer than the batch size {batch}; "
+            "use more data or a smaller batch"
+        )
     rng = np.random.default_rng(seed)
     feeds = []
     for _ in range(n_feeds):

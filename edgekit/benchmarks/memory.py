@@ -65,6 +65,7 @@ def peak_rss(
     batch = n if batch is None else batch
     if not 1 <= batch <= n:
         raise BadInputError(f"batch must be between 1 and the {n} samples of the feed, got {batch}")
+    what = f"memory probe of {model.name} on {runtime}"
     with tempfile.TemporaryDirectory(prefix="edgekit-mem-") as tmp:
         npz = Path(tmp) / "feed.npz"
         np.savez(npz, **{k: np.asarray(v) for k, v in feed.items()})
@@ -75,18 +76,19 @@ def peak_rss(
         ]
         try:
             proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=timeout_s, env=_child_env(), cwd=tmp, check=False
+                cmd, capture_output=True, text=True, timeout=timeout_s, env=_child_env(), cwd=tmp,
+                check=False,
             )
         except subprocess.TimeoutExpired as exc:
-            raise EdgekitError(f"memory probe of {model.name} on {runtime} timed out after {timeout_s:.0f} s") from exc
+            raise EdgekitError(f"{what} timed out after {timeout_s:.0f} s") from exc
     if proc.returncode != 0:
         tail = proc.stderr.strip()[-_STDERR_TAIL:]
         error = BadInputError if proc.returncode == BadInputError.exit_code else EdgekitError
-        raise error(f"memory probe of {model.name} on {runtime} failed (exit {proc.returncode}): {tail}")
+        raise error(f"{what} failed (exit {proc.returncode}): {tail}")
     for line in reversed(proc.stdout.strip().splitlines()):
         if line.startswith("{"):
             return {k: float(v) for k, v in json.loads(line).items() if isinstance(v, (int, float))}
-    raise EdgekitError(f"memory probe of {model.name} printed no result; stdout: {proc.stdout[-_STDERR_TAIL:]}")
+    raise EdgekitError(f"{what} printed no result; stdout: {proc.stdout[-_STDERR_TAIL:]}")
 
 
 def _child_env() -> dict[str, str]:
@@ -107,10 +109,12 @@ def _max_rss_mb() -> float:
     except OSError:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, else KiB
 
 
-def _probe(runtime: str, model: Path, batch: int, threads: int, npz: Path, runs: int) -> dict[str, float]:
+def _probe(
+    runtime: str, model: Path, batch: int, threads: int, npz: Path, runs: int
+) -> dict[str, float]:
     """The child's work: import, baseline, load, run, peak."""
     from edgekit.runtimes import canonical, get_runtime
     from edgekit.runtimes.base import TensorSpec
@@ -120,7 +124,9 @@ def _probe(runtime: str, model: Path, batch: int, threads: int, npz: Path, runs:
     name = canonical(runtime)
     rt_kwargs: dict[str, object] = {"threads": threads}
     if name == "torch":  # TorchScript records no input specs: take them from the feed
-        rt_kwargs["input_specs"] = [TensorSpec(k, ("batch", *v.shape[1:]), v.dtype.name) for k, v in feed.items()]
+        rt_kwargs["input_specs"] = [
+            TensorSpec(k, ("batch", *v.shape[1:]), v.dtype.name) for k, v in feed.items()
+        ]
     rt = get_runtime(name, **rt_kwargs)
     importlib.import_module(rt.module)  # the runtime package is part of the baseline, not the model
     baseline = _max_rss_mb()
@@ -138,7 +144,9 @@ def _probe(runtime: str, model: Path, batch: int, threads: int, npz: Path, runs:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgekit.benchmarks.memory", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m edgekit.benchmarks.memory", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("--runtime", required=True)
     parser.add_argument("--model", required=True, type=Path)
     parser.add_argument("--batch", type=int, default=1)

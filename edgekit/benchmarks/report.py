@@ -203,6 +203,7 @@ def write_all(report: Report, directory: Path) -> dict[str, Path]:
 
 def print_table(report: Report) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"edgekit — {report.model.get('source')}", show_lines=False)
@@ -212,10 +213,10 @@ def print_table(report: Report) -> None:
         style = None if r.deployable and r.measured else "red" if not r.deployable else "dim"
         if r.slower_than_fp32:
             style = "yellow"
-        table.add_row(*cells, style=style)
+        table.add_row(*(escape(c) for c in cells), style=style)
     console = Console(stderr=False, width=max(140, Console().width))
     console.print(table)
     if report.recommended:
-        console.print(f"recommended: [bold]{report.recommended}[/bold] — {report.recommendation_reason}")
+        console.print(f"recommended: [bold]{report.recommended}[/bold] — {escape(report.recommendation_reason or '')}")
     for w in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}")

@@ -209,8 +209,10 @@ def _inputs_for_stats(ctx: Context) -> Dataset:
     return ctx.train if ctx.train is not None else ctx.calib
 
 
-def _finetune(module: nn.Module, config: PruneConfig, ctx: Context, task: str, step: int) -> nn.Module:
+def _finetune(module: nn.Module, config: PruneConfig, ctx: Context, task: str, step: int, teacher: nn.Module | None = None) -> nn.Module:
     from edgekit.zoo import fit
+    import os
+    kd = float(os.environ.get("EK_KD", "0"))
 
     assert ctx.train is not None
     tuned = fit(
@@ -219,9 +221,9 @@ def _finetune(module: nn.Module, config: PruneConfig, ctx: Context, task: str, s
         task,
         epochs=config.finetune_epochs,
         lr=config.lr,
-        batch_size=FINETUNE_BATCH_SIZE,
+        batch_size=int(os.environ.get('EK_BS', FINETUNE_BATCH_SIZE)),
         seed=ctx.seed + step,
-        threads=torch.get_num_threads(),
+        threads=torch.get_num_threads(), teacher=teacher if kd > 0 else None, alpha=kd if kd>0 else 0.5,
     )
     if tuned is not module:
         # Pruning state (masks, the dependency graph) refers to ``module``: keep training there.
@@ -268,6 +270,7 @@ def prune(config: PruneConfig, module: nn.Module, ctx: Context) -> nn.Module:
     task = _check_inputs(config, module, ctx)
     model = copy.deepcopy(module).cpu().float()
     model.eval()
+    teacher = copy.deepcopy(model)
     metric_before = _metric(model, ctx.eval, task)
     params_before = count_params(model)
     sizes_before = state_dict_sizes(model)
@@ -283,9 +286,9 @@ def prune(config: PruneConfig, module: nn.Module, ctx: Context) -> nn.Module:
         "params_before": params_before,
     }
     if config.kind == "unstructured":
-        model, metric_pruned = _unstructured(config, model, ctx, task, record)
+        model, metric_pruned = _unstructured(config, model, ctx, task, record, teacher)
     else:
-        model, metric_pruned = _structured(config, model, ctx, task, record)
+        model, metric_pruned = _structured(config, model, ctx, task, record, teacher)
     model.eval()
     metric_after = _metric(model, ctx.eval, task)
 
@@ -317,7 +320,7 @@ def prune(config: PruneConfig, module: nn.Module, ctx: Context) -> nn.Module:
 
 
 def _unstructured(
-    config: PruneConfig, model: nn.Module, ctx: Context, task: str, record: dict[str, Any]
+    config: PruneConfig, model: nn.Module, ctx: Context, task: str, record: dict[str, Any], teacher: nn.Module
 ) -> tuple[nn.Module, tuple[str, float] | None]:
     from torch.nn.utils import prune as tprune
 
@@ -338,7 +341,7 @@ def _unstructured(
             metric_pruned = _metric(model, ctx.eval, task)
         if config.finetune_epochs > 0:
             ctx.progress(f"fine-tuning step {k}/{config.steps} at sparsity {target:.2f}")
-            model = _finetune(model, config, ctx, task, k)
+            model = _finetune(model, config, ctx, task, k, teacher)
         for m, name in params:
             tprune.remove(m, name)
 
@@ -390,7 +393,7 @@ def _output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[t
 
 
 def _structured(
-    config: PruneConfig, model: nn.Module, ctx: Context, task: str, record: dict[str, Any]
+    config: PruneConfig, model: nn.Module, ctx: Context, task: str, record: dict[str, Any], teacher: nn.Module
 ) -> tuple[nn.Module, tuple[str, float] | None]:
     import torch_pruning as tp
 
@@ -429,7 +432,7 @@ def _structured(
             metric_pruned = _metric(model, ctx.eval, task)
         if config.finetune_epochs > 0:
             ctx.progress(f"fine-tuning step {k}/{config.steps} after removing channels")
-            model = _finetune(model, config, ctx, task, k)
+            model = _finetune(model, config, ctx, task, k, teacher)
     model.eval()
 
     shapes_after = _output_shapes(model, inputs)

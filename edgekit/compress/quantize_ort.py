@@ -30,9 +30,6 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 INTEGER_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _WEIGHTED_INTEGER_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
-# ORT's calibrator keeps every intermediate output until it computes ranges; merging min/max
-# every few feeds gives the same ranges in bounded memory.
-_CALIB_CHUNK = 32
 _NO_SATURATION = (
     "weights use 7 bits (reduce_range) so u8×s8 products cannot saturate on x86 CPUs without VNNI"
 )
@@ -188,9 +185,10 @@ def _quantize_static(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
+    # Not CalibMaxIntermediateOutputs: in onnxruntime 1.32 MinMaxCalibrater drops every full chunk
+    # of collected outputs without merging its ranges, so only the last partial chunk would count
+    # (and a feed count that is a multiple of the chunk fails with "No data is collected.").
     options = dict(extra_options)
-    if calib_method == "minmax":
-        options.setdefault("CalibMaxIntermediateOutputs", _CALIB_CHUNK)
     with _in_temp_cwd(), _quiet_root_logger():
         quantize_static(
             str(src),

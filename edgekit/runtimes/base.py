@@ -87,7 +87,7 @@ class Runtime(ABC):
         if not p.exists():
             raise BadInputError(f"model file {p} does not exist; check the path")
         if not p.is_file():
-            raise BadInputError(f"{p} is a directory, not a model file; pass the {self._kinds()} file itself")
+            raise BadInputError(f"{p} is a directory; pass the {self._kinds()} model file itself")
         if p.suffix.lower() not in self.suffixes:
             raise BadInputError(
                 f"{self.name} cannot load {p.name}: expected a {self._kinds()} file"
@@ -100,7 +100,8 @@ class Runtime(ABC):
         except Exception as exc:  # the runtime's own parser rejected the file
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BadInputError(
-                f"{self.name} could not load {p}: {first}; check that it is a valid {self._kinds()} model"
+                f"{self.name} could not load {p}: {first}; "
+                f"check that it is a valid {self._kinds()} model"
             ) from exc
         self.path, self._inputs, self._outputs = p, list(inputs), list(outputs)
         return self
@@ -131,7 +132,9 @@ class Runtime(ABC):
         """
         specs = self.inputs
         if not isinstance(feed, Mapping):
-            raise BadInputError(f"a feed is a dict of input name → numpy array, got {type(feed).__name__}")
+            raise BadInputError(
+                f"a feed is a dict of input name → numpy array, got {type(feed).__name__}"
+            )
         expected = [s.name for s in specs]
         missing = [n for n in expected if n not in feed]
         unknown = [n for n in feed if n not in expected]
@@ -141,21 +144,27 @@ class Runtime(ABC):
                 parts.append(f"missing {missing}")
             if unknown:
                 parts.append(f"unknown {unknown}")
-            raise BadInputError(f"feed names do not match the model ({', '.join(parts)}); the model's inputs are {expected}")
+            raise BadInputError(
+                f"feed names do not match the model ({', '.join(parts)}); "
+                f"the model's inputs are {expected}"
+            )
         ordered: dict[str, np.ndarray] = {}
         for spec in specs:
             arr = feed[spec.name]
             if not isinstance(arr, np.ndarray):
-                raise BadInputError(f"input {spec.name!r} must be a numpy array, got {type(arr).__name__}")
+                raise BadInputError(
+                    f"input {spec.name!r} must be a numpy array, got {type(arr).__name__}"
+                )
             if arr.dtype.name != spec.dtype:
                 raise BadInputError(
-                    f"input {spec.name!r} has dtype {arr.dtype.name} but the model expects {spec.dtype}; "
+                    f"input {spec.name!r} has dtype {arr.dtype.name} "
+                    f"but the model expects {spec.dtype}; "
                     f"convert it first (array.astype('{spec.dtype}'))"
                 )
             if arr.ndim != spec.rank:
                 raise BadInputError(
-                    f"input {spec.name!r} has shape {tuple(arr.shape)} (rank {arr.ndim}) but the model expects "
-                    f"rank {spec.rank} {_shape_text(spec.shape)}"
+                    f"input {spec.name!r} has shape {tuple(arr.shape)} (rank {arr.ndim}) "
+                    f"but the model expects rank {spec.rank} {_shape_text(spec.shape)}"
                 )
             for axis, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
                 if isinstance(want, int) and want >= 0 and got != want:
@@ -179,11 +188,13 @@ class Runtime(ABC):
         outputs = self._run(checked)
         declared = len(self._outputs or ())
         if len(outputs) != declared:
-            raise EdgekitError(f"{self.name} returned {len(outputs)} outputs but the model declares {declared}")
+            raise EdgekitError(
+                f"{self.name} returned {len(outputs)} outputs but the model declares {declared}"
+            )
         return outputs
 
     def describe(self) -> dict[str, Any]:
-        """What this runtime is and what it really ran: versions, threads, device, precision used."""
+        """What this runtime is and what it really ran: version, threads, device, precision."""
         info: dict[str, Any] = {
             "runtime": self.name,
             "package": self.package,
@@ -249,7 +260,7 @@ def _shape_text(shape: tuple[int | str | None, ...]) -> str:
 
 
 def precision_name(kind: str) -> str:
-    """edgekit's name for a runtime's precision label (``f32`` → ``fp32``, ``u8`` → ``int8``)."""
+    """edgekit's name for a precision label (``f32`` → ``fp32``, ``u8`` → ``int8``)."""
     return _PRECISION_NAMES.get(kind, kind)
 
 

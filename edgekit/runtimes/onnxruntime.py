@@ -18,8 +18,8 @@ INT8_OPS = frozenset(
     {
         "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd",
         "QLinearMul", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat",
-        "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QAttention", "DynamicQuantizeMatMul",
-        "MatMulIntegerToFloat", "QEmbedLayerNormalization",
+        "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QAttention",
+        "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QEmbedLayerNormalization",
     }
 )
 # Above this size the optimized graph is not re-serialized just to count its ops.
@@ -27,7 +27,8 @@ OP_SUMMARY_MAX_BYTES = 64 << 20
 
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
-    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(uint16)": "uint16",
+    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16",
+    "tensor(uint16)": "uint16",
     "tensor(int32)": "int32", "tensor(uint32)": "uint32", "tensor(int64)": "int64",
     "tensor(uint64)": "uint64", "tensor(bool)": "bool",
 }
@@ -94,7 +95,7 @@ class OnnxRuntime(Runtime):
         qdq = ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0)
         compute = {
             "int8": int8,
-            float_kind: sum(n for op, n in ops.items() if op in COMPUTE_LAYERS and op not in INT8_OPS),
+            float_kind: sum(n for op, n in ops.items() if op in COMPUTE_LAYERS - INT8_OPS),
         }
         self._op_summary = {
             "ops": dict(sorted(ops.items())),
@@ -114,7 +115,9 @@ class OnnxRuntime(Runtime):
         with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmp:
             so = self._options()
             so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
+            so.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", "weights.bin"
+            )
             ort.InferenceSession(str(self.path), so, providers=[PROVIDER])
             graph = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
         kinds = Counter(i.data_type for i in graph.initializer)
@@ -125,7 +128,9 @@ class OnnxRuntime(Runtime):
 def _spec(arg: Any) -> TensorSpec:
     dtype = _ORT_TYPES.get(arg.type)
     if dtype is None:
-        raise BadInputError(f"tensor {arg.name!r} has type {arg.type}, which edgekit cannot feed or read")
+        raise BadInputError(
+            f"tensor {arg.name!r} has type {arg.type}, which edgekit cannot feed or read"
+        )
     shape = tuple(d if isinstance(d, int) else (d or None) for d in arg.shape)
     return TensorSpec(arg.name, shape, dtype)
 

@@ -9,7 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.runtimes.base import COMPUTE_LAYERS, Runtime, TensorSpec, precision_name, precision_verdict
+from edgekit.errors import BadInputError
+from edgekit.runtimes.base import (
+    COMPUTE_LAYERS,
+    Runtime,
+    TensorSpec,
+    precision_name,
+    precision_verdict,
+)
 
 DEVICE = "CPU"
 # The CPU plugin runs in bf16 by default on CPUs with bf16 support, so an "fp32" variant would
@@ -27,14 +34,13 @@ class OpenVINORuntime(Runtime):
     suffixes = (".xml", ".onnx")
 
     def _load(self, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").exists():
+            weights = path.with_suffix(".bin").name
+            raise BadInputError(f"OpenVINO IR {path} has no weights file {weights} beside it")
         import openvino as ov
         import openvino.properties as props
         import openvino.properties.hint as hints
 
-        if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").exists():
-            from edgekit.errors import BadInputError
-
-            raise BadInputError(f"OpenVINO IR {path} has no weights file {path.with_suffix('.bin').name} beside it")
         core = ov.Core()
         model = core.read_model(str(path))
         try:
@@ -58,7 +64,8 @@ class OpenVINORuntime(Runtime):
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         # share_outputs=False (the default) hands back copies, not the request's own buffers.
-        result = self._request.infer({self._index[k]: v for k, v in feed.items()}, share_inputs=True)
+        by_index = {self._index[k]: v for k, v in feed.items()}
+        result = self._request.infer(by_index, share_inputs=True)
         return [np.asarray(result[port]) for port in self._compiled.outputs]
 
     def layers(self) -> list[dict[str, str]]:
@@ -88,7 +95,9 @@ class OpenVINORuntime(Runtime):
             "device": DEVICE,
             "device_name": self._core.get_property(DEVICE, props.device.full_name),
             "execution_devices": list(self._compiled.get_property(props.execution_devices)),
-            "inference_precision": _precision_name(self._compiled.get_property(hints.inference_precision)),
+            "inference_precision": _precision_name(
+                self._compiled.get_property(hints.inference_precision)
+            ),
             "threads_used": int(self._compiled.get_property(props.inference_num_threads)),
             "batch_dynamic": self._batch_dynamic,
             "ops_by_precision": dict(Counter(row["precision"] for row in layers)),

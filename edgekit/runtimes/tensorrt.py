@@ -33,7 +33,10 @@ Shape = tuple[int, ...]
 ProfileShapes = dict[str, tuple[Shape, Shape, Shape]]  # input → (min, opt, max)
 
 # Format/Datatype words of the engine inspector → edgekit precision names.
-_TRT_FORMATS = {"int8": "int8", "half": "fp16", "float": "fp32", "bfloat16": "bf16", "fp8": "fp8", "int4": "int4"}
+_TRT_FORMATS = {
+    "int8": "int8", "half": "fp16", "float": "fp32", "bfloat16": "bf16", "fp8": "fp8",
+    "int4": "int4",
+}
 
 
 # --------------------------------------------------------------------------- device
@@ -45,12 +48,17 @@ def gpu_available() -> tuple[bool, str]:
     or what is missing.
     """
     if not _libcuda_loadable():
-        return False, "no NVIDIA GPU driver here (libcuda cannot be loaded); build and run TensorRT engines on the device"
+        return False, (
+            "no NVIDIA GPU driver here (libcuda cannot be loaded); "
+            "build and run TensorRT engines on the device"
+        )
     smi = shutil.which("nvidia-smi")
     gpu = "libcuda present (no nvidia-smi, as on Jetson)"
     if smi:
         try:
-            listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=False)
+            listed = subprocess.run(
+                [smi, "-L"], capture_output=True, text=True, timeout=20, check=False
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return False, f"nvidia-smi failed ({exc})"
         lines = [ln for ln in listed.stdout.splitlines() if ln.startswith("GPU")]
@@ -59,7 +67,9 @@ def gpu_available() -> tuple[bool, str]:
             return False, f"nvidia-smi lists no GPU ({detail[0] if detail else 'no output'})"
         gpu = lines[0]
     if importlib.util.find_spec(PACKAGE) is None:
-        return False, f"the {PACKAGE} package is not installed (pip install 'edgekit[{EXTRA}]' on the device)"
+        return False, (
+            f"the {PACKAGE} package is not installed (pip install 'edgekit[{EXTRA}]' on the device)"
+        )
     return True, gpu
 
 
@@ -89,13 +99,17 @@ def profile_shapes(
     and are left out. Reads the ONNX graph only: no TensorRT needed."""
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise BadInputError(
-            f"batch sizes must satisfy 1 <= min <= opt <= max, got {min_batch}, {opt_batch}, {max_batch}"
+            "batch sizes must satisfy 1 <= min <= opt <= max, "
+            f"got {min_batch}, {opt_batch}, {max_batch}"
         )
     inputs, _ = specs_from_onnx(onnx_path)
     given = dict(shapes or {})
     unknown = sorted(set(given) - {s.name for s in inputs})
     if unknown:
-        raise BadInputError(f"shapes given for {unknown}, which are not inputs of {Path(onnx_path).name}; its inputs are {[s.name for s in inputs]}")
+        raise BadInputError(
+            f"shapes given for {unknown}, which are not inputs of {Path(onnx_path).name}; "
+            f"its inputs are {[s.name for s in inputs]}"
+        )
     result: ProfileShapes = {}
     for spec in inputs:
         if spec.name in given:
@@ -107,27 +121,35 @@ def profile_shapes(
         if dynamic != [0]:
             names = [spec.shape[a] or "?" for a in dynamic if a != 0]
             raise BadInputError(
-                f"input {spec.name!r} has dynamic axes {dynamic} ({names}) besides the batch; give its "
-                f"min/opt/max shapes, e.g. shapes={{{spec.name!r}: ((1, ...), (8, ...), (32, ...))}}"
+                f"input {spec.name!r} has dynamic axes {dynamic} ({names}) besides the batch; "
+                "give its min/opt/max shapes, "
+                f"e.g. shapes={{{spec.name!r}: ((1, ...), (8, ...), (32, ...))}}"
             )
         rest = tuple(int(d) for d in spec.shape[1:])  # type: ignore[arg-type]
         result[spec.name] = ((min_batch, *rest), (opt_batch, *rest), (max_batch, *rest))
     return result
 
 
-def _checked_profile(spec: TensorSpec, triple: tuple[Shape, Shape, Shape]) -> tuple[Shape, Shape, Shape]:
+def _checked_profile(
+    spec: TensorSpec, triple: tuple[Shape, Shape, Shape]
+) -> tuple[Shape, Shape, Shape]:
+    name = spec.name
     try:
         lo, opt, hi = (tuple(int(d) for d in s) for s in triple)
     except (TypeError, ValueError) as exc:
-        raise BadInputError(f"shapes for {spec.name!r} must be three tuples of ints (min, opt, max)") from exc
+        message = f"shapes for {name!r} must be three tuples of ints (min, opt, max)"
+        raise BadInputError(message) from exc
     for s in (lo, opt, hi):
         if len(s) != spec.rank:
-            raise BadInputError(f"shape {s} for {spec.name!r} has rank {len(s)}; the input has rank {spec.rank}")
+            raise BadInputError(f"shape {s} for {name!r} has rank {len(s)}, not {spec.rank}")
         for axis, (d, want) in enumerate(zip(s, spec.shape, strict=True)):
             if isinstance(want, int) and d != want:
-                raise BadInputError(f"shape {s} for {spec.name!r}: axis {axis} is static ({want}) in the model")
+                raise BadInputError(f"shape {s} for {name!r}: axis {axis} is static ({want})")
     if not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)) or min(lo) < 1:
-        raise BadInputError(f"shapes for {spec.name!r} must satisfy 1 <= min <= opt <= max per axis, got {lo}, {opt}, {hi}")
+        raise BadInputError(
+            f"shapes for {name!r} must satisfy 1 <= min <= opt <= max per axis, "
+            f"got {lo}, {opt}, {hi}"
+        )
     return lo, opt, hi
 
 
@@ -164,7 +186,10 @@ def trtexec_command(
         cmd.append(f"--timingCacheFile={Path(timing_cache)}")
     if shapes:
         for flag, index in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
-            spec = ",".join(f"{_trtexec_name(name)}:{'x'.join(str(d) for d in triple[index])}" for name, triple in shapes.items())
+            spec = ",".join(
+                f"{_trtexec_name(name)}:{'x'.join(str(d) for d in triple[index])}"
+                for name, triple in shapes.items()
+            )
             cmd.append(f"{flag}={spec}")
     if workspace_mb is not None:
         if workspace_mb < 1:
@@ -182,7 +207,8 @@ def _trtexec_name(name: str) -> str:
 def _check_precision_flags(fp16: bool, int8: bool, strongly_typed: bool) -> None:
     if strongly_typed and (fp16 or int8):
         raise BadInputError(
-            "a strongly typed build takes its precisions from the ONNX types; drop fp16/int8 or strongly_typed"
+            "a strongly typed build takes its precisions from the ONNX types; "
+            "drop fp16/int8 or strongly_typed"
         )
 
 
@@ -213,11 +239,13 @@ def build_engine(
     if not onnx_file.is_file():
         raise BadInputError(f"ONNX file {onnx_file} does not exist; check the path")
     if onnx_file.suffix.lower() != ".onnx":
-        raise BadInputError(f"{onnx_file.name} is not an .onnx file; TensorRT builds engines from ONNX")
+        raise BadInputError(f"{onnx_file.name} is not an .onnx file; TensorRT builds from ONNX")
     _check_precision_flags(fp16, int8, strongly_typed)
     if workspace_mb < 1:
         raise BadInputError(f"workspace_mb must be at least 1, got {workspace_mb}")
-    profile = profile_shapes(onnx_file, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, shapes=shapes)
+    profile = profile_shapes(
+        onnx_file, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, shapes=shapes
+    )
     require(PACKAGE, package=PACKAGE, extra=EXTRA)
     ok, reason = gpu_available()
     if not ok:
@@ -226,8 +254,8 @@ def build_engine(
 
     if not hasattr(trt, "Builder") or not hasattr(trt, "OnnxParser"):
         raise MissingDependencyError(
-            "the installed TensorRT is the lean runtime, which cannot build engines; install the full "
-            f"tensorrt package: pip install 'edgekit[{EXTRA}]'"
+            "the installed TensorRT is the lean runtime, which cannot build engines; "
+            f"install the full tensorrt package: pip install 'edgekit[{EXTRA}]'"
         )
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -236,7 +264,8 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_file)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise BadInputError(f"TensorRT cannot parse {onnx_file.name}: {' | '.join(errors) or 'no parser message'}")
+        detail = " | ".join(errors) or "no parser message"
+        raise BadInputError(f"TensorRT cannot parse {onnx_file.name}: {detail}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
@@ -257,7 +286,9 @@ def build_engine(
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EdgekitError(f"TensorRT failed to build an engine from {onnx_file.name}; see the TensorRT log above")
+        raise EdgekitError(
+            f"TensorRT failed to build an engine from {onnx_file.name}; see the TensorRT log above"
+        )
     out = Path(engine_path)
     _atomic_write(out, memoryview(serialized))
     if cache_file is not None:
@@ -295,7 +326,10 @@ def check_trt_qdq(onnx_path: str | Path) -> list[str]:
     issues: dict[str, list[str]] = defaultdict(list)
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     if not qdq:
-        return [f"{p.name} has no QuantizeLinear/DequantizeLinear nodes: it is not an explicit-quantization model"]
+        return [
+            f"{p.name} has no QuantizeLinear/DequantizeLinear nodes: "
+            "it is not an explicit-quantization model"
+        ]
     for node in qdq:
         label = node.name or node.output[0]
         scale = consts.get(node.input[1]) if len(node.input) > 1 else None
@@ -313,23 +347,28 @@ def check_trt_qdq(onnx_path: str | Path) -> list[str]:
                 issues["zero point is not a constant"].append(label)
             elif zp.dtype == np.int32:
                 issues[
-                    "int32 zero point: a quantized bias, which TensorRT does not take; keep biases in float "
-                    "(ONNX Runtime: extra_options={'QuantizeBias': False})"
+                    "int32 zero point: a quantized bias, which TensorRT does not take; "
+                    "keep biases in float (ONNX Runtime: extra_options={'QuantizeBias': False})"
                 ].append(label)
             elif zp.dtype != np.int8:
                 issues[
-                    f"{zp.dtype} zero point: asymmetric {zp.dtype} quantization; TensorRT needs int8 with zero point 0 "
-                    "(ONNX Runtime: activation_type=QInt8, extra_options={'ActivationSymmetric': True})"
+                    f"{zp.dtype} zero point: asymmetric {zp.dtype} quantization; "
+                    "TensorRT needs int8 with zero point 0 (ONNX Runtime: activation_type=QInt8, "
+                    "extra_options={'ActivationSymmetric': True})"
                 ].append(label)
             elif np.any(zp != 0):
                 issues[
                     "int8 zero point is not 0 (asymmetric); TensorRT needs symmetric quantization "
-                    "(ONNX Runtime: extra_options={'ActivationSymmetric': True, 'WeightSymmetric': True})"
+                    "(ONNX Runtime: extra_options="
+                    "{'ActivationSymmetric': True, 'WeightSymmetric': True})"
                 ].append(label)
         elif node.op_type == "QuantizeLinear":
             out_type = next((a.i for a in node.attribute if a.name == "output_dtype"), 0)
             if out_type != onnx.TensorProto.INT8:
-                issues["QuantizeLinear without a zero point quantizes to uint8; TensorRT needs an int8 zero point of 0"].append(label)
+                issues[
+                    "QuantizeLinear without a zero point quantizes to uint8; "
+                    "TensorRT needs an int8 zero point of 0"
+                ].append(label)
         if node.op_type == "DequantizeLinear":
             data = consts.get(node.input[0])
             if data is not None and data.dtype != np.int8 and zp_name is None:
@@ -373,14 +412,16 @@ class TensorRTRuntime(Runtime):
         import torch
 
         if not torch.cuda.is_available():
-            raise BadInputError("torch cannot see a CUDA device; TensorRT engines run through torch CUDA tensors")
+            raise BadInputError(
+                "torch cannot see a CUDA device; TensorRT engines run through torch CUDA tensors"
+            )
         self._trt, self._torch = trt, torch
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
             raise BadInputError(
-                f"TensorRT cannot deserialize {path.name}; engines are tied to the GPU and TensorRT version "
-                "that built them: rebuild it here with `edgekit build`"
+                f"TensorRT cannot deserialize {path.name}; engines are tied to the GPU and "
+                "TensorRT version that built them: rebuild it here with `edgekit build`"
             )
         self._context = self._engine.create_execution_context()
         inputs, outputs = [], []
@@ -389,7 +430,8 @@ class TensorRTRuntime(Runtime):
             dims = tuple(d if d >= 0 else None for d in self._engine.get_tensor_shape(name))
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))).name
             spec = TensorSpec(name, dims, dtype)
-            (inputs if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
+            is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            (inputs if is_input else outputs).append(spec)
         return inputs, outputs
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -400,8 +442,8 @@ class TensorRTRuntime(Runtime):
             tensor = torch.from_numpy(np.ascontiguousarray(arr)).to("cuda")
             if not self._context.set_input_shape(name, tuple(arr.shape)):
                 raise BadInputError(
-                    f"input {name!r} shape {tuple(arr.shape)} is outside the engine's optimization profile; "
-                    "rebuild with a wider min/max batch"
+                    f"input {name!r} shape {tuple(arr.shape)} is outside the engine's "
+                    "optimization profile; rebuild with a wider min/max batch"
                 )
             self._context.set_tensor_address(name, tensor.data_ptr())
             keep.append(tensor)
@@ -425,7 +467,8 @@ class TensorRTRuntime(Runtime):
         }
         try:
             inspector = self._engine.create_engine_inspector()
-            layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON)).get("Layers", [])
+            text = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+            layers = json.loads(text).get("Layers", [])
         except Exception:  # engine built without detailed profiling verbosity
             layers = []
         counts: Counter[str] = Counter()

@@ -54,7 +54,7 @@ class TorchRuntime(Runtime):
         if not isinstance(module, torch.nn.Module):
             raise BadInputError(f"from_module needs a torch.nn.Module, got {type(module).__name__}")
         if not input_specs:
-            raise BadInputError("from_module needs the input specs (name, shape, dtype) of the module")
+            raise BadInputError("from_module needs the module's input specs (name, shape, dtype)")
         rt = cls(threads=threads, input_specs=input_specs)
         rt._module = module.eval()
         rt._inputs = list(input_specs)
@@ -83,8 +83,11 @@ class TorchRuntime(Runtime):
         return [t.detach().cpu().numpy() for t in _flatten(out)]
 
     def _describe(self) -> dict[str, Any]:
-        dtypes = Counter(str(p.dtype).removeprefix("torch.") for p in self._module.parameters())
-        dtypes.update(str(b.dtype).removeprefix("torch.") for b in self._module.buffers() if b.is_floating_point())
+        module = self._module
+        dtypes = Counter(str(p.dtype).removeprefix("torch.") for p in module.parameters())
+        dtypes.update(
+            str(b.dtype).removeprefix("torch.") for b in module.buffers() if b.is_floating_point()
+        )
         compute = Counter({precision_name(k): n for k, n in dtypes.items()})
         return {
             "device": "CPU",
@@ -100,7 +103,7 @@ class TorchRuntime(Runtime):
         program = torch.export.load(str(path))
         signature = program.graph_signature
         nodes = {n.name: n for n in program.graph.nodes}
-        inputs = [_spec_from_meta(name, nodes[name].meta.get("val")) for name in signature.user_inputs]
+        inputs = [_spec_from_meta(n, nodes[n].meta.get("val")) for n in signature.user_inputs]
         output_node = next(n for n in program.graph.nodes if n.op == "output")
         values = _flatten_nodes(output_node.args[0])
         outputs = [
@@ -118,15 +121,16 @@ class TorchRuntime(Runtime):
             module = torch.jit.load(str(path), map_location="cpu")
         except RuntimeError as exc:
             raise BadInputError(
-                f"{path} is not a TorchScript file ({str(exc).splitlines()[0]}); a state_dict or pickled "
-                "module must be loaded into a module first and run with TorchRuntime.from_module"
+                f"{path} is not a TorchScript file ({str(exc).splitlines()[0]}); a state_dict or "
+                "pickled module must be loaded into a module first and run with "
+                "TorchRuntime.from_module"
             ) from exc
         graph_inputs = [v.debugName().split(".")[0] for v in list(module.graph.inputs())[1:]]
         if self._given_specs is None:
             raise BadInputError(
                 f"{path.name} is TorchScript, which does not record input shapes and dtypes; pass "
-                f"input_specs for its inputs {graph_inputs} (specs_from_onnx of its ONNX export gives "
-                "them) or save the model with torch.export as .pt2"
+                f"input_specs for its inputs {graph_inputs} (specs_from_onnx of its ONNX export "
+                "gives them) or save the model with torch.export as .pt2"
             )
         if len(self._given_specs) != len(graph_inputs):
             raise BadInputError(
@@ -142,9 +146,13 @@ class TorchRuntime(Runtime):
         """Output specs found by one inference on zeros of the input shapes (dynamic axes = 1);
         axis 0 of an output keeps the first input's batch symbol when that one is dynamic."""
         specs = self._inputs or []
-        feed = {s.name: np.zeros([d if isinstance(d, int) else 1 for d in s.shape], dtype=s.dtype) for s in specs}
+        feed = {
+            s.name: np.zeros([d if isinstance(d, int) else 1 for d in s.shape], dtype=s.dtype)
+            for s in specs
+        }
         outs = self._run(feed)
-        batch = specs[0].shape[0] if specs and specs[0].shape and not isinstance(specs[0].shape[0], int) else None
+        first = specs[0].shape if specs else ()
+        batch = first[0] if first and not isinstance(first[0], int) else None
         result = []
         for i, arr in enumerate(outs):
             shape: list[int | str | None] = list(arr.shape)
@@ -159,7 +167,9 @@ def _spec_from_meta(name: str, value: Any) -> TensorSpec:
     import torch
 
     if not isinstance(value, torch.Tensor):
-        raise BadInputError(f"exported program input/output {name!r} is not a tensor; edgekit feeds tensors only")
+        raise BadInputError(
+            f"exported program input/output {name!r} is not a tensor; edgekit feeds tensors only"
+        )
     dims = tuple(int(d) if isinstance(d, int) else str(d) for d in value.shape)
     return TensorSpec(name, dims, str(value.dtype).removeprefix("torch."))
 
@@ -180,7 +190,9 @@ def _flatten(out: Any) -> list[Any]:
         return [t for v in out.values() for t in _flatten(v)]
     if isinstance(out, (list, tuple)):
         return [t for v in out for t in _flatten(v)]
-    raise BadInputError(f"the model returned a {type(out).__name__}; edgekit reads tensors (or tuples of them)")
+    raise BadInputError(
+        f"the model returned a {type(out).__name__}; edgekit reads tensors (or tuples of them)"
+    )
 
 
 def _writable(arr: np.ndarray) -> np.ndarray:

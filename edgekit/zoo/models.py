@@ -1,7 +1,8 @@
 """Architectures of the reference models; each factory builds an untrained ``nn.Module``.
 
 They use plain ``torch.nn`` layers only, so every technique (structured pruning, export,
-TorchScript) can walk them like a user's model.
+TorchScript) can walk them like a user's model. ``forward`` arguments carry the input names of
+the specs (``input``, ``input_ids``), which exporters use as graph input names.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class DigitsCNN(nn.Module):
             nn.Flatten(), nn.Linear(64 * 3 * 3, 64), nn.ReLU(), nn.Linear(64, num_classes)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(input))
 
 
 class TabularMLP(nn.Module):
@@ -37,8 +38,8 @@ class TabularMLP(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Sigmoid())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.net(input)
 
 
 class HouseRegressor(nn.Module):
@@ -48,17 +49,14 @@ class HouseRegressor(nn.Module):
     (set from the training split by ``edgekit.zoo.train``, saved in the ``state_dict``) map it back.
     """
 
-    target_mean: torch.Tensor
-    target_std: torch.Tensor
-
     def __init__(self, in_features: int = 10, hidden: int = 32) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.register_buffer("target_mean", torch.zeros(1))
         self.register_buffer("target_std", torch.ones(1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x) * self.target_std + self.target_mean
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.net(input) * self.target_std + self.target_mean
 
 
 class TextClassifier(nn.Module):
@@ -133,8 +131,8 @@ class EdgeCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(8 * w, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(input)), 1))
 
 
 def digits_cnn() -> DigitsCNN:

@@ -12,6 +12,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,11 +46,11 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "digits-cnn": Recipe(epochs=8, lr=2e-3, batch_size=32),
-    "tabular-mlp": Recipe(epochs=30, lr=1e-3, batch_size=32),
+    "digits-cnn": Recipe(epochs=12, lr=3e-3, batch_size=32),
+    "tabular-mlp": Recipe(epochs=40, lr=3e-3, batch_size=32, weight_decay=1e-3),
     "house-regressor": Recipe(epochs=60, lr=3e-3, batch_size=32, weight_decay=1e-3),
-    "text-classifier": Recipe(epochs=20, lr=3e-3, batch_size=32),
-    "edge-cnn": Recipe(epochs=8, lr=3e-3, batch_size=32),
+    "text-classifier": Recipe(epochs=12, lr=5e-3, batch_size=32),
+    "edge-cnn": Recipe(epochs=6, lr=3e-3, batch_size=32),
 }
 
 
@@ -287,13 +288,17 @@ def save(result: TrainResult, path: str | Path) -> None:
         "factory": ref.factory,
         "edgekit_version": __version__,
     }
-    scripted = torch.jit.script(result.module.eval())
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.jit.save(scripted, tmp, _extra_files={META_FILE: json.dumps(meta, sort_keys=True)})
+        with warnings.catch_warnings():
+            # TorchScript is deprecated in torch 2.13 but remains the portable, code-free format
+            # that every loader of edgekit accepts.
+            warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", DeprecationWarning)
+            scripted = torch.jit.script(result.module.eval())
+            torch.jit.save(scripted, tmp, _extra_files={META_FILE: json.dumps(meta, sort_keys=True)})
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
