@@ -260,7 +260,7 @@ def compress(
     """Compress ``model`` with ``steps`` (technique configs, in order), export, measure every
     variant against the fp32 baseline, and write a verified bundle atomically.
 
-    When ``budget.max_drop`` was given and no compressed variant met it, the bundle is still
+    When the user set a budget and no compressed variant met it, the bundle is still
     written (every variant is in its report) and ``result.budget_error`` says why (CLI exit 3).
     """
     from edgekit.benchmarks import harness
@@ -313,7 +313,8 @@ def compress(
             train=_with_task(splits.train, task), calib=_with_task(splits.calib, task),  # type: ignore[arg-type]
             eval=_with_task(splits.eval, task), info=splits.info,  # type: ignore[arg-type]
         )
-        ctx = Context(workdir=work, calib=splits.calib, eval=splits.eval, train=splits.train, seed=seed, task=task, progress=progress)
+        ctx = Context(workdir=work, calib=splits.calib, eval=splits.eval, train=splits.train, seed=seed, task=task,
+                      budget=budget if budget.explicit else None, progress=progress)
 
         model_labels: list[str] = []
         graph_input = fp32_path
@@ -413,7 +414,7 @@ def compress(
         mf.write(root, manifest)
     result = CompressResult(bundle=bundle, report=report, report_path=bundle / paths["json"].name)
     compressed = [r for r in report.variants if r.measured and (r.techniques or r.precision != "fp32")]
-    if budget.max_drop is not None and not any(r.deployable for r in compressed):
+    if budget.explicit and not any(r.deployable for r in compressed):
         scored = [r for r in compressed if r.metric_drop is not None]
         best = min(scored, key=lambda r: r.metric_drop or 0.0) if scored else None
         detail = f"best was {best.name}: {best.rejected_reason}" if best else "none could be measured"

@@ -39,26 +39,34 @@ def _int_list(value: str, flag: str) -> list[int]:
 
 @contextlib.contextmanager
 def _progress(enabled: bool) -> Iterator[Any]:
-    """A rich spinner with elapsed time on stderr; yields a callback that names the current step."""
+    """A rich spinner on stderr for the running step; each finished step stays as one line with
+    its duration. On failure the spinner vanishes, so the error is the last line printed."""
     if not enabled:
         yield lambda _msg: None
         return
+    import time
+
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  transient=False) as bar:
-        state: dict[str, Any] = {"task": None}
+                  transient=True) as bar:
+        state: dict[str, Any] = {"task": None, "msg": "", "t0": 0.0}
+
+        def finish() -> None:
+            if state["task"] is not None:
+                bar.remove_task(state["task"])
+                console.print(f"[green]✓[/green] {escape(state['msg'])} [dim]({time.perf_counter() - state['t0']:.1f} s)[/dim]")
+                state["task"] = None
 
         def step(msg: str) -> None:
-            if state["task"] is not None:
-                bar.update(state["task"], completed=1, total=1)
-            state["task"] = bar.add_task(msg, total=None)
+            finish()
+            state.update(task=bar.add_task(escape(msg), total=None), msg=msg, t0=time.perf_counter())
 
         yield step
-        if state["task"] is not None:
-            bar.update(state["task"], completed=1, total=1)
+        finish()
 
 
 def _emit(report: Any, path: Path, as_json: bool) -> None:
@@ -147,6 +155,17 @@ def _steps_from_flags(int8: bool, int8_dynamic: bool, fp16: bool, prune: str | N
     return steps
 
 
+def _budget(max_drop: float | None, min_top1: float | None, min_cosine: float | None, min_sqnr: float | None) -> Any:
+    from edgekit.benchmarks.gate import Budget
+
+    fields: dict[str, float] = {}
+    if min_top1 is not None:
+        fields["min_top1_agreement"] = min_top1
+    if min_cosine is not None:
+        fields["min_cosine"] = min_cosine
+    return Budget(max_drop=max_drop, min_sqnr_db=min_sqnr, **fields)
+
+
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--int8", is_flag=True, help="Static INT8: ONNX Runtime QDQ, OpenVINO via NNCF, TensorRT Q/DQ.")
@@ -172,7 +191,11 @@ def _steps_from_flags(int8: bool, int8_dynamic: bool, fp16: bool, prune: str | N
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--seed", type=int, default=None, help="Seed for calibration sampling and fine-tuning (default 0).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--max-drop", type=float, default=None, help="Accuracy budget in metric points (exit 3 if unmet).")
+@click.option("--max-drop", type=float, default=None,
+              help="Accuracy budget in metric points (without labels: points of top-1 agreement); exit 3 if unmet.")
+@click.option("--min-top1", type=float, default=None, help="Fidelity budget without labels: top-1 agreement (0-1).")
+@click.option("--min-cosine", type=float, default=None, help="Fidelity budget without labels: cosine similarity.")
+@click.option("--min-sqnr", type=float, default=None, help="Fidelity budget: SQNR in dB vs fp32.")
 @click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes to time, e.g. 1,8.")
 @click.option("--time-budget", type=float, default=1.0, show_default=True, help="Seconds of timing per variant and batch.")
 @click.option("--arch", default=None, help="module:factory for a state_dict model file.")
@@ -183,11 +206,11 @@ def _steps_from_flags(int8: bool, int8_dynamic: bool, fp16: bool, prune: str | N
 def compress(model: Path, int8: bool, int8_dynamic: bool, fp16: bool, prune: str | None, distill: bool,
              student: str | None, qat: bool, recipe: Path | None, save_recipe: Path | None, data: Path | None,
              calib: str, calib_data: Path | None, target: str | None, runtimes: str, out: Path | None, overwrite: bool, seed: int | None,
-             threads: int, max_drop: float | None, batch: str, time_budget: float, arch: str | None,
+             threads: int, max_drop: float | None, min_top1: float | None, min_cosine: float | None,
+             min_sqnr: float | None, batch: str, time_budget: float, arch: str | None,
              trust_pickle: bool, input_shape: str | None, no_memory: bool, as_json: bool) -> None:
     """Compress MODEL, export it, measure every variant and write a verified bundle."""
     from edgekit import api
-    from edgekit.benchmarks.gate import Budget
     from edgekit.config import Recipe, load_recipe, save_recipe as write_recipe
 
     rts = [r.strip() for r in runtimes.split(",") if r.strip()]
@@ -208,7 +231,7 @@ def compress(model: Path, int8: bool, int8_dynamic: bool, fp16: bool, prune: str
     with _progress(not as_json) as step:
         result = api.compress(
             model, steps=plan.steps, data=data, calib=calib, calib_data=calib_data, target=plan.target, out=out, overwrite=overwrite,
-            seed=plan.seed, threads=threads, budget=Budget(max_drop=plan.max_drop),
+            seed=plan.seed, threads=threads, budget=_budget(plan.max_drop, min_top1, min_cosine, min_sqnr),
             batches=_int_list(batch, "--batch"), time_budget_s=time_budget, arch=arch, trust_pickle=trust_pickle,
             input_shape=input_shape, with_memory=not no_memory, command=_command_line(), progress=step,
         )

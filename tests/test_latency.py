@@ -37,10 +37,11 @@ def mlp(sizes: list[int]) -> nn.Module:
 
 def export(model: nn.Module, path: Path) -> Path:
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export's pytree deprecations
+        warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export pytree notices
         torch.onnx.export(
-            model, (torch.zeros(2, 64),), str(path), input_names=["x"], output_names=["y"], dynamo=True,
-            external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+            model, (torch.zeros(2, 64),), str(path), input_names=["x"], output_names=["y"],
+            dynamo=True, external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
         )
     return path
 
@@ -48,7 +49,8 @@ def export(model: nn.Module, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def small_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    return export(mlp([64, 1024, 1024, 10]), tmp_path_factory.mktemp("lat") / "small.onnx")  # 1.1 M parameters
+    model = mlp([64, 1024, 1024, 10])  # 1.1 M parameters
+    return export(model, tmp_path_factory.mktemp("lat") / "small.onnx")
 
 
 # ------------------------------------------------------------------------------- summarize
@@ -110,13 +112,16 @@ def test_measure_gives_each_variant_the_same_share_of_rounds() -> None:
 def test_measure_clamps_iterations() -> None:
     log: list[str] = []
     # a huge budget is capped by max_iters ...
-    assert measure({"a": recorder(log, "a")}, warmup=0, budget_s=1e6, min_iters=5, max_iters=30, rounds=3)["a"].n == 30
+    fns = {"a": recorder(log, "a")}
+    assert measure(fns, warmup=0, budget_s=1e6, min_iters=5, max_iters=30, rounds=3)["a"].n == 30
     # ... and no budget still gives min_iters, rounded up to whole rounds (3 rounds of 3)
-    assert measure({"a": recorder(log, "a")}, warmup=0, budget_s=0.0, min_iters=7, max_iters=100, rounds=3)["a"].n == 9
+    assert measure(fns, warmup=0, budget_s=0.0, min_iters=7, max_iters=100, rounds=3)["a"].n == 9
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"rounds": 0}, {"warmup": -1}, {"min_iters": 0}, {"min_iters": 10, "max_iters": 5}, {"budget_s": -1.0}]
+    "kwargs",
+    [{"rounds": 0}, {"warmup": -1}, {"min_iters": 0}, {"min_iters": 10, "max_iters": 5},
+     {"budget_s": -1.0}],
 )
 def test_measure_rejects_bad_settings(kwargs: dict) -> None:
     with pytest.raises(BadInputError):
@@ -131,7 +136,8 @@ def test_feeds_are_real_samples(digits: np.ndarray) -> None:
     assert len(feeds) == 6
     rows = {r.tobytes() for r in digits}
     for feed in feeds:
-        assert feed["x"].shape == (4, 64) and feed["x"].dtype == np.float32 and feed["x"].flags.c_contiguous
+        x = feed["x"]
+        assert x.shape == (4, 64) and x.dtype == np.float32 and x.flags.c_contiguous
         assert all(r.tobytes() in rows for r in feed["x"])
         assert np.abs(feed["x"]).sum() > 0
     again = feeds_from({"x": digits}, batch=4, n_feeds=6, seed=1)
@@ -165,7 +171,9 @@ def test_cycle_rotates_feeds_on_a_real_runtime(small_onnx: Path, digits: np.ndar
     got = [call()[0] for _ in range(6)]  # type: ignore[index]
     for i, out in enumerate(got):
         np.testing.assert_array_equal(out, expected[i % 3])
-    stats = measure({"mlp": call}, batch=2, warmup=1, budget_s=0.0, min_iters=4, max_iters=4, rounds=2)
+    stats = measure(
+        {"mlp": call}, batch=2, warmup=1, budget_s=0.0, min_iters=4, max_iters=4, rounds=2
+    )
     assert stats["mlp"].n == 4 and stats["mlp"].batch == 2 and stats["mlp"].p50 > 0
 
 
@@ -177,7 +185,9 @@ def test_cycle_validates_feeds_up_front(small_onnx: Path, digits: np.ndarray) ->
 
 # ------------------------------------------------------------------------------- memory
 @pytest.mark.slow
-def test_peak_rss_grows_with_the_model(small_onnx: Path, digits: np.ndarray, tmp_path: Path) -> None:
+def test_peak_rss_grows_with_the_model(
+    small_onnx: Path, digits: np.ndarray, tmp_path: Path
+) -> None:
     torch.manual_seed(0)
     big_model = mlp([64, 4096, 4096, 3072, 10])
     params = sum(p.numel() for p in big_model.parameters())
@@ -203,7 +213,9 @@ def test_peak_rss_is_measured_in_a_fresh_process(small_onnx: Path, digits: np.nd
     assert result["peak_rss_mb"] < parent_peak_mb - 128
 
 
-def test_peak_rss_reports_child_errors(small_onnx: Path, digits: np.ndarray, tmp_path: Path) -> None:
+def test_peak_rss_reports_child_errors(
+    small_onnx: Path, digits: np.ndarray, tmp_path: Path
+) -> None:
     with pytest.raises(BadInputError, match="missing"):
         peak_rss("onnxruntime", small_onnx, {"image": digits[:1]})
     with pytest.raises(BadInputError, match="does not exist"):

@@ -30,7 +30,8 @@ class TinyCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
         )
         self.head = nn.Linear(16 * 4 * 4, 10)
 
@@ -69,15 +70,16 @@ def artifacts(trained: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> d
 
     out = tmp_path_factory.mktemp("runtimes")
     example = torch.zeros(2, 1, 8, 8)
-    paths = {"onnx": out / "cnn.onnx", "pt2": out / "cnn.pt2", "ts": out / "cnn.ts", "xml": out / "cnn.xml"}
+    paths = {kind: out / f"cnn.{kind}" for kind in ("onnx", "pt2", "ts", "xml")}
     batch = torch.export.Dim("batch")
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export's pytree deprecations
+        warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export pytree notices
         torch.onnx.export(
             trained, (example,), str(paths["onnx"]), input_names=["x"], output_names=["logits"],
             dynamo=True, external_data=False, dynamic_shapes=({0: batch},), verbose=False,
         )
-        torch.export.save(torch.export.export(trained, (example,), dynamic_shapes=({0: batch},)), str(paths["pt2"]))
+        program = torch.export.export(trained, (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(paths["pt2"]))
     torch.jit.save(torch.jit.trace(trained, example), str(paths["ts"]))
     # A static batch of 1 on purpose: the runtime must make the batch axis dynamic itself.
     ir = ov.convert_model(trained, example_input=example[:1], input=[ov.PartialShape([1, 1, 8, 8])])
@@ -105,7 +107,9 @@ class RuntimeContract:
         return {rt.inputs[0].name: x}
 
     @pytest.mark.parametrize("batch", [1, 7])
-    def test_outputs_match_torch(self, rt: Runtime, trained: nn.Module, digits: tuple, batch: int) -> None:
+    def test_outputs_match_torch(
+        self, rt: Runtime, trained: nn.Module, digits: tuple, batch: int
+    ) -> None:
         x = digits[0][100 : 100 + batch]
         (out,) = rt.run(self.feed(rt, x))
         expected = reference(trained, x)
@@ -188,9 +192,19 @@ class TestOnnxRuntime(RuntimeContract):
         assert info["ops"]["Conv"] == 2 and info["int8_ops"] == 0
 
     @pytest.mark.slow
-    def test_int8_model_reports_int8_kernels(self, artifacts: dict[str, Path], digits: tuple, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    def test_int8_model_reports_int8_kernels(
+        self,
+        artifacts: dict[str, Path],
+        digits: tuple,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
@@ -201,8 +215,10 @@ class TestOnnxRuntime(RuntimeContract):
 
         monkeypatch.chdir(tmp_path)  # the quantizer writes scratch files into the working directory
         q = tmp_path / "cnn.int8.onnx"
-        quantize_static(str(artifacts["onnx"]), str(q), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_static(
+            str(artifacts["onnx"]), str(q), Reader(), quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+        )
         rt = OnnxRuntime().load(q)
         info = rt.describe()
         assert info["int8_ops"] >= 2, info["ops"]
@@ -210,18 +226,23 @@ class TestOnnxRuntime(RuntimeContract):
         out = rt.run({"x": digits[0][:200]})[0]
         fp32 = OnnxRuntime().load(artifacts["onnx"]).run({"x": digits[0][:200]})[0]
         assert (out.argmax(1) == fp32.argmax(1)).mean() > 0.9
-        assert np.abs(out - fp32).max() > ATOL, "an int8 model that matches fp32 exactly did not quantize"
+        assert np.abs(out - fp32).max() > ATOL, "an int8 model matching fp32 exactly is not int8"
 
 
 class TestOpenVINO(RuntimeContract):
     runtime, artifact, package = "openvino", "xml", "openvino"
 
-    def test_ir_with_static_batch_runs_any_batch(self, rt: Runtime, trained: nn.Module, digits: tuple) -> None:
+    def test_ir_with_static_batch_runs_any_batch(
+        self, rt: Runtime, trained: nn.Module, digits: tuple
+    ) -> None:
         assert rt.describe()["batch_dynamic"] is True
         x = digits[0][:5]
-        np.testing.assert_allclose(rt.run(self.feed(rt, x))[0], reference(trained, x), atol=ATOL, rtol=0)
+        out = rt.run(self.feed(rt, x))[0]
+        np.testing.assert_allclose(out, reference(trained, x), atol=ATOL, rtol=0)
 
-    def test_loads_onnx_too(self, artifacts: dict[str, Path], trained: nn.Module, digits: tuple) -> None:
+    def test_loads_onnx_too(
+        self, artifacts: dict[str, Path], trained: nn.Module, digits: tuple
+    ) -> None:
         rt = OpenVINORuntime().load(artifacts["onnx"])
         x = digits[0][:3]
         np.testing.assert_allclose(rt.run({"x": x})[0], reference(trained, x), atol=ATOL, rtol=0)
@@ -232,7 +253,9 @@ class TestOpenVINO(RuntimeContract):
         assert set(info["compute_ops_by_precision"]) == {"f32"}
         assert info["compute_ops_by_precision"]["f32"] >= 3  # two convolutions and the linear layer
 
-    def test_bf16_hint_is_applied(self, artifacts: dict[str, Path], trained: nn.Module, digits: tuple) -> None:
+    def test_bf16_hint_is_applied(
+        self, artifacts: dict[str, Path], trained: nn.Module, digits: tuple
+    ) -> None:
         import openvino as ov
 
         if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
@@ -242,7 +265,7 @@ class TestOpenVINO(RuntimeContract):
         assert info["inference_precision"] == "bf16" and info["precision"] == "bf16"
         x = digits[0][:64]
         out, expected = rt.run({rt.inputs[0].name: x})[0], reference(trained, x)
-        assert np.abs(out - expected).max() > ATOL  # bf16 keeps 8 mantissa bits: it cannot match to 1e-4
+        assert np.abs(out - expected).max() > ATOL  # bf16 keeps 8 mantissa bits: not within 1e-4
         assert (out.argmax(1) == expected.argmax(1)).mean() > 0.9
 
     def test_ir_without_weights(self, artifacts: dict[str, Path], tmp_path: Path) -> None:
@@ -255,7 +278,9 @@ class TestOpenVINO(RuntimeContract):
 class TestTorch(RuntimeContract):
     runtime, artifact, package = "torch", "pt2", "torch"
 
-    def test_torchscript_with_specs_from_onnx(self, artifacts: dict[str, Path], trained: nn.Module, digits: tuple) -> None:
+    def test_torchscript_with_specs_from_onnx(
+        self, artifacts: dict[str, Path], trained: nn.Module, digits: tuple
+    ) -> None:
         specs, _ = specs_from_onnx(artifacts["onnx"])
         rt = TorchRuntime(input_specs=specs).load(artifacts["ts"])
         assert rt.outputs[0].shape == ("batch", 10)
@@ -268,7 +293,8 @@ class TestTorch(RuntimeContract):
             TorchRuntime().load(artifacts["ts"])
 
     def test_from_module(self, trained: nn.Module, digits: tuple) -> None:
-        rt = TorchRuntime.from_module(trained, [TensorSpec("x", ("batch", 1, 8, 8), "float32")], output_names=["logits"])
+        specs = [TensorSpec("x", ("batch", 1, 8, 8), "float32")]
+        rt = TorchRuntime.from_module(trained, specs, output_names=["logits"])
         assert [o.name for o in rt.outputs] == ["logits"]
         x = digits[0][:3]
         np.testing.assert_array_equal(rt.run({"x": x})[0], reference(trained, x))
@@ -279,7 +305,7 @@ class TestTorch(RuntimeContract):
 # ------------------------------------------------------------------------------- registry
 def test_names_and_aliases() -> None:
     assert names() == ["onnxruntime", "openvino", "tensorrt", "torch"]
-    assert canonical("ORT") == "onnxruntime" and canonical("ov") == "openvino" and canonical("trt") == "tensorrt"
+    assert [canonical(a) for a in ("ORT", "ov", "trt")] == ["onnxruntime", "openvino", "tensorrt"]
     assert isinstance(get_runtime("ort", threads=2), OnnxRuntime)
     assert get_runtime("ov").threads == 1
 
@@ -299,18 +325,23 @@ def test_available_reports_packages() -> None:
 
 def test_available_imports_no_runtime_package() -> None:
     code = (
-        "import sys, edgekit.runtimes as r; r.available(); r.get_runtime('ort'); r.get_runtime('ov');"
-        "print(sorted(m for m in ('onnxruntime', 'openvino', 'torch', 'tensorrt') if m in sys.modules))"
+        "import sys, edgekit.runtimes as r; r.available(); r.get_runtime('ort');"
+        "r.get_runtime('ov'); heavy = ('onnxruntime', 'openvino', 'torch', 'tensorrt');"
+        "print(sorted(m for m in heavy if m in sys.modules))"
     )
     root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": path},
+    )
     assert out.stdout.strip() == "[]"
 
 
 def test_missing_package_names_package_and_extra(tmp_path: Path) -> None:
     class Absent(OnnxRuntime):
-        name, package, module, extra = "absent", "absent-runtime", "edgekit_absent_runtime", "absent"
+        name, package, extra = "absent", "absent-runtime", "absent"
+        module = "edgekit_absent_runtime"
 
     f = tmp_path / "m.onnx"
     f.write_bytes(b"")

@@ -30,6 +30,15 @@ class Budget:
         if not -1.0 <= self.min_cosine <= 1.0:
             raise BadInputError("cosine threshold must be between -1 and 1")
 
+    @property
+    def explicit(self) -> bool:
+        """True when the user set a budget (then missing it is exit code 3, not just a rejection)."""
+        return self != Budget()
+
+    def top1_floor(self) -> float:
+        """Without labels, ``max_drop`` reads as points of top-1 agreement with fp32."""
+        return 1.0 - self.max_drop / 100.0 if self.max_drop is not None else self.min_top1_agreement
+
     def drop_for(self, metric: str) -> float:
         return self.max_drop if self.max_drop is not None else DEFAULT_MAX_DROP.get(metric, 1.0)
 
@@ -59,8 +68,9 @@ def judge(
             return f"{metric} drops {metric_drop:.2f} > budget {allowed:g}"
     else:
         top1 = fid.get("top1_agreement")
-        if top1 is not None and top1 < budget.min_top1_agreement:
-            return f"top-1 agreement {top1:.4f} < {budget.min_top1_agreement:g}"
+        floor = budget.top1_floor()
+        if top1 is not None and top1 < floor - 1e-12:
+            return f"top-1 agreement {top1:.4f} < {floor:g}"
         cos = fid.get("cosine")
         if cos is not None and cos < budget.min_cosine:
             return f"cosine {cos:.4f} < {budget.min_cosine:g}"
