@@ -19,7 +19,8 @@ def invoke(args: list[str]) -> tuple[int, str, str]:
     from edgekit.cli import main
 
     runner = CliRunner()
-    with runner.isolation() as (out, err):
+    with runner.isolation() as streams:
+        out, err = streams[0], streams[1]
         code = main(args)
         return code, out.getvalue().decode(), err.getvalue().decode()
 

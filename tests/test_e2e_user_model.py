@@ -21,7 +21,8 @@ def invoke(args: list[str]) -> tuple[int, str]:
 
     from edgekit.cli import main
 
-    with CliRunner().isolation() as (_out, err):
+    with CliRunner().isolation() as streams:
+        err = streams[1]
         code = main(args)
         return code, err.getvalue().decode()
 

@@ -189,25 +189,47 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
                 "calibrated on generated (random) samples: accuracy figures are indicative only"
             )
 
+    # Under an accuracy budget the static variants come from a search that keeps the most
+    # sensitive layers in float (edgekit.compress.sensitivity); without one, nothing changes.
+    search = None
+    if ctx.budget is not None and feeds:
+        from edgekit.compress.sensitivity import BudgetSearch
+
+        search = BudgetSearch(config, onnx_path, feeds, ctx)
+    ort_static_out = workdir / "model.ort-int8-static.onnx"
+    has_ort_static = "onnxruntime" in config.runtimes and config.mode == "static"
     variants: list[Variant] = []
     for runtime in config.runtimes:
         if runtime == "onnxruntime" and config.mode == "static":
             ctx.progress(f"INT8 static (ONNX Runtime), calibrating on {len(feeds)} feeds")
-            out = workdir / "model.ort-int8-static.onnx"
-            variant = ort_int8_static(config, onnx_path, feeds, out)
+            if search is not None:
+                variant = search.ort_static(ort_static_out)
+            else:
+                variant = ort_int8_static(config, onnx_path, feeds, ort_static_out)
         elif runtime == "onnxruntime":
             ctx.progress("INT8 dynamic (ONNX Runtime), MatMul/Gemm only")
             variant = ort_int8_dynamic(config, onnx_path, workdir / "model.ort-int8-dynamic.onnx")
+            if ctx.budget is not None:
+                variant.notes.append(
+                    f"kept in float: {list(config.exclude)} (the accuracy-budget search covers "
+                    "static INT8; the gate still measures this variant)"
+                )
         elif runtime == "openvino":
             ctx.progress(f"INT8 (OpenVINO via NNCF), calibrating on {len(feeds)} feeds")
-            variant = ov_int8(config, onnx_path, feeds, workdir / "openvino" / "model.ov-int8.xml")
+            out = workdir / "openvino" / "model.ov-int8.xml"
+            variant = search.openvino(out) if search else ov_int8(config, onnx_path, feeds, out)
         else:
             ctx.progress(f"INT8 explicit Q/DQ (TensorRT), calibrating on {len(feeds)} feeds")
             out = workdir / "tensorrt" / "model.trt-int8-qdq.onnx"
-            variant = trt_int8_qdq(config, onnx_path, feeds, out)
+            if search is not None:
+                variant = search.tensorrt(out, ort_static_out if has_ort_static else None)
+            else:
+                variant = trt_int8_qdq(config, onnx_path, feeds, out)
         if variant.name != "ort-int8-dynamic":
             variant.notes.extend(calib_notes)
         variants.append(variant)
+    if search is not None:
+        search.record()
 
     settings = {k: getattr(config, k) for k in config.__dataclass_fields__}
     for v in variants:

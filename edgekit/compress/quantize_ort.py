@@ -176,6 +176,8 @@ def _quantize_static(
     calib_method: str,
     exclude: tuple[str, ...],
     extra_options: dict[str, Any],
+    only: tuple[str, ...] = (),
+    calibration_cache: Path | None = None,
 ) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -200,18 +202,42 @@ def _quantize_static(
             activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(exclude),
+            nodes_to_quantize=list(only),
             calibrate_method=methods[calib_method],
             calibration_providers=["CPUExecutionProvider"],
             use_external_data_format=_has_external_data(src),
             extra_options=options,
+            # Ranges depend on the model and the feeds only, not on which nodes are quantized:
+            # a cache written by the first call serves every later one (same bytes, no re-run).
+            calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
         )
 
 
-def ort_int8_static(config: Int8Config, onnx_path: Path, feeds: Feeds, out: Path) -> Variant:
+def _static_options(config: Int8Config) -> dict[str, Any]:
+    return {
+        "activation_type": "uint8",
+        "per_channel": config.per_channel,
+        "reduce_range": config.reduce_range,
+        "calib_method": config.calib_method,
+        "extra_options": {"ActivationSymmetric": config.symmetric_activations},
+    }
+
+
+def ort_int8_static(
+    config: Int8Config,
+    onnx_path: Path,
+    feeds: Feeds,
+    out: Path,
+    *,
+    calibration_cache: Path | None = None,
+) -> Variant:
     """Static QDQ INT8 for ONNX Runtime's CPU execution provider.
 
     uint8 activations with int8 weights (U8S8), ONNX Runtime's recommended pairing for x86
     CPUs; ``config.reduce_range`` keeps weights to 7 bits for CPUs without VNNI.
+    ``calibration_cache`` (a JSON file) stores the calibrated ranges on the first call and reuses
+    them on later calls with the same model and feeds (an accuracy-budget search re-quantizes
+    many times).
     """
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,12 +246,9 @@ def ort_int8_static(config: Int8Config, onnx_path: Path, feeds: Feeds, out: Path
             pre,
             out,
             feeds,
-            activation_type="uint8",
-            per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
-            calib_method=config.calib_method,
             exclude=config.exclude,
-            extra_options={"ActivationSymmetric": config.symmetric_activations},
+            calibration_cache=calibration_cache,
+            **_static_options(config),
         )
     symmetry = "symmetric" if config.symmetric_activations else "asymmetric"
     granularity = "per-channel" if config.per_channel else "per-tensor"
@@ -246,6 +269,30 @@ def ort_int8_static(config: Int8Config, onnx_path: Path, feeds: Feeds, out: Path
         techniques=["quantize:int8-static"],
         notes=notes,
         extra_files=_external_files(out),
+    )
+
+
+def ort_int8_static_only(
+    config: Int8Config,
+    preprocessed: Path,
+    feeds: Feeds,
+    out: Path,
+    nodes: tuple[str, ...],
+    *,
+    calibration_cache: Path,
+) -> None:
+    """Quantize only ``nodes`` of a model already passed through :func:`preprocess`, with the
+    settings of :func:`ort_int8_static` (per-layer sensitivity measures one layer at a time)."""
+    if not nodes:
+        raise ValueError("ort_int8_static_only needs at least one node (an empty list means all)")
+    _quantize_static(
+        Path(preprocessed),
+        Path(out),
+        feeds,
+        exclude=(),
+        only=tuple(nodes),
+        calibration_cache=calibration_cache,
+        **_static_options(config),
     )
 
 
@@ -298,13 +345,21 @@ def ort_int8_dynamic(config: Int8Config, onnx_path: Path, out: Path) -> Variant:
     )
 
 
-def trt_int8_qdq(config: Int8Config, onnx_path: Path, feeds: Feeds, out: Path) -> Variant:
+def trt_int8_qdq(
+    config: Int8Config,
+    onnx_path: Path,
+    feeds: Feeds,
+    out: Path,
+    *,
+    calibration_cache: Path | None = None,
+) -> Variant:
     """Explicit-quantization ONNX for TensorRT: symmetric int8 Q/DQ, zero point 0 everywhere.
 
     Placement follows TensorRT's recommendations: Q/DQ on the inputs of weighted layers, not on
     their outputs; activations such as ReLU stay explicit so TensorRT can fuse them; one Q/DQ
     pair per consumer; biases stay float (TensorRT's DequantizeLinear takes int8 only and it
     quantizes biases itself); weights use the full int8 range. Checked by :func:`check_trt_qdq`.
+    ``calibration_cache`` works as in :func:`ort_int8_static`.
     """
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -318,6 +373,7 @@ def trt_int8_qdq(config: Int8Config, onnx_path: Path, feeds: Feeds, out: Path) -
             reduce_range=False,
             calib_method=config.calib_method,
             exclude=config.exclude,
+            calibration_cache=calibration_cache,
             extra_options={
                 "ActivationSymmetric": True,
                 "WeightSymmetric": True,

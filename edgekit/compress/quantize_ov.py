@@ -152,6 +152,20 @@ def _ov_names_for(exclude: tuple[str, ...], model: Any) -> list[str]:
     return names
 
 
+def ov_mappable(onnx_path: Path | str, names: list[str]) -> list[str]:
+    """The ONNX node names among ``names`` that map to OpenVINO operations (which an NNCF
+    ignored scope can then keep in float), in the order given."""
+    model = _convert(Path(onnx_path))
+    found: list[str] = []
+    for name in names:
+        try:
+            _ov_names_for((name,), model)
+        except BadInputError:
+            continue
+        found.append(name)
+    return found
+
+
 @contextlib.contextmanager
 def _quiet_nncf() -> Iterator[None]:
     """NNCF draws progress bars on stdout and logs at INFO; neither belongs in a CLI's stdout."""

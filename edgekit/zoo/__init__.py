@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     import torch
 
 
-
 @dataclass(frozen=True)
 class ReferenceSpec:
     """What a reference model is: its task, held-out floor, input and factory."""
@@ -47,35 +46,63 @@ _SPECS: dict[str, ReferenceSpec] = {
     s.name: s
     for s in (
         ReferenceSpec(
-            "digits-cnn",
-            "Conv32-MaxPool-Conv64-MaxPool-Conv64-Dense64-Dense10 on scikit-learn digits at 28x28",
-            "classification", "accuracy", 95.0, "input", (1, 28, 28), "float32",
-            "edgekit.zoo.models:digits_cnn",
+            name="digits-cnn",
+            description="Conv32-MaxPool-Conv64-MaxPool-Conv64-Dense64-Dense10 on scikit-learn "
+            "digits at 28x28",
+            task="classification",
+            metric="accuracy",
+            floor=95.0,
+            input_name="input",
+            input_shape=(1, 28, 28),
+            input_dtype="float32",
+            factory="edgekit.zoo.models:digits_cnn",
         ),
         ReferenceSpec(
-            "tabular-mlp",
-            "Dense50-Dense1(sigmoid) on scikit-learn breast cancer (30 standardized features)",
-            "binary", "accuracy", 93.0, "input", (30,), "float32",
-            "edgekit.zoo.models:tabular_mlp",
+            name="tabular-mlp",
+            description="Dense50-Dense1(sigmoid) on scikit-learn breast cancer "
+            "(30 standardized features)",
+            task="binary",
+            metric="accuracy",
+            floor=93.0,
+            input_name="input",
+            input_shape=(30,),
+            input_dtype="float32",
+            factory="edgekit.zoo.models:tabular_mlp",
         ),
         ReferenceSpec(
-            "house-regressor",
-            "MLP regression (MSE) on scikit-learn diabetes; output in the target's units",
-            "regression", "r2", 0.40, "input", (10,), "float32",
-            "edgekit.zoo.models:house_regressor",
+            name="house-regressor",
+            description="MLP regression (MSE) on scikit-learn diabetes, output in target units",
+            task="regression",
+            metric="r2",
+            floor=0.40,
+            input_name="input",
+            input_shape=(10,),
+            input_dtype="float32",
+            factory="edgekit.zoo.models:house_regressor",
         ),
         ReferenceSpec(
-            "text-classifier",
-            f"Embedding-mean-MLP over docstrings of Python's standard library, {len(TEXT_CLASSES)} module families",
-            "classification", "accuracy", round(3 * 100.0 / len(TEXT_CLASSES), 2), "input_ids",
-            (TEXT_LENGTH,), "int64",
-            "edgekit.zoo.models:text_classifier",
+            name="text-classifier",
+            description="Embedding-mean-MLP over docstrings of Python's standard library, "
+            f"{len(TEXT_CLASSES)} module families",
+            task="classification",
+            metric="accuracy",
+            floor=round(3 * 100.0 / len(TEXT_CLASSES), 2),  # three times chance
+            input_name="input_ids",
+            input_shape=(TEXT_LENGTH,),
+            input_dtype="int64",
+            factory="edgekit.zoo.models:text_classifier",
         ),
         ReferenceSpec(
-            "edge-cnn",
-            "MobileNetV2-style CNN (inverted residuals, depthwise conv) on scikit-learn digits at 32x32",
-            "classification", "accuracy", 93.0, "input", (1, 32, 32), "float32",
-            "edgekit.zoo.models:edge_cnn",
+            name="edge-cnn",
+            description="MobileNetV2-style CNN (inverted residuals, depthwise conv) on "
+            "scikit-learn digits at 32x32",
+            task="classification",
+            metric="accuracy",
+            floor=93.0,
+            input_name="input",
+            input_shape=(1, 32, 32),
+            input_dtype="float32",
+            factory="edgekit.zoo.models:edge_cnn",
         ),
     )
 }
@@ -91,16 +118,30 @@ def spec(name: str) -> ReferenceSpec:
     try:
         return _SPECS[name]
     except KeyError:
-        raise BadInputError(f"unknown reference model {name!r}; choose one of: {', '.join(names())}") from None
+        raise BadInputError(
+            f"unknown reference model {name!r}; choose one of: {', '.join(names())}"
+        ) from None
 
 
 def build(name: str) -> torch.nn.Module:
-    """A fresh, untrained module of reference model ``name`` (seed torch first for fixed weights)."""
+    """A fresh, untrained module of reference model ``name`` (seed torch for fixed weights)."""
     module: torch.nn.Module = import_object(spec(name).factory)()
     return module
 
 
 __all__ = [
-    "META_FILE", "ReferenceSpec", "Splits", "TrainResult", "build", "evaluate", "fit", "load_data",
-    "names", "predict", "read_meta", "save", "spec", "train",
+    "META_FILE",
+    "ReferenceSpec",
+    "Splits",
+    "TrainResult",
+    "build",
+    "evaluate",
+    "fit",
+    "load_data",
+    "names",
+    "predict",
+    "read_meta",
+    "save",
+    "spec",
+    "train",
 ]

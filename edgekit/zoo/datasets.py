@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
-import inspect
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from edgekit.errors import BadInputError
+from edgekit.errors import BadInputError, EdgekitError
 from edgekit.io.data import Dataset
 
 TEST_FRACTION = 0.2
@@ -28,50 +28,46 @@ CALIB_SIZE = 256
 
 # Text corpus: module family -> standard-library modules whose docstrings carry that label.
 # Modules missing from the running Python version are skipped, so the corpus is fixed per version.
-TEXT_FAMILIES: dict[str, tuple[str, ...]] = {
-    "compression": ("bz2", "gzip", "lzma", "tarfile", "zipfile", "zipimport", "zlib"),
+_FAMILY_MODULES = {
+    "compression": "bz2 gzip lzma tarfile zipfile zipimport zlib",
     "concurrency": (
-        "asyncio", "concurrent.futures", "concurrent.futures.process", "concurrent.futures.thread",
-        "contextvars", "multiprocessing", "multiprocessing.connection", "multiprocessing.managers",
-        "multiprocessing.pool", "multiprocessing.queues", "multiprocessing.synchronize", "queue",
-        "sched", "selectors", "subprocess", "threading",
+        "asyncio concurrent.futures concurrent.futures.process concurrent.futures.thread "
+        "contextvars multiprocessing multiprocessing.connection multiprocessing.managers "
+        "multiprocessing.pool multiprocessing.queues multiprocessing.synchronize queue "
+        "sched selectors subprocess threading"
     ),
     "debugging": (
-        "ast", "bdb", "cProfile", "dis", "doctest", "faulthandler", "inspect", "logging",
-        "logging.handlers", "pdb", "profile", "pstats", "timeit", "trace", "traceback",
-        "tracemalloc", "unittest", "unittest.case", "unittest.loader", "unittest.mock",
-        "unittest.result", "unittest.runner", "warnings",
+        "ast bdb cProfile dis doctest faulthandler inspect logging logging.handlers pdb "
+        "profile pstats timeit trace traceback tracemalloc unittest unittest.case "
+        "unittest.loader unittest.mock unittest.result unittest.runner warnings"
     ),
-    "filesystem": (
-        "filecmp", "fileinput", "fnmatch", "glob", "os", "pathlib", "posixpath", "shutil", "stat",
-        "tempfile",
-    ),
+    "filesystem": "filecmp fileinput fnmatch glob os pathlib posixpath shutil stat tempfile",
     "network": (
-        "email", "email.feedparser", "email.generator", "email.header", "email.headerregistry",
-        "email.message", "email.mime.multipart", "email.mime.text", "email.parser", "email.policy",
-        "email.utils", "ftplib", "http.client", "http.cookiejar", "http.cookies", "http.server",
-        "imaplib", "ipaddress", "mailbox", "mimetypes", "poplib", "smtplib", "socket",
-        "socketserver", "ssl", "urllib.error", "urllib.parse", "urllib.request",
-        "urllib.robotparser", "wsgiref.handlers", "wsgiref.simple_server", "xmlrpc.client",
-        "xmlrpc.server",
+        "email email.feedparser email.generator email.header email.headerregistry "
+        "email.message email.mime.multipart email.mime.text email.parser email.policy "
+        "email.utils ftplib http.client http.cookiejar http.cookies http.server imaplib "
+        "ipaddress mailbox mimetypes poplib smtplib socket socketserver ssl urllib.error "
+        "urllib.parse urllib.request urllib.robotparser wsgiref.handlers "
+        "wsgiref.simple_server xmlrpc.client xmlrpc.server"
     ),
-    "numeric": (
-        "cmath", "decimal", "fractions", "math", "numbers", "operator", "random", "statistics",
-    ),
+    "numeric": "cmath decimal fractions math numbers operator random statistics",
     "serialization": (
-        "base64", "binascii", "configparser", "copyreg", "csv", "json", "json.decoder",
-        "json.encoder", "marshal", "pickle", "plistlib", "shelve", "struct", "tomllib",
-        "xml.dom.minidom", "xml.etree.ElementTree", "xml.sax", "xml.sax.handler",
-        "xml.sax.saxutils",
+        "base64 binascii configparser copyreg csv json json.decoder json.encoder marshal "
+        "pickle plistlib shelve struct tomllib xml.dom.minidom xml.etree.ElementTree "
+        "xml.sax xml.sax.handler xml.sax.saxutils"
     ),
     "text": (
-        "codecs", "difflib", "gettext", "html", "html.parser", "locale", "re", "reprlib", "shlex",
-        "string", "stringprep", "textwrap", "unicodedata",
+        "codecs difflib gettext html html.parser locale re reprlib shlex string "
+        "stringprep textwrap unicodedata"
     ),
-    "time": ("calendar", "datetime", "time", "zoneinfo"),
+    "time": "calendar datetime time zoneinfo",
+}
+TEXT_FAMILIES: dict[str, tuple[str, ...]] = {
+    k: tuple(v.split()) for k, v in _FAMILY_MODULES.items()
 }
 TEXT_CLASSES: tuple[str, ...] = tuple(sorted(TEXT_FAMILIES))
-TEXT_VOCAB_SIZE = 4096  # embedding rows: 0 = padding, 1 = unknown, then the most frequent train words
+# Embedding rows: 0 = padding, 1 = unknown, then the most frequent words of the training split.
+TEXT_VOCAB_SIZE = 4096
 TEXT_LENGTH = 64
 PAD_ID, UNK_ID = 0, 1
 _MIN_DOC_CHARS = 40
@@ -88,7 +84,9 @@ class Splits:
     test: Dataset
 
 
-def split_index(n: int, seed: int, test_fraction: float = TEST_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+def split_index(
+    n: int, seed: int, test_fraction: float = TEST_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded permutation of ``range(n)`` cut into (train, test) indices."""
     order = np.random.default_rng(seed).permutation(n)
     n_test = int(round(test_fraction * n))
@@ -108,7 +106,9 @@ def digits(size: int) -> tuple[np.ndarray, np.ndarray]:
 
     bunch = load_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
-    up = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    up = torch.nn.functional.interpolate(
+        images, size=(size, size), mode="bilinear", align_corners=False
+    )
     return up.clamp_(0.0, 1.0).numpy(), bunch.target.astype(np.int64)
 
 
@@ -135,13 +135,18 @@ def diabetes() -> tuple[np.ndarray, np.ndarray]:
 # --- text --------------------------------------------------------------------------------------
 
 
-def _module_docstrings(module_name: str) -> list[str]:
-    """Docstrings of the public classes and functions of a module, and of their own methods."""
+# Run in a fresh interpreter without site-packages (python -I -S): docstrings are read from the
+# pristine standard library, never from objects the host process (a test runner, a debugger) has
+# patched or imported lazily.
+_COLLECTOR = """
+import importlib, inspect, json, sys
+
+def docstrings(module_name):
     try:
         module = importlib.import_module(module_name)
     except ImportError:
         return []
-    docs: list[str] = []
+    docs = []
     for name in sorted(vars(module)):
         obj = vars(module)[name]
         if name.startswith("_") or not (inspect.isclass(obj) or inspect.isroutine(obj)):
@@ -152,9 +157,31 @@ def _module_docstrings(module_name: str) -> list[str]:
                 member = vars(obj)[attr]
                 if isinstance(member, (staticmethod, classmethod)):
                     member = member.__func__
-                if not attr.startswith("_") and (inspect.isroutine(member) or isinstance(member, property)):
+                documented = inspect.isroutine(member) or isinstance(member, property)
+                if not attr.startswith("_") and documented:
                     docs.append(inspect.cleandoc(member.__doc__ or ""))
     return docs
+
+families = json.loads(sys.stdin.read())
+json.dump({f: [d for m in mods for d in docstrings(m)] for f, mods in families.items()}, sys.stdout)
+"""
+
+
+def _collect_docstrings() -> dict[str, list[str]]:
+    """Family → raw docstrings of its modules' public classes, functions and their own methods."""
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _COLLECTOR],
+        input=json.dumps({f: list(m) for f, m in TEXT_FAMILIES.items()}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise EdgekitError(
+            f"could not read the standard library's docstrings: {proc.stderr.strip()[-300:]}"
+        )
+    result: dict[str, list[str]] = json.loads(proc.stdout)
+    return result
 
 
 def _digest(text: str) -> str:
@@ -165,17 +192,18 @@ def _digest(text: str) -> str:
 def stdlib_docstrings() -> tuple[tuple[str, ...], tuple[int, ...]]:
     """The labelled text corpus: (texts, class indices into :data:`TEXT_CLASSES`).
 
-    Whitespace-normalised, lower-cased docstrings of at least 40 characters; a text found under
-    two families is dropped, duplicates are kept once. Each class keeps at most 500 texts, chosen
-    by SHA-256 of the text, so the result never depends on hash or import order.
+    Whitespace-normalised, lower-cased docstrings of at least 40 characters, read in a fresh
+    interpreter; a text found under two families is dropped, duplicates are kept once. Each class
+    keeps at most 500 texts, chosen by SHA-256 of the text, so the result depends only on the
+    Python version, never on hash, import order or the state of the calling process.
     """
+    raw = _collect_docstrings()
     families: dict[str, set[str]] = {}
     for family in TEXT_CLASSES:
-        for module_name in TEXT_FAMILIES[family]:
-            for doc in _module_docstrings(module_name):
-                text = " ".join(doc.split()).lower()
-                if len(text) >= _MIN_DOC_CHARS:
-                    families.setdefault(text, set()).add(family)
+        for doc in raw[family]:
+            text = " ".join(doc.split()).lower()
+            if len(text) >= _MIN_DOC_CHARS:
+                families.setdefault(text, set()).add(family)
     per_class: dict[str, list[str]] = {family: [] for family in TEXT_CLASSES}
     for text, found in families.items():
         if len(found) == 1:
@@ -231,18 +259,23 @@ def _splits(full: Dataset, seed: int) -> Splits:
 
 def _renamed(data: Dataset, split_name: str) -> Dataset:
     return Dataset(
-        inputs=data.inputs, labels=data.labels, task=data.task, name=f"{data.name}:{split_name}",
+        inputs=data.inputs,
+        labels=data.labels,
+        task=data.task,
+        name=f"{data.name}:{split_name}",
         meta=dict(data.meta, split=split_name),
     )
 
 
 def load_data(name: str, seed: int = 0) -> Splits:
-    """Train / calibration / test splits of a reference model's data set (see ``edgekit.zoo.names``)."""
+    """Train / calibration / test splits of the data set of reference model ``name``."""
     if name in ("digits-cnn", "edge-cnn"):
         size = 28 if name == "digits-cnn" else 32
         x, y = digits(size)
         source = f"sklearn.datasets.load_digits, 8x8 bilinear to {size}x{size}, scaled to [0, 1]"
-        return _splits(Dataset({"input": x}, y, "classification", name, meta={"source": source}), seed)
+        return _splits(
+            Dataset({"input": x}, y, "classification", name, meta={"source": source}), seed
+        )
     if name == "tabular-mlp":
         x, y = breast_cancer()
         train_idx, test_idx = split_index(len(x), seed)
@@ -251,14 +284,16 @@ def load_data(name: str, seed: int = 0) -> Splits:
         std[std == 0] = 1.0
         xs = ((x - mean) / std).astype(np.float32)
         meta = {
-            "source": "sklearn.datasets.load_breast_cancer, standardized with train-split statistics",
+            "source": "sklearn.datasets.load_breast_cancer, standardized with train-split stats",
             "feature_mean": json.dumps(mean.tolist()),
             "feature_std": json.dumps(std.tolist()),
         }
         return _splits(Dataset({"input": xs}, y, "binary", name, meta=meta), seed)
     if name == "house-regressor":
         x, y = diabetes()
-        meta = {"source": "sklearn.datasets.load_diabetes (scaled features, target in original units)"}
+        meta = {
+            "source": "sklearn.datasets.load_diabetes (scaled features, target in original units)"
+        }
         return _splits(Dataset({"input": x}, y, "regression", name, meta=meta), seed)
     if name == "text-classifier":
         texts, labels = stdlib_docstrings()
@@ -271,7 +306,13 @@ def load_data(name: str, seed: int = 0) -> Splits:
         }
         ids = encode(texts, vocab)
         return _splits(
-            Dataset({"input_ids": ids}, np.asarray(labels, dtype=np.int64), "classification", name, meta=meta),
+            Dataset(
+                {"input_ids": ids},
+                np.asarray(labels, dtype=np.int64),
+                "classification",
+                name,
+                meta=meta,
+            ),
             seed,
         )
     from edgekit.zoo import names

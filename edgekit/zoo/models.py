@@ -5,8 +5,6 @@ TorchScript) can walk them like a user's model. ``forward`` arguments carry the 
 the specs (``input``, ``input_ids``), which exporters use as graph input names.
 """
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 
@@ -14,14 +12,19 @@ from edgekit.zoo.datasets import TEXT_CLASSES, TEXT_VOCAB_SIZE
 
 
 class DigitsCNN(nn.Module):
-    """Conv32-MaxPool-Conv64-MaxPool-Conv64-Flatten-Dense64-Dense10 on ``(N, 1, 28, 28)``; logits out."""
+    """Conv32-MaxPool-Conv64-MaxPool-Conv64-Flatten-Dense64-Dense10 on ``(N, 1, 28, 28)``."""
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),  # 28 → 26 → 13
-            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),  # 13 → 11 → 5
-            nn.Conv2d(64, 64, 3), nn.ReLU(),  # 5 → 3
+            nn.Conv2d(1, 32, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 28 → 26 → 13
+            nn.Conv2d(32, 64, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 13 → 11 → 5
+            nn.Conv2d(64, 64, 3),
+            nn.ReLU(),  # 5 → 3
         )
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(64 * 3 * 3, 64), nn.ReLU(), nn.Linear(64, num_classes)
@@ -36,7 +39,9 @@ class TabularMLP(nn.Module):
 
     def __init__(self, in_features: int = 30, hidden: int = 50) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Sigmoid())
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Sigmoid()
+        )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self.net(input)
@@ -49,6 +54,9 @@ class HouseRegressor(nn.Module):
     (set from the training split by ``edgekit.zoo.train``, saved in the ``state_dict``) map it back.
     """
 
+    target_mean: torch.Tensor
+    target_std: torch.Tensor
+
     def __init__(self, in_features: int = 10, hidden: int = 32) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
@@ -60,7 +68,7 @@ class HouseRegressor(nn.Module):
 
 
 class TextClassifier(nn.Module):
-    """Embedding → mean over non-padding tokens (id 0) → Linear → ReLU → Dropout → Linear; logits out."""
+    """Embedding → mean over non-padding tokens (id 0) → Linear → ReLU → Dropout → Linear."""
 
     def __init__(
         self,
@@ -84,7 +92,9 @@ class TextClassifier(nn.Module):
         return self.head(self.dropout(self.relu(self.fc(pooled))))
 
 
-def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+def _conv_bn(
+    cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True
+) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(cout),
@@ -95,7 +105,7 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 block: 1×1 expand, 3×3 depthwise, 1×1 linear project; residual when shapes match."""
+    """MobileNetV2 block: 1×1 expand, 3×3 depthwise, 1×1 linear projection, residual add."""
 
     def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
         super().__init__()
@@ -120,7 +130,14 @@ class EdgeCNN(nn.Module):
         w = width
         # Stem stride 2, then (out channels, stride, expansion): total stride 16, e.g. 32×32 → 2×2,
         # 224×224 → 14×14.
-        plan = [(w, 1, 2), (int(1.5 * w), 2, 4), (int(1.5 * w), 1, 4), (2 * w, 2, 4), (2 * w, 1, 4), (4 * w, 2, 4)]
+        plan = [
+            (w, 1, 2),
+            (int(1.5 * w), 2, 4),
+            (int(1.5 * w), 1, 4),
+            (2 * w, 2, 4),
+            (2 * w, 1, 4),
+            (4 * w, 2, 4),
+        ]
         blocks: list[nn.Module] = [_conv_bn(in_channels, w, 3, stride=2)]
         cin = w
         for cout, stride, expand in plan:

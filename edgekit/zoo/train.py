@@ -29,7 +29,9 @@ from edgekit.zoo.datasets import load_data
 if TYPE_CHECKING:
     import torch
 
-META_FILE = "edgekit.json"  # JSON metadata stored in a saved TorchScript archive (its extra/ folder)
+META_FILE = (
+    "edgekit.json"  # JSON metadata stored in a saved TorchScript archive (its extra/ folder)
+)
 _META_MEMBER = re.compile(r"[^/]+/extra/" + re.escape(META_FILE))
 
 Progress = Callable[[int, int], None]
@@ -60,7 +62,9 @@ class TrainResult:
 
     name: str
     module: torch.nn.Module
-    metrics: dict[str, float]  # on the held-out test split, from edgekit.benchmarks.accuracy.task_metrics
+    metrics: dict[
+        str, float
+    ]  # on the held-out test split, from edgekit.benchmarks.accuracy.task_metrics
     metric: str  # the primary metric's name
     value: float  # the primary metric's value
     seed: int
@@ -106,9 +110,13 @@ def _labels(data: Dataset, task: str) -> torch.Tensor:
     import torch
 
     if data.labels is None:
-        raise BadInputError(f"data set {data.name!r} has no labels; training needs labelled data (a 'y' array)")
+        raise BadInputError(
+            f"data set {data.name!r} has no labels; training needs labelled data (a 'y' array)"
+        )
     y = np.asarray(data.labels)
-    return torch.from_numpy(y.astype(np.int64) if task == "classification" else y.astype(np.float32))
+    return torch.from_numpy(
+        y.astype(np.int64) if task == "classification" else y.astype(np.float32)
+    )
 
 
 def _task_loss(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -123,13 +131,17 @@ def _task_loss(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     raise BadInputError(f"cannot train for task {task!r}; use classification, binary or regression")
 
 
-def _kd_loss(task: str, out: torch.Tensor, teacher_out: torch.Tensor, temperature: float) -> torch.Tensor:
+def _kd_loss(
+    task: str, out: torch.Tensor, teacher_out: torch.Tensor, temperature: float
+) -> torch.Tensor:
     import torch.nn.functional as F
 
     if task == "classification":
         t = temperature
         soft_teacher = F.softmax(teacher_out / t, dim=1)
-        return F.kl_div(F.log_softmax(out / t, dim=1), soft_teacher, reduction="batchmean") * (t * t)
+        return F.kl_div(F.log_softmax(out / t, dim=1), soft_teacher, reduction="batchmean") * (
+            t * t
+        )
     return F.mse_loss(out.reshape(out.shape[0], -1), teacher_out.reshape(teacher_out.shape[0], -1))
 
 
@@ -159,21 +171,28 @@ def fit(
     import torch
 
     if epochs < 0 or batch_size < 1 or lr <= 0:
-        raise BadInputError(f"bad training settings: epochs={epochs}, batch_size={batch_size}, lr={lr}")
+        raise BadInputError(
+            f"bad training settings: epochs={epochs}, batch_size={batch_size}, lr={lr}"
+        )
     if not 0.0 <= alpha <= 1.0:
         raise BadInputError(f"alpha must be in [0, 1] (got {alpha})")
     xs = _tensors(train)
-    y = _labels(train, task) if teacher is None or alpha < 1.0 else None
+    task_weight = 1.0 if teacher is None else 1.0 - alpha
+    y = _labels(train, task) if task_weight > 0 else None
     n = len(train)
     steps_per_epoch = max(1, -(-n // batch_size))
     with _torch_settings(threads, seed):
         generator = torch.Generator().manual_seed(seed)
         teacher_out: torch.Tensor | None = None
         if teacher is not None:
-            teacher_out = torch.from_numpy(predict(teacher, train, batch_size=256).astype(np.float32))
+            teacher_out = torch.from_numpy(
+                predict(teacher, train, batch_size=256).astype(np.float32)
+            )
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, epochs * steps_per_epoch)
+        )
         module.train()
         for epoch in range(epochs):
             order = torch.randperm(n, generator=generator)
@@ -184,7 +203,7 @@ def fit(
                 out = _first_output(module(*(x[idx] for x in xs)))
                 loss = out.new_zeros(())
                 if y is not None:
-                    loss = loss + (1.0 - alpha if teacher is not None else 1.0) * _task_loss(task, out, y[idx])
+                    loss = loss + task_weight * _task_loss(task, out, y[idx])
                 if teacher_out is not None:
                     loss = loss + alpha * _kd_loss(task, out, teacher_out[idx], temperature)
                 optimizer.zero_grad(set_to_none=True)
@@ -217,7 +236,7 @@ def predict(module: Callable[..., Any], data: Dataset, batch_size: int = 256) ->
 
 
 def evaluate(module: Callable[..., Any], data: Dataset) -> dict[str, float]:
-    """Task metrics of ``module`` on ``data`` (see :func:`edgekit.benchmarks.accuracy.task_metrics`)."""
+    """Task metrics of ``module`` on ``data`` (:func:`edgekit.benchmarks.accuracy.task_metrics`)."""
     if data.labels is None:
         raise BadInputError(f"data set {data.name!r} has no labels; evaluation needs a 'y' array")
     return task_metrics(data.task, predict(module, data), data.labels)
@@ -227,7 +246,9 @@ def _prepare(name: str, module: torch.nn.Module, train: Dataset) -> None:
     """Data-derived constants a model keeps in its state_dict (the regressor's target scale)."""
     import torch
 
-    if name == "house-regressor" and train.labels is not None:
+    from edgekit.zoo.models import HouseRegressor
+
+    if isinstance(module, HouseRegressor) and train.labels is not None:
         y = np.asarray(train.labels, dtype=np.float64)
         with torch.no_grad():
             module.target_mean.fill_(float(y.mean()))
@@ -259,9 +280,16 @@ def train(
         module = build(name)
     _prepare(name, module, splits.train)
     fit(
-        module, splits.train, ref.task,
-        epochs=recipe.epochs if epochs is None else epochs, lr=recipe.lr, batch_size=recipe.batch_size,
-        weight_decay=recipe.weight_decay, seed=seed, threads=threads, progress=progress,
+        module,
+        splits.train,
+        ref.task,
+        epochs=recipe.epochs if epochs is None else epochs,
+        lr=recipe.lr,
+        batch_size=recipe.batch_size,
+        weight_decay=recipe.weight_decay,
+        seed=seed,
+        threads=threads,
+        progress=progress,
     )
     seconds = time.perf_counter() - start
     metrics = evaluate(module, splits.test)
@@ -296,9 +324,13 @@ def save(result: TrainResult, path: str | Path) -> None:
         with warnings.catch_warnings():
             # TorchScript is deprecated in torch 2.13 but remains the portable, code-free format
             # that every loader of edgekit accepts.
-            warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", DeprecationWarning)
+            warnings.filterwarnings(
+                "ignore", r"`torch\.jit\.\w+` is deprecated", DeprecationWarning
+            )
             scripted = torch.jit.script(result.module.eval())
-            torch.jit.save(scripted, tmp, _extra_files={META_FILE: json.dumps(meta, sort_keys=True)})
+            torch.jit.save(
+                scripted, tmp, _extra_files={META_FILE: json.dumps(meta, sort_keys=True)}
+            )
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -323,5 +355,7 @@ def read_meta(path: str | Path) -> dict[str, Any] | None:
     try:
         meta = json.loads(raw)
     except ValueError as exc:
-        raise BadInputError(f"{p}: its {META_FILE} is not valid JSON ({exc}); re-save the model") from exc
+        raise BadInputError(
+            f"{p}: its {META_FILE} is not valid JSON ({exc}); re-save the model"
+        ) from exc
     return meta if isinstance(meta, dict) else None

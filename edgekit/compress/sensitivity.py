@@ -1,0 +1,502 @@
+"""Per-layer quantization sensitivity, and the accuracy-budget search built on it.
+
+:func:`layer_sensitivity` ranks the quantizable nodes of an fp32 ONNX by how much quantizing
+each one *alone* hurts the model's output ("leave one in"): ONNX Runtime's own quantizer, with
+the calibrated ranges of the full INT8 model (computed once, then cached), quantizes one node at
+a time, and the output SQNR against fp32 is measured on held-out samples. It is measured at the
+output on purpose: a local per-tensor error (``onnxruntime.quantization.qdq_loss_debug``) is
+blind to a channel whose large range dominates a tensor's energy while the other channels lose
+all resolution, and to errors that later layers amplify.
+
+:func:`fit_budget` quantizes, measures the variant on the held-out data with its real runtime
+and the gate's own rule (:func:`edgekit.benchmarks.gate.judge`), and when it fails keeps the k
+most sensitive layers in float: k = 1, 2, 4, … then bisection to the smallest k that passes.
+At least one layer always stays INT8 (an "INT8" variant with every layer in float would be an
+fp32 copy); when even that cannot meet the budget, the closest variant is returned with a note
+and the gate rejects it.
+
+:class:`BudgetSearch` runs the search for each static INT8 variant of one INT8 step: ONNX
+Runtime (``nodes_to_exclude``), OpenVINO (NNCF ignored scope) and TensorRT (the nodes ONNX
+Runtime kept in float: TensorRT follows the Q/DQ nodes), and records what it did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekit.benchmarks.accuracy import PRIMARY, fidelity, metric_drop, task_metrics
+from edgekit.benchmarks.gate import Budget, judge
+from edgekit.compress.base import Context, Variant
+from edgekit.compress.quantize_ort import (
+    WEIGHTED_OPS,
+    ort_int8_static,
+    ort_int8_static_only,
+    preprocess,
+    trt_int8_qdq,
+)
+from edgekit.io.data import Dataset
+
+if TYPE_CHECKING:
+    from edgekit.compress.quantize import Int8Config
+
+Feeds = list[dict[str, np.ndarray]]
+
+# Nodes worth keeping in float: they compute on quantized values. Data movement (MaxPool,
+# Reshape, Concat …) only carries its producer's scale, so keeping it in float changes nothing.
+RANKED_OPS = (
+    *WEIGHTED_OPS,
+    "Add", "Mul", "Sub", "Div", "Softmax", "AveragePool", "GlobalAveragePool",
+    "LayerNormalization", "InstanceNormalization",
+)  # fmt: skip
+SCORE_UNIT = "dB output SQNR vs fp32 with only this layer quantized (lower = more sensitive)"
+RANKING_METHOD = (
+    "leave-one-in: ONNX Runtime static QDQ of one node at a time (calibrated ranges of the full "
+    "INT8 model), output SQNR vs fp32 on held-out samples; one ranking serves every runtime, "
+    "each runtime's search verifies every step on that runtime"
+)
+SENSITIVITY_SAMPLES = 128
+EVAL_BATCH = 64
+
+
+# ------------------------------------------------------------------------------ measuring
+def run_outputs(runtime: str, path: Path, data: Dataset, *, threads: int = 1) -> np.ndarray:
+    """The first output of ``path`` on every sample of ``data``, run in ``runtime``."""
+    from edgekit.runtimes import get_runtime
+
+    rt = get_runtime(runtime, threads=threads).load(path)
+    specs = rt.inputs
+    bound = data.bind([s.name for s in specs])
+    arrays = {s.name: np.asarray(bound[s.name]).astype(s.dtype, copy=False) for s in specs}
+    first = specs[0].shape[0] if specs and specs[0].shape else None
+    step = first if isinstance(first, int) and first > 0 else EVAL_BATCH
+    stop = len(data) - len(data) % step if step != EVAL_BATCH else len(data)
+    parts = [
+        np.asarray(rt.run({k: v[i : i + step] for k, v in arrays.items()})[0])
+        for i in range(0, stop, step)
+    ]
+    return np.concatenate(parts, axis=0)
+
+
+@dataclass(frozen=True)
+class LayerScore:
+    """How much quantizing one node hurts the model output."""
+
+    node: str  # the ONNX node name
+    op_type: str
+    score: float
+    unit: str = SCORE_UNIT
+
+    def as_dict(self) -> dict[str, Any]:
+        score = 999.0 if np.isinf(self.score) else round(float(self.score), 2)
+        return {"node": self.node, "op_type": self.op_type, "score": score, "unit": self.unit}
+
+
+@dataclass
+class Trial:
+    """One quantize/evaluate round: the layers kept in float and what the gate saw."""
+
+    kept: tuple[str, ...]
+    reason: str | None  # the gate's rejection, None when within budget
+    metric: dict[str, Any] | None
+    metric_drop: float | None
+    fidelity: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return self.reason is None
+
+    def closeness(self) -> tuple[Any, ...]:
+        """Sort key, larger = closer to the budget: pass, then metric drop, then fidelity."""
+        fid = self.fidelity
+        return (
+            self.passed,
+            -(self.metric_drop or 0.0),
+            fid.get("top1_agreement") or 0.0,
+            fid.get("cosine") or 0.0,
+            fid.get("sqnr_db") or 0.0,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kept_in_float": list(self.kept),
+            "verdict": self.reason or "within budget",
+            "metric": self.metric,
+            "metric_drop": None if self.metric_drop is None else round(self.metric_drop, 4),
+            "fidelity": self.fidelity,
+        }
+
+
+class Evaluator:
+    """Measures variants like the final gate does: on the held-out data, against the fp32
+    model's outputs (ONNX Runtime), with the task metric when there are labels."""
+
+    def __init__(self, fp32_onnx: Path, data: Dataset, budget: Budget, *, threads: int = 1) -> None:
+        self.data, self.budget, self.threads = data, budget, threads
+        self.reference = run_outputs("onnxruntime", fp32_onnx, data, threads=threads)
+        self.metric_name = PRIMARY.get(data.task) if data.labels is not None else None
+        self.baseline: float | None = None
+        if self.metric_name and data.labels is not None:
+            self.baseline = task_metrics(data.task, self.reference, data.labels)[self.metric_name]
+
+    def measure(self, variant: Variant, kept: tuple[str, ...], runtime: str | None = None) -> Trial:
+        """Run ``variant`` (in ``runtime``, default its own) and judge it against the budget."""
+        out = run_outputs(runtime or variant.runtime, variant.path, self.data, threads=self.threads)
+        fid = fidelity(self.data.task, self.reference[: len(out)], out).as_dict()
+        metric = drop = None
+        if self.metric_name and self.baseline is not None and self.data.labels is not None:
+            value = task_metrics(self.data.task, out, self.data.labels[: len(out)])[self.metric_name]
+            metric = {"name": self.metric_name, "value": value}
+            drop = metric_drop(self.metric_name, self.baseline, value)
+        reason = judge(self.budget, metric=self.metric_name, metric_drop=drop, fidelity=fid)
+        return Trial(kept=kept, reason=reason, metric=metric, metric_drop=drop, fidelity=fid)
+
+
+# ---------------------------------------------------------------------------- sensitivity
+def quantized_nodes(qdq_onnx: Path | str) -> list[tuple[str, str]]:
+    """(name, op type) of the nodes of a QDQ model that compute on dequantized inputs, in graph
+    order, restricted to :data:`RANKED_OPS`."""
+    import onnx
+
+    graph = onnx.load(str(qdq_onnx), load_external_data=False).graph
+    dequantized = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    return [
+        (n.name, n.op_type)
+        for n in graph.node
+        if n.op_type in RANKED_OPS and any(i in dequantized for i in n.input)
+    ]
+
+
+def layer_sensitivity(
+    fp32_onnx: Path,
+    quantized_onnx: Path | None,
+    feeds: Feeds,
+    eval: Dataset,
+    task: str,
+    *,
+    config: Int8Config | None = None,
+    calibration_cache: Path | None = None,
+    max_samples: int = SENSITIVITY_SAMPLES,
+    skip: Sequence[str] = (),
+) -> list[LayerScore]:
+    """Rank the quantizable nodes of ``fp32_onnx``, most sensitive first.
+
+    ``quantized_onnx`` (an ONNX Runtime QDQ model of ``fp32_onnx``) says which nodes are
+    quantized; when None the model is quantized here with ``config`` (default
+    :class:`~edgekit.compress.quantize.Int8Config`). Each node is then quantized alone with the
+    same settings and calibrated ranges (``feeds``; ``calibration_cache`` reuses ranges across
+    calls) and the first output is compared with fp32 on the first ``max_samples`` samples of
+    ``eval``. The score is that output SQNR in dB (lower = more sensitive); nodes in ``skip``
+    are not ranked. Cost: one quantization and one inference per node.
+    """
+    from edgekit.compress.quantize import Int8Config
+
+    config = config or Int8Config()
+    fp32_onnx = Path(fp32_onnx).resolve()
+    data = Dataset(inputs=eval.head(max_samples).inputs, task=task, name=eval.name)
+    with tempfile.TemporaryDirectory(prefix="edgekit-sensitivity-") as tmp:
+        scratch = Path(tmp)
+        cache = Path(calibration_cache).resolve() if calibration_cache else scratch / "ranges.json"
+        if quantized_onnx is None:
+            quantized_onnx = scratch / "all.onnx"
+            ort_int8_static(dataclasses.replace(config, exclude=()), fp32_onnx, feeds, quantized_onnx,
+                            calibration_cache=cache)  # fmt: skip
+        candidates = [(n, op) for n, op in quantized_nodes(quantized_onnx) if n not in set(skip)]
+        pre = scratch / "preprocessed.onnx"
+        preprocess(fp32_onnx, pre)
+        reference = run_outputs("onnxruntime", fp32_onnx, data)
+        scores: list[LayerScore] = []
+        for name, op_type in candidates:
+            one = scratch / "one-layer.onnx"
+            ort_int8_static_only(config, pre, feeds, one, (name,), calibration_cache=cache)
+            out = run_outputs("onnxruntime", one, data)
+            scores.append(LayerScore(name, op_type, fidelity(task, reference[: len(out)], out).sqnr_db))
+    return sorted(scores, key=lambda s: s.score)  # stable: ties keep graph order
+
+
+# --------------------------------------------------------------------------------- search
+@dataclass
+class FitResult:
+    """What :func:`fit_budget` found for one runtime."""
+
+    variant: Variant
+    kept: tuple[str, ...]  # nodes the search kept in float (beyond the user's own exclusions)
+    within_budget: bool
+    trials: list[Trial]
+    ranking: list[LayerScore]
+    seconds: float
+    note: str = ""
+
+    @property
+    def reached(self) -> Trial:
+        return next(t for t in self.trials if t.kept == self.kept)
+
+    def record(self, top: int = 10) -> dict[str, Any]:
+        reached = self.reached.as_dict()
+        return {
+            "variant": self.variant.name,
+            "kept_in_float": list(self.kept),
+            "within_budget": self.within_budget,
+            "reached": {k: reached[k] for k in ("verdict", "metric", "metric_drop", "fidelity")},
+            "rounds": len(self.trials),
+            "trials": [t.as_dict() for t in self.trials],
+            "ranking": [s.as_dict() for s in self.ranking[:top]],
+            "ranked_layers": len(self.ranking),
+            "seconds": round(self.seconds, 2),
+            "note": self.note,
+        }
+
+
+def _move(variant: Variant, folder: Path) -> Variant:
+    """Move a variant's files (same names) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [variant.path, *variant.extra_files]
+    for f in files:
+        dest = folder / f.name
+        if dest.exists():
+            dest.unlink()
+        shutil.move(str(f), dest)
+    variant.path = folder / variant.path.name
+    variant.extra_files = [folder / f.name for f in variant.extra_files]
+    return variant
+
+
+def fit_budget(
+    build: Callable[[tuple[str, ...], Path], Variant],
+    measure: Callable[[Variant, tuple[str, ...]], Trial],
+    ranking: Callable[[], Sequence[LayerScore]],
+    out_dir: Path,
+    *,
+    scratch: Path,
+    progress: Callable[[str], None] = lambda _m: None,
+    label: str = "INT8",
+) -> FitResult:
+    """Quantize within the budget by keeping the most sensitive layers in float.
+
+    ``build(kept, folder)`` quantizes with the nodes ``kept`` in float and writes the variant
+    into ``folder``; ``measure(variant, kept)`` runs it on the held-out data and judges it;
+    ``ranking()`` (called only when plain INT8 fails) gives the candidates, most sensitive
+    first. Tries k = 0, then 1, 2, 4, … (at most all layers but one), then bisects to the
+    smallest k that passes. The chosen variant's files end up in ``out_dir``; when no k passes,
+    the closest variant is returned with ``within_budget=False``.
+    """
+    start = time.perf_counter()
+    trials: list[Trial] = []
+    made: list[Variant] = []
+
+    def attempt(kept: tuple[str, ...]) -> Trial:
+        variant = build(kept, scratch / f"round-{len(trials)}")
+        trial = measure(variant, kept)
+        trials.append(trial)
+        made.append(variant)
+        verdict = "within budget" if trial.passed else trial.reason
+        progress(f"{label}: {len(kept)} layer(s) kept in float → {verdict}")
+        return trial
+
+    ranked: list[LayerScore] = []
+    note = ""
+    if not attempt(()).passed:
+        ranked = list(ranking())
+        names = tuple(s.node for s in ranked)
+        max_k = len(names) - 1
+        failed, passed_k, k = 0, None, 1
+        while k <= max_k:
+            if attempt(names[:k]).passed:
+                passed_k = k
+                break
+            failed = k
+            k = max_k if k < max_k < 2 * k else 2 * k
+        if passed_k is not None:
+            while passed_k - failed > 1:
+                mid = (failed + passed_k) // 2
+                if attempt(names[:mid]).passed:
+                    passed_k = mid
+                else:
+                    failed = mid
+        elif max_k < 1:
+            note = f"{len(names)} quantizable layer(s): nothing can be kept in float while staying INT8"
+        else:
+            note = (f"not within budget even with {max_k} of {len(names)} layers in float (one must stay "
+                    "INT8); kept the closest variant, which the gate rejects")  # fmt: skip
+    passing = [i for i, t in enumerate(trials) if t.passed]
+    if passing:
+        chosen = min(passing, key=lambda i: len(trials[i].kept))
+    else:
+        chosen = max(range(len(trials)), key=lambda i: trials[i].closeness())
+    variant = _move(made[chosen], out_dir)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return FitResult(
+        variant=variant,
+        kept=trials[chosen].kept,
+        within_budget=trials[chosen].passed,
+        trials=trials,
+        ranking=ranked,
+        seconds=time.perf_counter() - start,
+        note=note,
+    )
+
+
+def _reached_text(trial: Trial) -> str:
+    fid = trial.fidelity
+    parts = []
+    if trial.metric is not None and trial.metric_drop is not None:
+        parts.append(f"{trial.metric['name']} drop {trial.metric_drop:.2f}")
+    if fid.get("top1_agreement") is not None:
+        parts.append(f"top-1 agreement {fid['top1_agreement']:.4f}")
+    parts.append(f"SQNR {fid['sqnr_db']:.1f} dB")
+    return ", ".join(parts)
+
+
+def budget_note(result: FitResult, user_excluded: Sequence[str] = ()) -> str:
+    """The variant note: ``kept in float: [...]`` and how the search got there."""
+    kept = [*user_excluded, *result.kept]
+    how = f"{len(result.trials)} quantize/evaluate round(s), reached {_reached_text(result.reached)}"
+    if result.ranking:
+        how = f"{len(result.kept)} most sensitive of {len(result.ranking)} ranked layers; " + how
+    verdict = "within budget" if result.within_budget else f"NOT within budget ({result.reached.reason})"
+    text = f"kept in float: {kept} (accuracy-budget search: {how}; {verdict})"
+    return text + (f"; {result.note}" if result.note else "")
+
+
+class BudgetSearch:
+    """The accuracy-budget search for the static INT8 variants of one INT8 step.
+
+    One sensitivity ranking (ONNX Runtime, computed only when some plain INT8 variant misses
+    the budget) serves every runtime; each runtime's search measures on that runtime.
+    """
+
+    def __init__(self, config: Int8Config, onnx_path: Path, feeds: Feeds, ctx: Context) -> None:
+        self.config, self.onnx, self.feeds, self.ctx = config, Path(onnx_path), feeds, ctx
+        self.budget: Budget = ctx.budget
+        self.scratch = Path(ctx.workdir).resolve() / "budget-search"
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self.evaluator = Evaluator(self.onnx, ctx.eval, self.budget)
+        self.results: dict[str, FitResult] = {}
+        self.followers: dict[str, dict[str, Any]] = {}  # variants that reuse another's result
+        self._ranking: list[LayerScore] | None = None
+        self._ranking_seconds = 0.0
+
+    def _config(self, kept: Sequence[str]) -> Int8Config:
+        return dataclasses.replace(self.config, exclude=(*self.config.exclude, *kept))
+
+    def ranking(self) -> list[LayerScore]:
+        if self._ranking is None:
+            self.ctx.progress("measuring per-layer quantization sensitivity (one layer at a time)")
+            start = time.perf_counter()
+            self._ranking = layer_sensitivity(
+                self.onnx, None, self.feeds, self.ctx.eval, self.ctx.task, config=self.config,
+                calibration_cache=self.scratch / "ort-ranges.json", skip=self.config.exclude,
+            )  # fmt: skip
+            self._ranking_seconds = time.perf_counter() - start
+        return self._ranking
+
+    def _finish(self, runtime: str, result: FitResult, *, searched_kept: bool = True) -> Variant:
+        self.results[runtime] = result
+        v = result.variant
+        v.notes = [n for n in v.notes if not n.startswith("kept in float (")]
+        v.notes.append(budget_note(result, self.config.exclude))
+        if result.kept and searched_kept:
+            v.precision = "mixed"
+        return v
+
+    def ort_static(self, out: Path) -> Variant:
+        """``ort-int8-static`` within budget (``nodes_to_exclude``), measured in ONNX Runtime."""
+        if "onnxruntime" in self.results:
+            return self.results["onnxruntime"].variant
+        cache = self.scratch / "ort-ranges.json"
+        result = fit_budget(
+            lambda kept, folder: ort_int8_static(
+                self._config(kept), self.onnx, self.feeds, folder / out.name, calibration_cache=cache
+            ),
+            self.evaluator.measure,
+            self.ranking,
+            out.parent,
+            scratch=self.scratch / "ort",
+            progress=self.ctx.progress,
+            label="budget search (ONNX Runtime)",
+        )
+        return self._finish("onnxruntime", result)
+
+    def openvino(self, out_xml: Path) -> Variant:
+        """``ov-int8`` within budget (NNCF ignored scope), measured in OpenVINO."""
+        from edgekit.compress.quantize_ov import ov_int8, ov_mappable
+
+        def ranking() -> list[LayerScore]:
+            ranked = self.ranking()
+            mappable = set(ov_mappable(self.onnx, [s.node for s in ranked]))
+            return [s for s in ranked if s.node in mappable]
+
+        result = fit_budget(
+            lambda kept, folder: ov_int8(self._config(kept), self.onnx, self.feeds, folder / out_xml.name),
+            self.evaluator.measure,
+            ranking,
+            out_xml.parent,
+            scratch=self.scratch / "ov",
+            progress=self.ctx.progress,
+            label="budget search (OpenVINO)",
+        )
+        return self._finish("openvino", result)
+
+    def tensorrt(self, out: Path, ort_out: Path | None) -> Variant:
+        """``trt-int8-qdq`` keeping in float what ONNX Runtime's search kept (TensorRT follows
+        the Q/DQ nodes). Without an ONNX Runtime static variant the search runs on the Q/DQ
+        graph itself, executed by ONNX Runtime on the CPU (no GPU here)."""
+        if ort_out is not None:
+            ort = self.ort_static(ort_out)
+            ort_result = self.results["onnxruntime"]
+            variant = trt_int8_qdq(self._config(ort_result.kept), self.onnx, self.feeds, out)
+            variant.notes = [n for n in variant.notes if not n.startswith("kept in float (")]
+            variant.notes.append(
+                f"kept in float: {[*self.config.exclude, *ort_result.kept]} (the nodes the "
+                f"accuracy-budget search kept in float for {ort.name}; TensorRT follows the Q/DQ "
+                "nodes; not measurable here without a GPU)"
+            )
+            if ort_result.kept:
+                variant.precision = "mixed"
+            self.followers["tensorrt"] = {
+                "variant": variant.name,
+                "follows": "onnxruntime",
+                "kept_in_float": list(ort_result.kept),
+                "rounds": 1,
+                "note": "not measurable without a GPU; the final gate reports it as not measured",
+            }
+            return variant
+        cache = self.scratch / "trt-ranges.json"
+        result = fit_budget(
+            lambda kept, folder: trt_int8_qdq(
+                self._config(kept), self.onnx, self.feeds, folder / out.name, calibration_cache=cache
+            ),
+            lambda v, kept: self.evaluator.measure(v, kept, runtime="onnxruntime"),
+            self.ranking,
+            out.parent,
+            scratch=self.scratch / "trt",
+            progress=self.ctx.progress,
+            label="budget search (TensorRT Q/DQ, run by ONNX Runtime)",
+        )
+        result.note = (result.note + "; " if result.note else "") + (
+            "measured by executing the Q/DQ graph in ONNX Runtime on the CPU (TensorRT's kernels may differ)"
+        )
+        return self._finish("tensorrt", result)
+
+    def record(self) -> None:
+        """Write ``ctx.records["budget"]``: per runtime the ranking (top 10), the layers kept in
+        float, what was reached, the rounds; and the budget."""
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        rec = self.ctx.records.setdefault("budget", {})
+        rec["budget"] = self.budget.describe(self.evaluator.metric_name)
+        rec["ranking_method"] = RANKING_METHOD
+        if self._ranking is not None:
+            rec["sensitivity"] = {"layers": len(self._ranking), "seconds": round(self._ranking_seconds, 2),
+                                  "unit": SCORE_UNIT}  # fmt: skip
+        runtimes = rec.setdefault("runtimes", {})
+        for runtime, result in self.results.items():
+            runtimes[runtime] = result.record()
+        runtimes.update(self.followers)
