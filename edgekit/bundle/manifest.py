@@ -7,7 +7,6 @@ Loading a bundle verifies every listed hash; a mismatch or a missing file is an
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib.metadata
 import json
 from dataclasses import asdict, dataclass, field
@@ -16,18 +15,11 @@ from typing import Any
 
 from edgekit import __version__
 from edgekit.errors import BadInputError, IntegrityError
+from edgekit.io.atomic import sha256_file
 
 SCHEMA = 1
 MANIFEST = "manifest.json"
 TOOLCHAIN_PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "nncf", "numpy", "torch-pruning", "tensorrt")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def toolchain() -> dict[str, str]:
