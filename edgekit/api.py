@@ -415,11 +415,21 @@ def compress(
     result = CompressResult(bundle=bundle, report=report, report_path=bundle / paths["json"].name)
     compressed = [r for r in report.variants if r.measured and (r.techniques or r.precision != "fp32")]
     if budget.explicit and not any(r.deployable for r in compressed):
-        scored = [r for r in compressed if r.metric_drop is not None]
-        best = min(scored, key=lambda r: r.metric_drop or 0.0) if scored else None
+        best = _closest(compressed)
         detail = f"best was {best.name}: {best.rejected_reason}" if best else "none could be measured"
         result.budget_error = f"no compressed variant met the budget ({detail}); all are listed in {result.report_path}"
     return result
+
+
+def _closest(rows: Sequence[Any]) -> Any:
+    """The variant closest to passing: smallest metric drop, else best fidelity (top-1, cosine, SQNR)."""
+    def key(r: Any) -> tuple[float, ...]:
+        f = r.fidelity or {}
+        drop = r.metric_drop if r.metric_drop is not None else 0.0
+        return (drop, -(f.get("top1_agreement") or 0.0), -(f.get("cosine") or 0.0), -(f.get("sqnr_db") or 0.0))
+
+    scored = [r for r in rows if r.fidelity]
+    return min(scored, key=key) if scored else None
 
 
 def _primary(task: str) -> str | None:

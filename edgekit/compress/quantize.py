@@ -7,6 +7,11 @@
 
 Calibration uses the first ``calib_size`` samples of ``ctx.calib`` in order, one sample per
 feed, so the same data set always gives byte-identical files.
+
+Under an accuracy budget (``ctx.budget``, from ``--max-drop`` and the fidelity thresholds) the
+static variants come from :class:`edgekit.compress.sensitivity.BudgetSearch`, which keeps the
+most sensitive layers in float until each variant is within budget; the choice is recorded in
+``ctx.records["budget"]`` and in each variant's notes.
 """
 
 from __future__ import annotations
@@ -197,7 +202,6 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
 
         search = BudgetSearch(config, onnx_path, feeds, ctx)
     ort_static_out = workdir / "model.ort-int8-static.onnx"
-    has_ort_static = "onnxruntime" in config.runtimes and config.mode == "static"
     variants: list[Variant] = []
     for runtime in config.runtimes:
         if runtime == "onnxruntime" and config.mode == "static":
@@ -222,7 +226,7 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
             ctx.progress(f"INT8 explicit Q/DQ (TensorRT), calibrating on {len(feeds)} feeds")
             out = workdir / "tensorrt" / "model.trt-int8-qdq.onnx"
             if search is not None:
-                variant = search.tensorrt(out, ort_static_out if has_ort_static else None)
+                variant = search.tensorrt(out)
             else:
                 variant = trt_int8_qdq(config, onnx_path, feeds, out)
         if variant.name != "ort-int8-dynamic":
@@ -236,5 +240,8 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
         summary = (
             ov_quantized_ops(v.path) if v.runtime == "openvino" else quantization_summary(v.path)
         )
-        record["variants"][v.name] = {"config": settings, "summary": summary}
+        used = settings
+        if search is not None and search.kept(v.name):
+            used = {**settings, "exclude": (*config.exclude, *search.kept(v.name))}
+        record["variants"][v.name] = {"config": used, "summary": summary}
     return variants

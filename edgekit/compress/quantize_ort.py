@@ -272,19 +272,31 @@ def ort_int8_static(
     )
 
 
-def ort_int8_static_only(
+SCHEMES = ("onnxruntime", "tensorrt")
+
+
+def quantize_only(
     config: Int8Config,
     preprocessed: Path,
     feeds: Feeds,
     out: Path,
     nodes: tuple[str, ...],
     *,
+    scheme: str = "onnxruntime",
     calibration_cache: Path,
 ) -> None:
-    """Quantize only ``nodes`` of a model already passed through :func:`preprocess`, with the
-    settings of :func:`ort_int8_static` (per-layer sensitivity measures one layer at a time)."""
+    """Quantize only ``nodes`` of a model already passed through :func:`preprocess` (per-layer
+    sensitivity measures one layer at a time).
+
+    ``scheme`` picks the settings and Q/DQ placement: ``"onnxruntime"`` as
+    :func:`ort_int8_static`, ``"tensorrt"`` as :func:`trt_int8_qdq` (symmetric int8, Q/DQ on
+    the inputs of weighted layers only: also the placement of NNCF's default preset).
+    """
     if not nodes:
-        raise ValueError("ort_int8_static_only needs at least one node (an empty list means all)")
+        raise ValueError("quantize_only needs at least one node (an empty list means all)")
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme={scheme!r}; choose one of {', '.join(SCHEMES)}")
+    options = _static_options(config) if scheme == "onnxruntime" else _trt_options(config)
     _quantize_static(
         Path(preprocessed),
         Path(out),
@@ -292,7 +304,7 @@ def ort_int8_static_only(
         exclude=(),
         only=tuple(nodes),
         calibration_cache=calibration_cache,
-        **_static_options(config),
+        **options,
     )
 
 
@@ -345,6 +357,23 @@ def ort_int8_dynamic(config: Int8Config, onnx_path: Path, out: Path) -> Variant:
     )
 
 
+def _trt_options(config: Int8Config) -> dict[str, Any]:
+    return {
+        "activation_type": "int8",
+        "per_channel": config.per_channel,
+        "reduce_range": False,
+        "calib_method": config.calib_method,
+        "extra_options": {
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+            "DedicatedQDQPair": True,
+            "QDQKeepRemovableActivations": True,
+            "OpTypesToExcludeOutputQuantization": list(WEIGHTED_OPS),
+        },
+    }
+
+
 def trt_int8_qdq(
     config: Int8Config,
     onnx_path: Path,
@@ -368,20 +397,9 @@ def trt_int8_qdq(
             pre,
             out,
             feeds,
-            activation_type="int8",
-            per_channel=config.per_channel,
-            reduce_range=False,
-            calib_method=config.calib_method,
             exclude=config.exclude,
             calibration_cache=calibration_cache,
-            extra_options={
-                "ActivationSymmetric": True,
-                "WeightSymmetric": True,
-                "QuantizeBias": False,
-                "DedicatedQDQPair": True,
-                "QDQKeepRemovableActivations": True,
-                "OpTypesToExcludeOutputQuantization": list(WEIGHTED_OPS),
-            },
+            **_trt_options(config),
         )
     check_trt_qdq(out)
     granularity = "per-channel" if config.per_channel else "per-tensor"

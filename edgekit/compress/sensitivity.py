@@ -1,12 +1,11 @@
 """Per-layer quantization sensitivity, and the accuracy-budget search built on it.
 
 :func:`layer_sensitivity` ranks the quantizable nodes of an fp32 ONNX by how much quantizing
-each one *alone* hurts the model's output ("leave one in"): ONNX Runtime's own quantizer, with
-the calibrated ranges of the full INT8 model (computed once, then cached), quantizes one node at
-a time, and the output SQNR against fp32 is measured on held-out samples. It is measured at the
-output on purpose: a local per-tensor error (``onnxruntime.quantization.qdq_loss_debug``) is
-blind to a channel whose large range dominates a tensor's energy while the other channels lose
-all resolution, and to errors that later layers amplify.
+each one *alone* hurts the model's output ("leave one in"): ONNX Runtime's quantizer, with the
+calibrated ranges of the full INT8 model (computed once, then cached), quantizes one node at a
+time, and the output SQNR against fp32 is measured on held-out samples. Per-tensor errors of the
+fully quantized model (``onnxruntime.quantization.qdq_loss_debug``) were not used: each mixes
+the error of every upstream layer, so it does not say which node to keep in float.
 
 :func:`fit_budget` quantizes, measures the variant on the held-out data with its real runtime
 and the gate's own rule (:func:`edgekit.benchmarks.gate.judge`), and when it fails keeps the k
@@ -16,8 +15,8 @@ fp32 copy); when even that cannot meet the budget, the closest variant is return
 and the gate rejects it.
 
 :class:`BudgetSearch` runs the search for each static INT8 variant of one INT8 step: ONNX
-Runtime (``nodes_to_exclude``), OpenVINO (NNCF ignored scope) and TensorRT (the nodes ONNX
-Runtime kept in float: TensorRT follows the Q/DQ nodes), and records what it did.
+Runtime (``nodes_to_exclude``), OpenVINO (NNCF ignored scope) and TensorRT (no Q/DQ on the kept
+nodes), and records what it did.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +38,8 @@ from edgekit.compress.base import Context, Variant
 from edgekit.compress.quantize_ort import (
     WEIGHTED_OPS,
     ort_int8_static,
-    ort_int8_static_only,
     preprocess,
+    quantize_only,
     trt_int8_qdq,
 )
 from edgekit.io.data import Dataset
@@ -59,11 +58,13 @@ RANKED_OPS = (
 )  # fmt: skip
 SCORE_UNIT = "dB output SQNR vs fp32 with only this layer quantized (lower = more sensitive)"
 RANKING_METHOD = (
-    "leave-one-in: ONNX Runtime static QDQ of one node at a time (calibrated ranges of the full "
-    "INT8 model), output SQNR vs fp32 on held-out samples; one ranking serves every runtime, "
-    "each runtime's search verifies every step on that runtime"
+    "leave-one-in: one node at a time quantized by ONNX Runtime's QDQ quantizer with the "
+    "calibrated ranges of the full INT8 model, output SQNR vs fp32 on held-out samples; ONNX "
+    "Runtime's Q/DQ placement ranks for ort-int8-static, the placement on weighted-layer inputs "
+    "(TensorRT's, NNCF's) for ov-int8 and trt-int8-qdq; every search step is measured on the "
+    "variant's runtime"
 )
-SENSITIVITY_SAMPLES = 128
+SENSITIVITY_SAMPLES = 64
 EVAL_BATCH = 64
 
 
@@ -77,8 +78,9 @@ def run_outputs(runtime: str, path: Path, data: Dataset, *, threads: int = 1) ->
     bound = data.bind([s.name for s in specs])
     arrays = {s.name: np.asarray(bound[s.name]).astype(s.dtype, copy=False) for s in specs}
     first = specs[0].shape[0] if specs and specs[0].shape else None
-    step = first if isinstance(first, int) and first > 0 else EVAL_BATCH
-    stop = len(data) - len(data) % step if step != EVAL_BATCH else len(data)
+    fixed = first if isinstance(first, int) and first > 0 else None  # a batch size baked in
+    step = fixed or EVAL_BATCH
+    stop = len(data) - len(data) % step if fixed else len(data)
     parts = [
         np.asarray(rt.run({k: v[i : i + step] for k, v in arrays.items()})[0])
         for i in range(0, stop, step)
@@ -139,7 +141,9 @@ class Evaluator:
     """Measures variants like the final gate does: on the held-out data, against the fp32
     model's outputs (ONNX Runtime), with the task metric when there are labels."""
 
-    def __init__(self, fp32_onnx: Path, data: Dataset, budget: Budget, *, threads: int = 1) -> None:
+    def __init__(
+        self, fp32_onnx: Path, data: Dataset, budget: Budget, *, threads: int = 1
+    ) -> None:
         self.data, self.budget, self.threads = data, budget, threads
         self.reference = run_outputs("onnxruntime", fp32_onnx, data, threads=threads)
         self.metric_name = PRIMARY.get(data.task) if data.labels is not None else None
@@ -147,13 +151,16 @@ class Evaluator:
         if self.metric_name and data.labels is not None:
             self.baseline = task_metrics(data.task, self.reference, data.labels)[self.metric_name]
 
-    def measure(self, variant: Variant, kept: tuple[str, ...], runtime: str | None = None) -> Trial:
+    def measure(
+        self, variant: Variant, kept: tuple[str, ...], runtime: str | None = None
+    ) -> Trial:
         """Run ``variant`` (in ``runtime``, default its own) and judge it against the budget."""
-        out = run_outputs(runtime or variant.runtime, variant.path, self.data, threads=self.threads)
-        fid = fidelity(self.data.task, self.reference[: len(out)], out).as_dict()
+        data = self.data
+        out = run_outputs(runtime or variant.runtime, variant.path, data, threads=self.threads)
+        fid = fidelity(data.task, self.reference[: len(out)], out).as_dict()
         metric = drop = None
-        if self.metric_name and self.baseline is not None and self.data.labels is not None:
-            value = task_metrics(self.data.task, out, self.data.labels[: len(out)])[self.metric_name]
+        if self.metric_name and self.baseline is not None and data.labels is not None:
+            value = task_metrics(data.task, out, data.labels[: len(out)])[self.metric_name]
             metric = {"name": self.metric_name, "value": value}
             drop = metric_drop(self.metric_name, self.baseline, value)
         reason = judge(self.budget, metric=self.metric_name, metric_drop=drop, fidelity=fid)
@@ -183,19 +190,22 @@ def layer_sensitivity(
     task: str,
     *,
     config: Int8Config | None = None,
+    scheme: str = "onnxruntime",
     calibration_cache: Path | None = None,
     max_samples: int = SENSITIVITY_SAMPLES,
     skip: Sequence[str] = (),
 ) -> list[LayerScore]:
     """Rank the quantizable nodes of ``fp32_onnx``, most sensitive first.
 
-    ``quantized_onnx`` (an ONNX Runtime QDQ model of ``fp32_onnx``) says which nodes are
-    quantized; when None the model is quantized here with ``config`` (default
-    :class:`~edgekit.compress.quantize.Int8Config`). Each node is then quantized alone with the
-    same settings and calibrated ranges (``feeds``; ``calibration_cache`` reuses ranges across
-    calls) and the first output is compared with fp32 on the first ``max_samples`` samples of
-    ``eval``. The score is that output SQNR in dB (lower = more sensitive); nodes in ``skip``
-    are not ranked. Cost: one quantization and one inference per node.
+    ``quantized_onnx`` (a QDQ model of ``fp32_onnx``) says which nodes are quantized; when None
+    the model is quantized here. Each node is then quantized alone, with ``config`` (default
+    :class:`~edgekit.compress.quantize.Int8Config`) and the Q/DQ ``scheme``: ``"onnxruntime"``
+    (:func:`~edgekit.compress.quantize_ort.ort_int8_static`) or ``"tensorrt"`` (symmetric, Q/DQ on
+    weighted-layer inputs: TensorRT's placement and NNCF's). Ranges come from ``feeds``, once
+    (``calibration_cache`` keeps them across calls). The first output is compared with fp32 on
+    the first ``max_samples`` samples of ``eval``; the score is that SQNR in dB (lower = more
+    sensitive). Nodes in ``skip`` are not ranked. Cost: one quantization and one inference of
+    ``max_samples`` samples per node.
     """
     from edgekit.compress.quantize import Int8Config
 
@@ -204,11 +214,12 @@ def layer_sensitivity(
     data = Dataset(inputs=eval.head(max_samples).inputs, task=task, name=eval.name)
     with tempfile.TemporaryDirectory(prefix="edgekit-sensitivity-") as tmp:
         scratch = Path(tmp)
-        cache = Path(calibration_cache).resolve() if calibration_cache else scratch / "ranges.json"
+        cache = Path(calibration_cache or scratch / "ranges.json").resolve()
         if quantized_onnx is None:
             quantized_onnx = scratch / "all.onnx"
-            ort_int8_static(dataclasses.replace(config, exclude=()), fp32_onnx, feeds, quantized_onnx,
-                            calibration_cache=cache)  # fmt: skip
+            build = ort_int8_static if scheme == "onnxruntime" else trt_int8_qdq
+            full = dataclasses.replace(config, exclude=())
+            build(full, fp32_onnx, feeds, quantized_onnx, calibration_cache=cache)
         candidates = [(n, op) for n, op in quantized_nodes(quantized_onnx) if n not in set(skip)]
         pre = scratch / "preprocessed.onnx"
         preprocess(fp32_onnx, pre)
@@ -216,9 +227,10 @@ def layer_sensitivity(
         scores: list[LayerScore] = []
         for name, op_type in candidates:
             one = scratch / "one-layer.onnx"
-            ort_int8_static_only(config, pre, feeds, one, (name,), calibration_cache=cache)
+            quantize_only(config, pre, feeds, one, (name,), scheme=scheme, calibration_cache=cache)
             out = run_outputs("onnxruntime", one, data)
-            scores.append(LayerScore(name, op_type, fidelity(task, reference[: len(out)], out).sqnr_db))
+            sqnr = fidelity(task, reference[: len(out)], out).sqnr_db
+            scores.append(LayerScore(name, op_type, float(sqnr)))
     return sorted(scores, key=lambda s: s.score)  # stable: ties keep graph order
 
 
@@ -307,7 +319,8 @@ def fit_budget(
         ranked = list(ranking())
         names = tuple(s.node for s in ranked)
         max_k = len(names) - 1
-        failed, passed_k, k = 0, None, 1
+        failed, k = 0, 1
+        passed_k: int | None = None
         while k <= max_k:
             if attempt(names[:k]).passed:
                 passed_k = k
@@ -322,10 +335,12 @@ def fit_budget(
                 else:
                     failed = mid
         elif max_k < 1:
-            note = f"{len(names)} quantizable layer(s): nothing can be kept in float while staying INT8"
+            note = f"{len(names)} quantizable layer(s): none can stay float in an INT8 variant"
         else:
-            note = (f"not within budget even with {max_k} of {len(names)} layers in float (one must stay "
-                    "INT8); kept the closest variant, which the gate rejects")  # fmt: skip
+            note = (
+                f"not within budget even with {max_k} of {len(names)} layers in float (one must "
+                "stay INT8); kept the closest variant, which the gate rejects"
+            )
     passing = [i for i, t in enumerate(trials) if t.passed]
     if passing:
         chosen = min(passing, key=lambda i: len(trials[i].kept))
@@ -358,10 +373,13 @@ def _reached_text(trial: Trial) -> str:
 def budget_note(result: FitResult, user_excluded: Sequence[str] = ()) -> str:
     """The variant note: ``kept in float: [...]`` and how the search got there."""
     kept = [*user_excluded, *result.kept]
-    how = f"{len(result.trials)} quantize/evaluate round(s), reached {_reached_text(result.reached)}"
+    reached = _reached_text(result.reached)
+    how = f"{len(result.trials)} quantize/evaluate round(s), reached {reached}"
     if result.ranking:
-        how = f"{len(result.kept)} most sensitive of {len(result.ranking)} ranked layers; " + how
-    verdict = "within budget" if result.within_budget else f"NOT within budget ({result.reached.reason})"
+        how = f"{len(result.kept)} most sensitive of {len(result.ranking)} ranked layers; {how}"
+    verdict = (
+        "within budget" if result.within_budget else f"NOT within budget ({result.reached.reason})"
+    )
     text = f"kept in float: {kept} (accuracy-budget search: {how}; {verdict})"
     return text + (f"; {result.note}" if result.note else "")
 
@@ -369,8 +387,10 @@ def budget_note(result: FitResult, user_excluded: Sequence[str] = ()) -> str:
 class BudgetSearch:
     """The accuracy-budget search for the static INT8 variants of one INT8 step.
 
-    One sensitivity ranking (ONNX Runtime, computed only when some plain INT8 variant misses
-    the budget) serves every runtime; each runtime's search measures on that runtime.
+    Rankings are computed only when a plain INT8 variant misses the budget, at most once per
+    Q/DQ scheme: ONNX Runtime's placement for ``ort-int8-static``; the placement on
+    weighted-layer inputs (TensorRT's, and NNCF's default) for ``ov-int8`` and ``trt-int8-qdq``.
+    Each search measures on its own runtime (the TensorRT Q/DQ graph on ONNX Runtime: no GPU).
     """
 
     def __init__(self, config: Int8Config, onnx_path: Path, feeds: Feeds, ctx: Context) -> None:
@@ -380,123 +400,123 @@ class BudgetSearch:
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.evaluator = Evaluator(self.onnx, ctx.eval, self.budget)
         self.results: dict[str, FitResult] = {}
-        self.followers: dict[str, dict[str, Any]] = {}  # variants that reuse another's result
-        self._ranking: list[LayerScore] | None = None
-        self._ranking_seconds = 0.0
+        self._rankings: dict[str, list[LayerScore]] = {}
+        self._ranking_seconds: dict[str, float] = {}
+
+    def kept(self, variant_name: str) -> tuple[str, ...]:
+        """The nodes the search kept in float for ``variant_name`` (beyond ``config.exclude``)."""
+        found = [r.kept for r in self.results.values() if r.variant.name == variant_name]
+        return found[0] if found else ()
 
     def _config(self, kept: Sequence[str]) -> Int8Config:
         return dataclasses.replace(self.config, exclude=(*self.config.exclude, *kept))
 
-    def ranking(self) -> list[LayerScore]:
-        if self._ranking is None:
-            self.ctx.progress("measuring per-layer quantization sensitivity (one layer at a time)")
-            start = time.perf_counter()
-            self._ranking = layer_sensitivity(
-                self.onnx, None, self.feeds, self.ctx.eval, self.ctx.task, config=self.config,
-                calibration_cache=self.scratch / "ort-ranges.json", skip=self.config.exclude,
-            )  # fmt: skip
-            self._ranking_seconds = time.perf_counter() - start
-        return self._ranking
+    def _cache(self, scheme: str) -> Path:
+        return self.scratch / f"{scheme}-ranges.json"
 
-    def _finish(self, runtime: str, result: FitResult, *, searched_kept: bool = True) -> Variant:
-        self.results[runtime] = result
+    def ranking(self, scheme: str) -> list[LayerScore]:
+        """The sensitivity ranking for ``scheme``, computed once."""
+        if scheme not in self._rankings:
+            self.ctx.progress(f"measuring per-layer sensitivity ({scheme} Q/DQ placement)")
+            start = time.perf_counter()
+            self._rankings[scheme] = layer_sensitivity(
+                self.onnx, None, self.feeds, self.ctx.eval, self.ctx.task, config=self.config,
+                scheme=scheme, calibration_cache=self._cache(scheme), skip=self.config.exclude,
+            )  # fmt: skip
+            self._ranking_seconds[scheme] = time.perf_counter() - start
+        return self._rankings[scheme]
+
+    def _finish(self, result: FitResult) -> Variant:
         v = result.variant
         v.notes = [n for n in v.notes if not n.startswith("kept in float (")]
         v.notes.append(budget_note(result, self.config.exclude))
-        if result.kept and searched_kept:
+        if result.kept:
             v.precision = "mixed"
         return v
 
+    def _search(self, runtime: str, build: Callable[[tuple[str, ...], Path], Variant],
+                ranking: Callable[[], Sequence[LayerScore]], out: Path, label: str,
+                measured_in: str | None = None) -> FitResult:  # fmt: skip
+        result = fit_budget(
+            build,
+            lambda variant, kept: self.evaluator.measure(variant, kept, runtime=measured_in),
+            ranking,
+            out.parent,
+            scratch=self.scratch / runtime,
+            progress=self.ctx.progress,
+            label=f"budget search ({label})",
+        )
+        self.results[runtime] = result
+        return result
+
     def ort_static(self, out: Path) -> Variant:
         """``ort-int8-static`` within budget (``nodes_to_exclude``), measured in ONNX Runtime."""
-        if "onnxruntime" in self.results:
-            return self.results["onnxruntime"].variant
-        cache = self.scratch / "ort-ranges.json"
-        result = fit_budget(
-            lambda kept, folder: ort_int8_static(
-                self._config(kept), self.onnx, self.feeds, folder / out.name, calibration_cache=cache
-            ),
-            self.evaluator.measure,
-            self.ranking,
-            out.parent,
-            scratch=self.scratch / "ort",
-            progress=self.ctx.progress,
-            label="budget search (ONNX Runtime)",
-        )
-        return self._finish("onnxruntime", result)
+        cache = self._cache("onnxruntime")
+
+        def build(kept: tuple[str, ...], folder: Path) -> Variant:
+            config = self._config(kept)
+            return ort_int8_static(config, self.onnx, self.feeds, folder / out.name,
+                                   calibration_cache=cache)  # fmt: skip
+
+        def ranking() -> list[LayerScore]:
+            return self.ranking("onnxruntime")
+
+        result = self._search("onnxruntime", build, ranking, out, "ONNX Runtime")
+        return self._finish(result)
 
     def openvino(self, out_xml: Path) -> Variant:
         """``ov-int8`` within budget (NNCF ignored scope), measured in OpenVINO."""
         from edgekit.compress.quantize_ov import ov_int8, ov_mappable
 
+        def build(kept: tuple[str, ...], folder: Path) -> Variant:
+            return ov_int8(self._config(kept), self.onnx, self.feeds, folder / out_xml.name)
+
         def ranking() -> list[LayerScore]:
-            ranked = self.ranking()
+            ranked = self.ranking("tensorrt")
             mappable = set(ov_mappable(self.onnx, [s.node for s in ranked]))
             return [s for s in ranked if s.node in mappable]
 
-        result = fit_budget(
-            lambda kept, folder: ov_int8(self._config(kept), self.onnx, self.feeds, folder / out_xml.name),
-            self.evaluator.measure,
-            ranking,
-            out_xml.parent,
-            scratch=self.scratch / "ov",
-            progress=self.ctx.progress,
-            label="budget search (OpenVINO)",
-        )
-        return self._finish("openvino", result)
+        result = self._search("openvino", build, ranking, out_xml, "OpenVINO")
+        return self._finish(result)
 
-    def tensorrt(self, out: Path, ort_out: Path | None) -> Variant:
-        """``trt-int8-qdq`` keeping in float what ONNX Runtime's search kept (TensorRT follows
-        the Q/DQ nodes). Without an ONNX Runtime static variant the search runs on the Q/DQ
-        graph itself, executed by ONNX Runtime on the CPU (no GPU here)."""
-        if ort_out is not None:
-            ort = self.ort_static(ort_out)
-            ort_result = self.results["onnxruntime"]
-            variant = trt_int8_qdq(self._config(ort_result.kept), self.onnx, self.feeds, out)
-            variant.notes = [n for n in variant.notes if not n.startswith("kept in float (")]
-            variant.notes.append(
-                f"kept in float: {[*self.config.exclude, *ort_result.kept]} (the nodes the "
-                f"accuracy-budget search kept in float for {ort.name}; TensorRT follows the Q/DQ "
-                "nodes; not measurable here without a GPU)"
-            )
-            if ort_result.kept:
-                variant.precision = "mixed"
-            self.followers["tensorrt"] = {
-                "variant": variant.name,
-                "follows": "onnxruntime",
-                "kept_in_float": list(ort_result.kept),
-                "rounds": 1,
-                "note": "not measurable without a GPU; the final gate reports it as not measured",
-            }
-            return variant
-        cache = self.scratch / "trt-ranges.json"
-        result = fit_budget(
-            lambda kept, folder: trt_int8_qdq(
-                self._config(kept), self.onnx, self.feeds, folder / out.name, calibration_cache=cache
-            ),
-            lambda v, kept: self.evaluator.measure(v, kept, runtime="onnxruntime"),
-            self.ranking,
-            out.parent,
-            scratch=self.scratch / "trt",
-            progress=self.ctx.progress,
-            label="budget search (TensorRT Q/DQ, run by ONNX Runtime)",
+    def tensorrt(self, out: Path) -> Variant:
+        """``trt-int8-qdq`` within budget: TensorRT runs in float whatever has no Q/DQ nodes, so
+        the search drops the Q/DQ of the most sensitive layers. There is no GPU here: each round
+        executes the Q/DQ graph in ONNX Runtime on the CPU (same scales and placement)."""
+        cache = self._cache("tensorrt")
+
+        def build(kept: tuple[str, ...], folder: Path) -> Variant:
+            config = self._config(kept)
+            return trt_int8_qdq(config, self.onnx, self.feeds, folder / out.name,
+                                calibration_cache=cache)  # fmt: skip
+
+        def ranking() -> list[LayerScore]:
+            return self.ranking("tensorrt")
+
+        result = self._search("tensorrt", build, ranking, out, "TensorRT Q/DQ, run by ONNX Runtime",
+                              measured_in="onnxruntime")  # fmt: skip
+        proxy = (
+            "measured by executing the Q/DQ graph in ONNX Runtime on the CPU; TensorRT's kernels "
+            "(and FP16 for the float layers) may differ: check with 'edgekit bench' on the device"
         )
-        result.note = (result.note + "; " if result.note else "") + (
-            "measured by executing the Q/DQ graph in ONNX Runtime on the CPU (TensorRT's kernels may differ)"
-        )
-        return self._finish("tensorrt", result)
+        result.note = f"{result.note}; {proxy}" if result.note else proxy
+        return self._finish(result)
 
     def record(self) -> None:
-        """Write ``ctx.records["budget"]``: per runtime the ranking (top 10), the layers kept in
-        float, what was reached, the rounds; and the budget."""
+        """Write ``ctx.records["budget"]``: the budget, and per runtime the ranking (top 10), the
+        layers kept in float, what was reached and the quantize/evaluate rounds."""
         shutil.rmtree(self.scratch, ignore_errors=True)
         rec = self.ctx.records.setdefault("budget", {})
         rec["budget"] = self.budget.describe(self.evaluator.metric_name)
         rec["ranking_method"] = RANKING_METHOD
-        if self._ranking is not None:
-            rec["sensitivity"] = {"layers": len(self._ranking), "seconds": round(self._ranking_seconds, 2),
-                                  "unit": SCORE_UNIT}  # fmt: skip
+        rec["sensitivity"] = {
+            scheme: {
+                "layers": len(ranked),
+                "seconds": round(self._ranking_seconds[scheme], 2),
+                "unit": SCORE_UNIT,
+            }
+            for scheme, ranked in self._rankings.items()
+        }
         runtimes = rec.setdefault("runtimes", {})
         for runtime, result in self.results.items():
             runtimes[runtime] = result.record()
-        runtimes.update(self.followers)
