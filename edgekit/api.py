@@ -384,15 +384,8 @@ def compress(
         )
         if splits.calib.directional_only:
             report.warnings.append("calibration and evaluation used random inputs: accuracy figures are directional only")
-        rows = harness.measure(
-            candidates, splits.eval, baseline="ort-fp32", budget=budget, batches=batches, threads=threads,
-            budget_s=time_budget_s, with_memory=with_memory, progress=progress,
-        )
-        report.baseline, report.variants = rows[0], rows[1:]
-        report.recommended, report.recommendation_reason = harness.recommend(report.variants, target_rt)
-        for r in report.variants:
-            if r.slower_than_fp32:
-                report.warnings.append(f"{r.name} is slower than fp32 on {r.runtime} on this machine (×{r.speedup_vs_fp32_same_runtime:.2f})")
+        harness.fill(report, candidates, splits.eval, target_runtime=target_rt, budget=budget, batches=batches,
+                     threads=threads, budget_s=time_budget_s, with_memory=with_memory, progress=progress)
         paths = write_all(report, root)
 
         manifest = mf.Manifest(
@@ -552,15 +545,8 @@ def bench(
         budget=budget.describe(manifest.model.get("metric") if ds.labels is not None else None),
         data={"source": "bundle data/eval.npz", "eval_n": len(ds), "eval_sha256": ds.sha256()},
     )
-    rows = harness.measure(
-        candidates, ds, baseline="ort-fp32", budget=budget, batches=batches, threads=threads,
-        budget_s=time_budget_s, with_memory=with_memory, progress=progress,
-    )
-    report.baseline, report.variants = rows[0], rows[1:]
-    report.recommended, report.recommendation_reason = harness.recommend(report.variants, target_runtime(manifest.target))
-    for r in report.variants:
-        if r.slower_than_fp32:
-            report.warnings.append(f"{r.name} is slower than fp32 on {r.runtime} on this machine (×{r.speedup_vs_fp32_same_runtime:.2f})")
+    harness.fill(report, candidates, ds, target_runtime=target_runtime(manifest.target), budget=budget, batches=batches,
+                 threads=threads, budget_s=time_budget_s, with_memory=with_memory, progress=progress)
     out_dir = Path(out) if out else root / "bench"
     from edgekit.io.atomic import atomic_dir
 

@@ -12,10 +12,12 @@ import numpy as np
 
 from edgekit.benchmarks.accuracy import PRIMARY, fidelity, metric_drop, task_metrics
 from edgekit.benchmarks.gate import Budget, judge
-from edgekit.benchmarks.report import VariantRow
+from edgekit.benchmarks.report import Report, VariantRow
 from edgekit.io.data import Dataset
 
 EVAL_BATCH = 64
+# Medians within ±5 % of fp32 are reported as "same speed": closer than this machine's run-to-run noise.
+SAME_SPEED = 0.05
 
 
 @dataclass
@@ -154,7 +156,9 @@ def _speedups(rows: dict[str, VariantRow], baseline: str) -> None:
         if same:
             r.speedup_vs_fp32_same_runtime = same["p50"] / r.latency_ms["p50"]
             if r.precision != "fp32" or r.techniques:
-                r.slower_than_fp32 = r.speedup_vs_fp32_same_runtime < 1.0
+                ratio = r.speedup_vs_fp32_same_runtime
+                r.slower_than_fp32 = ratio < 1.0 - SAME_SPEED
+                r.speed_verdict = "slower" if r.slower_than_fp32 else "faster" if ratio > 1.0 + SAME_SPEED else "same"
 
 
 def recommend(rows: Sequence[VariantRow], runtime: str | None) -> tuple[str | None, str]:
@@ -172,3 +176,17 @@ def recommend(rows: Sequence[VariantRow], runtime: str | None) -> tuple[str | No
     if best.precision == "fp32" and not best.techniques:
         reason += "; no compressed variant was both faithful and faster here"
     return best.name, reason
+
+
+def fill(report: Report, candidates: Sequence[Candidate], data: Dataset, *, target_runtime: str | None,
+         budget: Budget, **measure_options: Any) -> None:
+    """Measure ``candidates`` (the first is the fp32 baseline) into ``report``: rows, the
+    recommendation for ``target_runtime``, and a warning for every variant slower than fp32."""
+    rows = measure(candidates, data, baseline=candidates[0].name, budget=budget, **measure_options)
+    report.baseline, report.variants = rows[0], rows[1:]
+    report.recommended, report.recommendation_reason = recommend(report.variants, target_runtime)
+    for r in report.variants:
+        if r.slower_than_fp32:
+            report.warnings.append(
+                f"{r.name} is slower than fp32 on {r.runtime} on this machine (×{r.speedup_vs_fp32_same_runtime:.2f})"
+            )

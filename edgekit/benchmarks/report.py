@@ -37,7 +37,8 @@ class VariantRow:
     fidelity: dict[str, Any] | None = None
     speedup_vs_baseline: float | None = None
     speedup_vs_fp32_same_runtime: float | None = None
-    slower_than_fp32: bool | None = None
+    slower_than_fp32: bool | None = None  # more than 5 % slower than fp32 on the same runtime
+    speed_verdict: str | None = None  # "faster" | "same" (within ±5 %) | "slower", vs fp32 on the same runtime
     deployable: bool = True
     rejected_reason: str | None = None
     measured: bool = True  # False when this machine cannot run the variant (e.g. TensorRT without a GPU)
@@ -113,8 +114,10 @@ def table_rows(report: Report) -> list[list[str]]:
             verdict = "REJECTED: " + (r.rejected_reason or "")
         if not r.measured:
             verdict = "not measured: " + (r.not_measured_reason or "")
-        if r.slower_than_fp32:
+        if r.speed_verdict == "slower":
             verdict += " (SLOWER than fp32 on this runtime)"
+        elif r.speed_verdict == "same":
+            verdict += " (no faster than fp32 here)"
         if r.name == report.recommended:
             verdict += " ← recommended"
         out.append([
