@@ -185,7 +185,49 @@ def _split_steps(steps: Sequence[object]) -> tuple[list[object], list[object]]:
             model_steps.append(s)
         else:
             graph_steps.append(s)
+    names = [_technique(s) for s in model_steps]
+    if "qat" in names:
+        if names[-1] != "qat":
+            raise BadInputError("QAT must be the last model step (pruning and distillation come before it)")
+        if graph_steps:
+            raise BadInputError("QAT already produces the INT8 variants; drop the int8/fp16 steps from this run")
     return model_steps, graph_steps
+
+
+def _run_model_steps(
+    steps: Sequence[object], module: Any, ctx: Any, root: Path, seed: int, sample: dict[str, np.ndarray],
+    progress: Progress,
+) -> tuple[list[str], Path | None, list[Any]]:
+    """Apply the torch-level techniques in order. Returns their labels, the fp32 ONNX of the
+    transformed model (None after QAT), and the INT8 variants QAT made (empty otherwise)."""
+    import torch
+
+    from edgekit.compress.base import handler_for
+    from edgekit.export.onnx import export_onnx
+
+    labels: list[str] = []
+    for step in steps:
+        progress(f"applying {_label(step)}")
+        _, fn = handler_for(step)
+        torch.manual_seed(seed)
+        module = fn(step, module, ctx)
+        labels.append(_label(step))
+    if _technique(steps[-1]) == "qat":
+        from edgekit.compress.qat import qat_variants
+
+        progress("exporting the QAT model (Q/DQ ONNX, OpenVINO IR)")
+        return labels, None, qat_variants(module, ctx.workdir, sample)
+    tag = "-".join(_short(lbl) for lbl in labels)
+    path = root / f"model.fp32-{tag}.onnx"
+    progress(f"exporting the {tag} model to ONNX (checked against torch)")
+    export_onnx(module, path, sample=sample)
+    return labels, path, []
+
+
+def _technique(config: object) -> str:
+    from edgekit.config import technique_name
+
+    return technique_name(config)
 
 
 def _label(config: object) -> str:
@@ -324,31 +366,25 @@ def compress(
             size_bytes=fp32_path.stat().st_size, params=model_params(fp32_path), artifact="model.fp32.onnx",
         )
         candidates.append(baseline)
+        variants: list[Any] = []
         if model_steps:
-            import torch
-
-            module = loaded.module
-            for step in model_steps:
-                progress(f"applying {_label(step)}")
-                _, fn = handler_for(step)
-                torch.manual_seed(seed)
-                module = fn(step, module, ctx)
-                model_labels.append(_label(step))
-            tag = "-".join(_short(lbl) for lbl in model_labels)
-            graph_input = root / f"model.fp32-{tag}.onnx"
-            progress(f"exporting the {tag} model to ONNX (checked against torch)")
-            export_onnx(module, graph_input, sample=splits.eval.head(16).inputs)
-            candidates.append(harness.Candidate(
-                name=f"ort-fp32-{tag}", runtime="onnxruntime", precision="fp32", path=graph_input,
-                techniques=list(model_labels), size_bytes=graph_input.stat().st_size, params=model_params(graph_input),
-                sparsity=_onnx_sparsity(graph_input), artifact=graph_input.name,
-            ))
+            sample = splits.eval.head(16).inputs
+            model_labels, transformed, qat_made = _run_model_steps(model_steps, loaded.module, ctx, root, seed, sample, progress)
+            if transformed is not None:
+                graph_input = transformed
+                candidates.append(harness.Candidate(
+                    name=f"ort-{transformed.stem.removeprefix('model.')}", runtime="onnxruntime", precision="fp32",
+                    path=transformed, techniques=list(model_labels), size_bytes=transformed.stat().st_size,
+                    params=model_params(transformed), sparsity=_onnx_sparsity(transformed), artifact=transformed.name,
+                ))
+            for v in qat_made:
+                v.techniques = model_labels + list(v.techniques)
+            variants.extend(qat_made)
 
         from edgekit.compress.quantize_ov import ov_fp32_ir
 
         progress("converting the fp32 model to OpenVINO IR")
-        ov_fp32 = ov_fp32_ir(fp32_path, work / "ov-fp32.xml")
-        variants = [ov_fp32]
+        variants.insert(0, ov_fp32_ir(fp32_path, work / "ov-fp32.xml"))
         for step in graph_steps:
             progress(f"applying {_label(step)}")
             _, fn = handler_for(step)

@@ -1,4 +1,4 @@
-"""Quantization-aware training (QAT): INT8 fake-quantized fine-tuning with NNCF, exported as Q/DQ ONNX.
+"""Quantization-aware training (QAT): INT8 fake-quantized fine-tuning with NNCF, to Q/DQ ONNX.
 
 The recipe is NNCF's own: ``nncf.quantize`` inserts fake quantizers (per-channel symmetric INT8
 weights, calibrated INT8 activations) and corrects biases; the model is then fine-tuned for a few
@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekit.compress.base import Context, register
+from edgekit.compress.base import Context, Variant, register
 from edgekit.errors import BadInputError, EdgekitError, IntegrityError, require
+from edgekit.export.qdq import fold_weight_quantizers
 from edgekit.io.data import Dataset
 
 BACKEND = "nncf-torch"
@@ -99,7 +100,7 @@ def _use_torch_kernels() -> str:
     By default NNCF compiles a C++ extension on the first fake-quantized forward pass (measured
     30-60 s on two cores, more under load, and it needs a C++ compiler and ninja). Its reference
     kernels compute the same function with torch operations and need no build; on small models
-    they cost about 1.5x the fine-tuning time. If the compiled kernels are already loaded in this
+    they cost about 1.3x the fine-tuning time. If the compiled kernels are already loaded in this
     process, they are kept.
     """
     global _torch_kernels_installed
@@ -126,7 +127,7 @@ def _use_torch_kernels() -> str:
 
 
 def _quantizers(module: nn.Module) -> list[Any]:
-    """The NNCF quantizers held by ``module`` (none for a plain module; nncf is then not imported)."""
+    """The NNCF quantizers in ``module`` (none for a plain module; nncf is then not imported)."""
     if _NNCF_HOOKS not in dict(module.named_children()):
         return []
     from nncf.torch.function_hook.wrapper import get_hook_storage
@@ -137,7 +138,7 @@ def _quantizers(module: nn.Module) -> list[Any]:
 
 
 def _set_qdq_export(module: nn.Module) -> int:
-    """Make every quantizer export as an ONNX QuantizeLinear/DequantizeLinear pair; return how many."""
+    """Make every quantizer export as an ONNX QuantizeLinear/DequantizeLinear pair; count them."""
     from nncf.torch.quantization.layers import QuantizerExportMode
 
     quantizers = _quantizers(module)
@@ -174,7 +175,8 @@ def _weights(module: nn.Module) -> dict[str, torch.Tensor]:
     return {
         name: m.weight.detach().clone()
         for name, m in module.named_modules()
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(m.weight, torch.Tensor)
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+        and isinstance(m.weight, torch.Tensor)
     }
 
 
@@ -186,7 +188,11 @@ def _relative_change(before: dict[str, torch.Tensor], after: dict[str, torch.Ten
 
 
 def _check_inputs(ctx: Context) -> str:
-    task = ctx.task if ctx.task != "unknown" else (ctx.train.task if ctx.train is not None else "unknown")
+    task = (
+        ctx.task
+        if ctx.task != "unknown"
+        else (ctx.train.task if ctx.train is not None else "unknown")
+    )
     if ctx.train is None or ctx.train.labels is None:
         raise BadInputError(
             "quantization-aware training fine-tunes the model and needs labelled data: "
@@ -194,8 +200,8 @@ def _check_inputs(ctx: Context) -> str:
         )
     if task not in _TRAINABLE_TASKS:
         raise BadInputError(
-            f"quantization-aware training needs a classification, binary or regression task, not {task!r}; "
-            "give the model's task"
+            "quantization-aware training needs a classification, binary or regression task, "
+            f"not {task!r}; give the model's task"
         )
     return task
 
@@ -210,21 +216,20 @@ def qat(config: QatConfig, module: nn.Module, ctx: Context) -> nn.Module:
     The returned module must be exported with :func:`export_qat_onnx`; its ONNX is
     already INT8 (Q/DQ). Writes ``ctx.records["qat"]``. The input module is left untouched.
     """
-    require("nncf")
-    import nncf
-
-    from edgekit.zoo import fit
-
     task = _check_inputs(ctx)
     assert ctx.train is not None
-    calib = ctx.calib if ctx.calib is not None and len(ctx.calib) else ctx.train
-    kernels = _use_torch_kernels()
-
     if isinstance(module, torch.jit.ScriptModule):
         raise BadInputError(
             "quantization-aware training needs the model as Python code, not TorchScript: "
             "give a state_dict with --arch module:factory"
         )
+    require("nncf")
+    import nncf
+
+    from edgekit.zoo import fit
+
+    calib = ctx.calib if ctx.calib is not None and len(ctx.calib) else ctx.train
+    kernels = _use_torch_kernels()
     model = copy.deepcopy(module).cpu().float().eval()
     if isinstance(model, nn.Sequential):
         model = _SequentialRoot(model)
@@ -238,10 +243,14 @@ def qat(config: QatConfig, module: nn.Module, ctx: Context) -> nn.Module:
     try:
         quantized = nncf.quantize(model, dataset, subset_size=n_calib)
     except nncf.InternalError as exc:
-        raise EdgekitError(f"NNCF could not quantize this model ({exc}); try the post-training --int8 path") from exc
+        raise EdgekitError(
+            f"NNCF could not quantize this model ({exc}); try the post-training --int8 path"
+        ) from exc
     seconds_quantize = time.perf_counter() - start
     if not _quantizers(quantized):
-        raise EdgekitError("NNCF inserted no quantizer into the model: nothing to fine-tune in INT8")
+        raise EdgekitError(
+            "NNCF inserted no quantizer into the model: nothing to fine-tune in INT8"
+        )
     quantized.eval()
     metric_ptq = _metric(quantized, ctx.eval, task)
     weights_ptq = _weights(quantized)
@@ -250,8 +259,13 @@ def qat(config: QatConfig, module: nn.Module, ctx: Context) -> nn.Module:
     if config.epochs > 0:
         ctx.progress(f"qat: fine-tuning {config.epochs} epochs at lr {config.lr:g}")
         fit(
-            quantized, ctx.train, task,
-            epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=ctx.seed,
+            quantized,
+            ctx.train,
+            task,
+            epochs=config.epochs,
+            lr=config.lr,
+            batch_size=config.batch_size,
+            seed=ctx.seed,
             threads=torch.get_num_threads(),
         )
     seconds_finetune = time.perf_counter() - start
@@ -286,7 +300,10 @@ def qat(config: QatConfig, module: nn.Module, ctx: Context) -> nn.Module:
     ctx.records["qat"] = record
     if "metric" in record:
         m = record["metric"]
-        ctx.progress(f"qat: {m['name']} fp32 {m['fp32']:.4g}, after PTQ {m['ptq']:.4g}, after QAT {m['qat']:.4g}")
+        ctx.progress(
+            f"qat: {m['name']} fp32 {m['fp32']:.4g}, after PTQ {m['ptq']:.4g}, "
+            f"after QAT {m['qat']:.4g}"
+        )
     return quantized
 
 
@@ -298,58 +315,128 @@ def _outputs(value: Any) -> list[torch.Tensor]:
     return [value]
 
 
-def export_qat_onnx(module: nn.Module, out: Path, sample: dict[str, np.ndarray]) -> Path:
+def _run_torch(module: nn.Module, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [
+            o.detach().numpy() for o in _outputs(module(*(_to_tensor(v) for v in feed.values())))
+        ]
+
+
+def export_qat_onnx(
+    module: nn.Module, out: Path, sample: dict[str, np.ndarray], *, fold_weights: bool = True
+) -> Path:
     """Export a QAT module to a Q/DQ INT8 ONNX file with a dynamic batch axis, and check it.
 
-    ``sample`` maps each model input name (in the order of ``forward``'s arguments) to a real batch.
-    The file holds ``QuantizeLinear``/``DequantizeLinear`` pairs; its ONNX Runtime outputs on
-    ``sample`` are compared with the module's (cosine ≥ 0.99, else :class:`IntegrityError`).
+    ``sample`` maps each model input name (in the order of ``forward``'s arguments) to a real
+    batch. The file holds ``QuantizeLinear``/``DequantizeLinear`` pairs (opset 17, one file). Its
+    ONNX Runtime outputs are compared with the module's at the sample's batch size and at batch 1
+    (cosine similarity ≥ 0.99; rounding may differ at a few INT8 steps), else
+    :class:`IntegrityError`.
     """
     import onnx
 
-    if not _quantizers(module):
-        raise BadInputError("this module has no NNCF quantizers; run the QAT technique before export_qat_onnx")
+    if not is_qat_module(module):
+        raise BadInputError(
+            "this module holds no INT8 fake quantizers; apply QatConfig before export_qat_onnx"
+        )
     if not sample:
         raise BadInputError("export_qat_onnx needs a sample batch: one array per model input")
     _set_qdq_export(module)
     module.eval()
     names = list(sample)
-    args = tuple(_to_tensor(sample[n]) for n in names)
-    with torch.no_grad():
-        reference = [o.detach().numpy() for o in _outputs(module(*args))]
-    output_names = ["output"] if len(reference) == 1 else [f"output_{i}" for i in range(len(reference))]
-    axes = {n: {0: "batch"} for n in [*names, *output_names]}
+    trace = dict(sample)
+    if len(next(iter(trace.values()))) == 1:
+        # A batch of 1 may be traced as a constant shape; trace with two samples instead.
+        trace = {k: np.concatenate([v, v]) for k, v in trace.items()}
+    n_outputs = len(_run_torch(module, trace))
+    output_names = ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
-        # Q/DQ pairs come from NNCF's TorchScript-exporter symbolics: the legacy exporter is required.
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        # Q/DQ pairs come from NNCF's symbolics for the TorchScript-based exporter, which torch
+        # deprecates; NNCF reads quantizer levels with .item() while tracing (constants: fine).
+        warnings.filterwarnings(
+            "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
+        )
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
-            module, args, str(out), dynamo=False, input_names=names, output_names=output_names,
-            dynamic_axes=axes, opset_version=OPSET,
+            module,
+            tuple(_to_tensor(v) for v in trace.values()),
+            str(out),
+            dynamo=False,
+            input_names=names,
+            output_names=output_names,
+            dynamic_axes={n: {0: "batch"} for n in [*names, *output_names]},
+            opset_version=OPSET,
         )
-    graph = onnx.load(str(out))
-    ops = [n.op_type for n in graph.graph.node]
-    if "QuantizeLinear" not in ops or "DequantizeLinear" not in ops:
-        raise EdgekitError(f"{out}: the exported QAT graph has no QuantizeLinear/DequantizeLinear nodes")
-    _check_parity(out, names, sample, reference)
+    proto = onnx.load(str(out))
+    # INT8 weights in the file rather than fp32 weights + QuantizeLinear (4× smaller, same values)
+    if fold_weights and fold_weight_quantizers(proto):
+        onnx.save(proto, str(out))
+    ops = {n.op_type for n in proto.graph.node}
+    if not {"QuantizeLinear", "DequantizeLinear"} <= ops:
+        raise EdgekitError(
+            f"{out}: the exported QAT graph has no QuantizeLinear/DequantizeLinear nodes"
+        )
+    for feed in (sample, {k: v[:1] for k, v in sample.items()}):
+        _check_parity(out, feed, _run_torch(module, feed))
     return out
 
 
-def _check_parity(path: Path, names: list[str], sample: dict[str, np.ndarray], reference: list[np.ndarray]) -> None:
+def _check_parity(path: Path, feed: dict[str, np.ndarray], reference: list[np.ndarray]) -> None:
     import onnxruntime as ort
 
     from edgekit.benchmarks.accuracy import fidelity
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {n: np.ascontiguousarray(sample[n], dtype=np.float32) if np.issubdtype(sample[n].dtype, np.floating)
-            else sample[n] for n in names}
-    got = session.run(None, feed)
-    for ref, out in zip(reference, got):
-        fid = fidelity("unknown", ref, out)
+    inputs = {
+        k: np.ascontiguousarray(v, dtype=np.float32) if np.issubdtype(v.dtype, np.floating) else v
+        for k, v in feed.items()
+    }
+    for ref, got in zip(reference, session.run(None, inputs), strict=True):
+        fid = fidelity("unknown", ref, got)
         if fid.cosine < _PARITY_MIN_COSINE:
             raise IntegrityError(
-                f"{path}: ONNX Runtime output differs from the QAT module (cosine {fid.cosine:.4f}); "
-                "the export is not faithful: report this model"
+                f"{path}: ONNX Runtime output differs from the QAT model (cosine {fid.cosine:.4f} "
+                f"< {_PARITY_MIN_COSINE}); the INT8 export is not faithful for this model"
             )
+
+
+def qat_variants(module: nn.Module, workdir: Path, sample: dict[str, np.ndarray]) -> list[Variant]:
+    """The deployable INT8 files of a QAT module: its Q/DQ ONNX (ONNX Runtime) and OpenVINO IR.
+
+    Both are INT8 already: run no post-training quantization on them. The caller prepends the
+    model techniques (e.g. ``"qat:int8:3ep"``) to ``techniques``.
+    """
+    import openvino as ov
+
+    workdir = Path(workdir)
+    import onnx
+
+    onnx_path = export_qat_onnx(module, workdir / "model.int8-qat.onnx", sample, fold_weights=False)
+    xml = workdir / "openvino" / "model.int8-qat.xml"
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    # OpenVINO converts fake-quantized weights (float → Q → DQ) into its INT8 kernels; from
+    # pre-folded INT8 weights it chose slower mixed-precision kernels here (0.9× fp32 vs 1.5×).
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    proto = onnx.load(str(onnx_path))
+    fold_weight_quantizers(proto)
+    onnx.save(proto, str(onnx_path))
+    note = "INT8 from quantization-aware training (NNCF fake quantizers exported as Q/DQ)"
+    return [
+        Variant(
+            name="ort-int8-qat",
+            runtime="onnxruntime",
+            precision="int8",
+            path=onnx_path,
+            notes=[note],
+        ),
+        Variant(
+            name="ov-int8-qat",
+            runtime="openvino",
+            precision="int8",
+            path=xml,
+            notes=[note],
+            extra_files=[xml.with_suffix(".bin")],
+        ),
+    ]
