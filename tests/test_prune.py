@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +21,14 @@ from edgekit.errors import BadInputError
 from edgekit.io.data import Dataset
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class Trained:
-    """A reference model trained once per test module, with its data splits."""
+    """A trained reference model (shared by the whole test session) with its data splits."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.module = zoo.train(name, seed=0, threads=1).module
-        self.splits = zoo.load_data(name, seed=0)
-        self.task = zoo.spec(name).task
+    def __init__(self, result: zoo.TrainResult) -> None:
+        self.name = result.name
+        self.module = result.module
+        self.splits = zoo.load_data(result.name, seed=0)
+        self.task = zoo.spec(result.name).task
         self.accuracy = zoo.evaluate(self.module, self.splits.test)["accuracy"]
 
     def context(self, workdir: Path) -> Context:
@@ -46,18 +39,18 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def digits() -> Trained:
-    return Trained("digits-cnn")
+def digits(trained: Callable[[str], tuple[zoo.TrainResult, Path]]) -> Trained:
+    return Trained(trained("digits-cnn")[0])
 
 
 @pytest.fixture(scope="module")
-def edge() -> Trained:
-    return Trained("edge-cnn")
+def edge(trained: Callable[[str], tuple[zoo.TrainResult, Path]]) -> Trained:
+    return Trained(trained("edge-cnn")[0])
 
 
 @pytest.fixture(scope="module")
-def tabular() -> Trained:
-    return Trained("tabular-mlp")
+def tabular(trained: Callable[[str], tuple[zoo.TrainResult, Path]]) -> Trained:
+    return Trained(trained("tabular-mlp")[0])
 
 
 def export_onnx(module: nn.Module, sample: np.ndarray, path: Path) -> Path:
@@ -83,7 +76,8 @@ def ort_outputs(path: Path, x: np.ndarray) -> np.ndarray:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {"input": x[i : i + 256]})[0] for i in range(0, len(x), 256)])
+    batches = [x[i : i + 256] for i in range(0, len(x), 256)]
+    return np.concatenate([sess.run(None, {"input": b})[0] for b in batches])
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -94,8 +88,9 @@ def gzip_ratio(after: Path, before: Path) -> float:
     return len(gzip.compress(after.read_bytes())) / len(gzip.compress(before.read_bytes()))
 
 
-def _ctx(tmp_path: Path, data: Dataset, train: Dataset | None = None, task: str = "classification") -> Context:
-    return Context(workdir=tmp_path, calib=data, eval=data, train=train, task=task)
+def _ctx(tmp_path: Path, data: Dataset, task: str = "classification") -> Context:
+    """Unlabelled data only: enough for pruning without fine-tuning."""
+    return Context(workdir=tmp_path, calib=data, eval=data, train=None, task=task)
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -158,8 +153,9 @@ def test_unknown_ignore_name_and_scripted_model(tmp_path: Path) -> None:
 def test_structured_refuses_to_silently_do_nothing(tmp_path: Path) -> None:
     # A lone Linear layer produces the output: no channel may go, and pruning must say so.
     ctx = _ctx(tmp_path, Dataset({"x": np.ones((4, 8), np.float32)}))
+    cfg = PruneConfig("structured", 0.5, finetune_epochs=0)
     with pytest.raises(BadInputError, match="would remove no channel"):
-        prune(PruneConfig("structured", 0.5, finetune_epochs=0), nn.Sequential(nn.Linear(8, 3)), ctx)
+        prune(cfg, nn.Sequential(nn.Linear(8, 3)), ctx)
 
 
 # --- mechanics on the real architectures (no fine-tuning: quick) -------------------------------
@@ -184,7 +180,8 @@ def test_structured_keeps_outputs_ignored_layers_and_input_module(tmp_path: Path
     assert rec["params_after"]["total"] < rec["params_before"]["total"]
     assert rec["params_before"]["total"] == count_params(model)["total"]
     assert rec["macs_per_sample"]["after"] < rec["macs_per_sample"]["before"]
-    assert all(w % 8 == 0 for w, _ in rec["channels"].values() if w >= 8)
+    assert json.loads(json.dumps(rec)) == rec  # goes into report.json as it is
+    assert all(a % 8 == 0 for b, a in rec["channels"].values() if a != b)  # CPU-friendly widths
     # The caller's module is untouched.
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -196,7 +193,8 @@ def test_structured_iterative_steps_reach_the_same_widths(tmp_path: Path) -> Non
     widths = []
     for steps in (1, 3):
         ctx = _ctx(tmp_path, Dataset({"input": x}))
-        out = prune(PruneConfig("structured", 0.5, scope="layer", finetune_epochs=0, steps=steps), model, ctx)
+        cfg = PruneConfig("structured", 0.5, scope="layer", finetune_epochs=0, steps=steps)
+        out = prune(cfg, model, ctx)
         widths.append({k: v[1] for k, v in ctx.records["prune"]["channels"].items()})
         assert out(torch.from_numpy(x)).shape == (4, 10)
     assert widths[0] == widths[1]
@@ -207,7 +205,8 @@ def test_structured_text_classifier_keeps_vocabulary(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = zoo.build("text-classifier").eval()
     splits = zoo.load_data("text-classifier")
-    out = prune(PruneConfig("structured", 0.5, finetune_epochs=0), model, _ctx(tmp_path, splits.calib))
+    cfg = PruneConfig("structured", 0.5, finetune_epochs=0)
+    out = prune(cfg, model, _ctx(tmp_path, splits.calib))
     shapes = {k: tuple(v.shape) for k, v in out.state_dict().items()}
     assert shapes["embedding.weight"] == (model.embedding.num_embeddings, 32)  # vocabulary kept
     assert shapes["fc.weight"] == (32, 32)  # hidden units removed
@@ -233,6 +232,7 @@ def test_unstructured_layer_scope_reaches_every_layer_and_skips_ignored(tmp_path
     assert rec["params_after"]["total"] == rec["params_before"]["total"]
     assert rec["params_after"]["nonzero"] < 0.4 * rec["params_before"]["nonzero"]
     assert "latency unchanged" in rec["runtime_benefit"]
+    assert json.loads(json.dumps(rec)) == rec
 
 
 # --- the measured claims on trained reference models ------------------------------------------

@@ -8,7 +8,11 @@ Embedding tables are left dense.
 *Structured* pruning removes whole channels and hidden units with Torch-Pruning, following the
 dependency graph (residual adds, depthwise convolutions, concatenations, BatchNorm, flatten), so
 the returned module and its exported graph are physically smaller. Layers that produce a model
-output are never pruned on their output dimension; embedding tables keep their vocabulary.
+output are never pruned on their output dimension; embedding tables keep their vocabulary. Kept
+widths are multiples of 8, which CPU kernels need to actually run faster.
+
+After each pruning step BatchNorm statistics are re-estimated on real samples, then the model is
+fine-tuned with :func:`edgekit.zoo.fit` on ``ctx.train``.
 
 Both kinds may run as an iterative schedule: prune ``amount * k / steps``, fine-tune, for
 ``k = 1 .. steps``. Measured facts land in ``ctx.records["prune"]``.
@@ -110,7 +114,7 @@ class PruneConfig:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _is_int(value: object) -> bool:
@@ -125,7 +129,7 @@ def prunable_layers(module: nn.Module, ignore: tuple[str, ...] = ()) -> dict[str
     return {
         name: m
         for name, m in module.named_modules()
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and name not in ignore
+        if isinstance(m, nn.modules.conv._ConvNd | nn.Linear) and name not in ignore
     }
 
 
@@ -468,7 +472,7 @@ def _plan_widths(
 def _output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
     with torch.no_grad():
         out = model(*inputs)
-    outs = out if isinstance(out, (tuple, list)) else [out]
+    outs = out if isinstance(out, tuple | list) else [out]
     return [tuple(o.shape) for o in outs if isinstance(o, torch.Tensor)]
 
 
@@ -489,7 +493,13 @@ def _structured(
 
     named = dict(model.named_modules())
     name_of = {m: n for n, m in named.items()}
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    try:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    except Exception as exc:  # tracing a user's model can fail in many ways
+        raise BadInputError(
+            f"Torch-Pruning could not trace the model's dependency graph ({exc}); "
+            "use kind = 'unstructured', or ignore the layers it cannot follow"
+        ) from exc
     outputs = output_layers(model, graph)
     kept = {named[n] for n in config.ignore} | set(outputs)
     plan = _plan_widths(model, example, config, kept)
