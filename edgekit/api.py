@@ -51,6 +51,11 @@ class Splits:
     eval: Dataset
     info: dict[str, Any] = field(default_factory=dict)
 
+    def map(self, fn: Callable[[Dataset], Dataset]) -> Splits:
+        """The same splits with ``fn`` applied to each data set."""
+        train = None if self.train is None else fn(self.train)
+        return Splits(train=train, calib=fn(self.calib), eval=fn(self.eval), info=self.info)
+
 
 def _input_names(loaded: Any) -> list[str]:
     return [s.name for s in loaded.inputs]
@@ -96,7 +101,12 @@ def _resolve(loaded: Any, data: str | Path | None, calib: str, seed: int) -> Spl
             raise BadInputError(f"{data} has {len(ds)} samples; calibration and evaluation need at least 4")
         train_part, eval_part = split(ds, [1 - EVAL_FRACTION, EVAL_FRACTION], seed)
         calib_part = train_part.head(CALIB_SIZE)
-        info = {"source": str(data), "calib_n": len(calib_part), "eval_n": len(eval_part), "labels": ds.labels is not None}
+        info = {
+            "source": str(data),
+            "calib_n": len(calib_part),
+            "eval_n": len(eval_part),
+            "labels": ds.labels is not None,
+        }
         return Splits(train=train_part if ds.labels is not None else None, calib=calib_part, eval=eval_part, info=info)
     if calib == "random":
         specs = loaded.inputs
@@ -107,7 +117,11 @@ def _resolve(loaded: Any, data: str | Path | None, calib: str, seed: int) -> Spl
         shapes = {s.name: (tuple(int(d) for d in s.shape), np.dtype(s.dtype)) for s in specs}
         cal = random_like(shapes, RANDOM_SAMPLES, seed)
         ev = random_like(shapes, RANDOM_SAMPLES // 2, seed + 1)
-        info = {"source": "random (directional only: figures do not predict real accuracy)", "calib_n": len(cal), "eval_n": len(ev)}
+        info = {
+            "source": "random (directional only: figures do not predict real accuracy)",
+            "calib_n": len(cal),
+            "eval_n": len(ev),
+        }
         return Splits(train=None, calib=cal, eval=ev, info=info)
     raise BadInputError(
         f"{loaded.path.name} is not a reference model: pass --data calib.npz (an 'x' array, optional 'y') "
@@ -125,12 +139,6 @@ def _infer_task(splits: Splits, outputs: np.ndarray, meta_task: str | None) -> s
     if np.issubdtype(labels.dtype, np.integer):
         return "binary" if width == 1 else "classification"
     return "regression"
-
-
-def _with_task(ds: Dataset | None, task: str) -> Dataset | None:
-    if ds is None:
-        return None
-    return Dataset(inputs=ds.inputs, labels=ds.labels, task=task, name=ds.name, directional_only=ds.directional_only)
 
 
 # ------------------------------------------------------------------------------------- export
@@ -180,7 +188,8 @@ def _split_steps(steps: Sequence[object]) -> tuple[list[object], list[object]]:
         if stage == MODEL_STAGE:
             if graph_steps:
                 raise BadInputError(
-                    f"{type(s).__name__} changes the torch model, so it must come before quantization/fp16 steps; reorder the recipe"
+                    f"{type(s).__name__} changes the torch model, so it must come before quantization/fp16 steps; "
+                    "reorder the recipe"
                 )
             model_steps.append(s)
         else:
@@ -195,7 +204,12 @@ def _split_steps(steps: Sequence[object]) -> tuple[list[object], list[object]]:
 
 
 def _run_model_steps(
-    steps: Sequence[object], module: Any, ctx: Any, root: Path, seed: int, sample: dict[str, np.ndarray],
+    steps: Sequence[object],
+    module: Any,
+    ctx: Any,
+    root: Path,
+    seed: int,
+    sample: dict[str, np.ndarray],
     progress: Progress,
 ) -> tuple[list[str], Path | None, list[Any]]:
     """Apply the torch-level techniques in order. Returns their labels, the fp32 ONNX of the
@@ -343,40 +357,57 @@ def compress(
         sample = splits.eval.head(16).inputs
         exported = export_onnx(loaded, fp32_path, sample=sample)
         input_names = list(exported.input_names)
-        rebind = lambda ds: None if ds is None else Dataset(  # noqa: E731
-            inputs=ds.bind(input_names), labels=ds.labels, task=ds.task, name=ds.name, directional_only=ds.directional_only
-        )
-        splits = Splits(train=rebind(splits.train), calib=rebind(splits.calib), eval=rebind(splits.eval), info=splits.info)
+        splits = splits.map(lambda ds: dataclasses.replace(ds, inputs=ds.bind(input_names)))
         from edgekit.runtimes import get_runtime
 
         probe = get_runtime("onnxruntime", threads=threads).load(fp32_path).run(splits.eval.head(2).inputs)[0]
         task = _infer_task(splits, np.asarray(probe), (loaded.meta or {}).get("task"))
-        splits = Splits(
-            train=_with_task(splits.train, task), calib=_with_task(splits.calib, task),  # type: ignore[arg-type]
-            eval=_with_task(splits.eval, task), info=splits.info,  # type: ignore[arg-type]
+        splits = splits.map(lambda ds: dataclasses.replace(ds, task=task))
+        ctx = Context(
+            workdir=work,
+            calib=splits.calib,
+            eval=splits.eval,
+            train=splits.train,
+            seed=seed,
+            task=task,
+            budget=budget if budget.explicit else None,
+            progress=progress,
         )
-        ctx = Context(workdir=work, calib=splits.calib, eval=splits.eval, train=splits.train, seed=seed, task=task,
-                      budget=budget if budget.explicit else None, progress=progress)
 
         model_labels: list[str] = []
         graph_input = fp32_path
         candidates: list[harness.Candidate] = []
         baseline = harness.Candidate(
-            name="ort-fp32", runtime="onnxruntime", precision="fp32", path=fp32_path,
-            size_bytes=fp32_path.stat().st_size, params=model_params(fp32_path), artifact="model.fp32.onnx",
+            name="ort-fp32",
+            runtime="onnxruntime",
+            precision="fp32",
+            path=fp32_path,
+            size_bytes=fp32_path.stat().st_size,
+            params=model_params(fp32_path),
+            artifact="model.fp32.onnx",
         )
         candidates.append(baseline)
         variants: list[Any] = []
         if model_steps:
             sample = splits.eval.head(16).inputs
-            model_labels, transformed, qat_made = _run_model_steps(model_steps, loaded.module, ctx, root, seed, sample, progress)
+            model_labels, transformed, qat_made = _run_model_steps(
+                model_steps, loaded.module, ctx, root, seed, sample, progress
+            )
             if transformed is not None:
                 graph_input = transformed
-                candidates.append(harness.Candidate(
-                    name=f"ort-{transformed.stem.removeprefix('model.')}", runtime="onnxruntime", precision="fp32",
-                    path=transformed, techniques=list(model_labels), size_bytes=transformed.stat().st_size,
-                    params=model_params(transformed), sparsity=_onnx_sparsity(transformed), artifact=transformed.name,
-                ))
+                candidates.append(
+                    harness.Candidate(
+                        name=f"ort-{transformed.stem.removeprefix('model.')}",
+                        runtime="onnxruntime",
+                        precision="fp32",
+                        path=transformed,
+                        techniques=list(model_labels),
+                        size_bytes=transformed.stat().st_size,
+                        params=model_params(transformed),
+                        sparsity=_onnx_sparsity(transformed),
+                        artifact=transformed.name,
+                    )
+                )
             for v in qat_made:
                 v.techniques = model_labels + list(v.techniques)
             variants.extend(qat_made)
@@ -394,13 +425,23 @@ def compress(
             variants.extend(made)
         names = [v.name for v in variants]
         if len(set(names)) != len(names):
-            raise BadInputError(f"two steps made variants with the same name ({names}); keep one int8/fp16 step per mode")
+            raise BadInputError(
+                f"two steps made variants with the same name ({names}); keep one int8/fp16 step per mode"
+            )
         for v in variants:
             _place(v, root)
-            candidates.append(harness.Candidate(
-                name=v.name, runtime=v.runtime, precision=v.precision, path=v.path, techniques=list(v.techniques),
-                notes=list(v.notes), size_bytes=_size(v), artifact=v.path.relative_to(root).as_posix(),
-            ))
+            candidates.append(
+                harness.Candidate(
+                    name=v.name,
+                    runtime=v.runtime,
+                    precision=v.precision,
+                    path=v.path,
+                    techniques=list(v.techniques),
+                    notes=list(v.notes),
+                    size_bytes=_size(v),
+                    artifact=v.path.relative_to(root).as_posix(),
+                )
+            )
         shutil.rmtree(work)
 
         _write_tensorrt_build(root, [c for c in candidates if c.runtime == "tensorrt"])
@@ -411,31 +452,61 @@ def compress(
 
         report = Report(
             command=command,
-            model={"source": str(src), "sha256": loaded.sha256, "params": baseline.params, "task": task,
-                   "format": loaded.format, "inputs": [{"name": n} for n in input_names]},
+            model={
+                "source": str(src),
+                "sha256": loaded.sha256,
+                "params": baseline.params,
+                "task": task,
+                "format": loaded.format,
+                "inputs": [{"name": n} for n in input_names],
+            },
             machine=machine_info(threads),
             budget=budget.describe(_primary(task) if splits.eval.labels is not None else None),
             data={**splits.info, "calib_sha256": splits.calib.sha256(), "eval_sha256": splits.eval.sha256()},
             techniques=dict(ctx.records),
         )
         if splits.calib.directional_only:
-            report.warnings.append("calibration and evaluation used random inputs: accuracy figures are directional only")
-        harness.fill(report, candidates, splits.eval, target_runtime=target_rt, budget=budget, batches=batches,
-                     threads=threads, budget_s=time_budget_s, with_memory=with_memory, progress=progress)
+            report.warnings.append(
+                "calibration and evaluation used random inputs: accuracy figures are directional only"
+            )
+        harness.fill(
+            report,
+            candidates,
+            splits.eval,
+            target_runtime=target_rt,
+            budget=budget,
+            batches=batches,
+            threads=threads,
+            budget_s=time_budget_s,
+            with_memory=with_memory,
+            progress=progress,
+        )
         paths = write_all(report, root)
 
         manifest = mf.Manifest(
             source={"path": str(src), "sha256": loaded.sha256},
             recipe=recipe_to_dict(Recipe(steps=list(steps), seed=seed, target=target, max_drop=budget.max_drop)),
-            calibration={"sha256": splits.calib.sha256(), "n": len(splits.calib), "seed": seed,
-                         "directional_only": splits.calib.directional_only},
+            calibration={
+                "sha256": splits.calib.sha256(),
+                "n": len(splits.calib),
+                "seed": seed,
+                "directional_only": splits.calib.directional_only,
+            },
             target=target,
             model={"task": task, "inputs": input_names, "metric": report.budget.get("metric")},
             budget=dataclasses.asdict(budget),
         )
         manifest.variants = [
-            {"name": c.name, "runtime": c.runtime, "precision": c.precision, "artifact": c.artifact,
-             "techniques": c.techniques, "notes": c.notes, "params": c.params, "sparsity": c.sparsity}
+            {
+                "name": c.name,
+                "runtime": c.runtime,
+                "precision": c.precision,
+                "artifact": c.artifact,
+                "techniques": c.techniques,
+                "notes": c.notes,
+                "params": c.params,
+                "sparsity": c.sparsity,
+            }
             for c in candidates
         ]
         files = [p for p in root.rglob("*") if p.is_file()]
@@ -452,6 +523,7 @@ def compress(
 
 def _closest(rows: Sequence[Any]) -> Any:
     """The variant closest to passing: smallest metric drop, else best fidelity (top-1, cosine, SQNR)."""
+
     def key(r: Any) -> tuple[float, ...]:
         f = r.fidelity or {}
         drop = r.metric_drop if r.metric_drop is not None else 0.0
@@ -482,8 +554,13 @@ def _trt_plan(variant: Any, root: Path) -> dict[str, Any]:
     path = root / variant["artifact"] if isinstance(variant, dict) else Path(variant.path)
     precision = variant["precision"] if isinstance(variant, dict) else variant.precision
     # An explicit Q/DQ graph runs INT8 where its Q/DQ nodes say; FP16 is allowed for the rest.
-    return {"onnx": path, "engine": path.with_suffix(".engine"), "fp16": precision in ("fp16", "int8", "mixed"),
-            "int8": precision in ("int8", "mixed"), "shapes": profile_shapes(path, min_batch=1, opt_batch=1, max_batch=32)}
+    return {
+        "onnx": path,
+        "engine": path.with_suffix(".engine"),
+        "fp16": precision in ("fp16", "int8", "mixed"),
+        "int8": precision in ("int8", "mixed"),
+        "shapes": profile_shapes(path, min_batch=1, opt_batch=1, max_batch=32),
+    }
 
 
 def _write_tensorrt_build(root: Path, trt: Sequence[Any]) -> None:
@@ -491,13 +568,23 @@ def _write_tensorrt_build(root: Path, trt: Sequence[Any]) -> None:
         return
     from edgekit.runtimes.tensorrt import trtexec_command
 
-    lines = ["#!/bin/sh", "# Build TensorRT engines ON THE DEVICE (engines are tied to its GPU and TensorRT version).",
-             "# 'edgekit build BUNDLE' does the same through the TensorRT Python API.", "set -e",
-             'cd "$(dirname "$0")"']
+    lines = [
+        "#!/bin/sh",
+        "# Build TensorRT engines ON THE DEVICE (engines are tied to its GPU and TensorRT version).",
+        "# 'edgekit build BUNDLE' does the same through the TensorRT Python API.",
+        "set -e",
+        'cd "$(dirname "$0")"',
+    ]
     for c in trt:
         plan = _trt_plan(c, root)
-        cmd = trtexec_command(Path(plan["onnx"].name), Path(plan["engine"].name), fp16=plan["fp16"], int8=plan["int8"],
-                              timing_cache=Path("timing.cache"), shapes=plan["shapes"])
+        cmd = trtexec_command(
+            Path(plan["onnx"].name),
+            Path(plan["engine"].name),
+            fp16=plan["fp16"],
+            int8=plan["int8"],
+            timing_cache=Path("timing.cache"),
+            shapes=plan["shapes"],
+        )
         lines.append(" ".join(shlex.quote(str(x)) for x in cmd))
     script = root / "tensorrt" / "build.sh"
     script.parent.mkdir(exist_ok=True)
@@ -512,19 +599,31 @@ def build(bundle: str | Path, *, runtime: str = "tensorrt", progress: Progress =
     from edgekit.runtimes.tensorrt import build_engine
 
     if runtime != "tensorrt":
-        raise BadInputError(f"'edgekit build' compiles TensorRT engines; got --runtime {runtime} (ONNX Runtime and "
-                            "OpenVINO load the bundle's files directly)")
+        raise BadInputError(
+            f"'edgekit build' compiles TensorRT engines; got --runtime {runtime} (ONNX Runtime and "
+            "OpenVINO load the bundle's files directly)"
+        )
     root = Path(bundle)
     manifest = mf.read(root, verify=True)
     trt = [v for v in manifest.variants if v["runtime"] == "tensorrt"]
     if not trt:
-        raise BadInputError(f"{root} has no TensorRT variants; compress with --runtime tensorrt (the default) or --fp16")
+        raise BadInputError(
+            f"{root} has no TensorRT variants; compress with --runtime tensorrt (the default) or --fp16"
+        )
     engines = []
     for v in trt:
         plan = _trt_plan(v, root)
         progress(f"building {plan['engine'].name} (TensorRT, fp16={plan['fp16']}, int8={plan['int8']})")
-        engines.append(build_engine(plan["onnx"], plan["engine"], fp16=plan["fp16"], int8=plan["int8"],
-                                    timing_cache=root / "tensorrt" / "timing.cache", shapes=plan["shapes"]))
+        engines.append(
+            build_engine(
+                plan["onnx"],
+                plan["engine"],
+                fp16=plan["fp16"],
+                int8=plan["int8"],
+                timing_cache=root / "tensorrt" / "timing.cache",
+                shapes=plan["shapes"],
+            )
+        )
     return engines
 
 
@@ -565,9 +664,16 @@ def bench(
     ds = Dataset(inputs=ds.bind(manifest.model.get("inputs") or ds.names), labels=ds.labels, task=task, name="eval")
     candidates = [
         harness.Candidate(
-            name=v["name"], runtime=v["runtime"], precision=v["precision"], path=root / v["artifact"],
-            techniques=v.get("techniques", []), notes=v.get("notes", []), params=v.get("params"), sparsity=v.get("sparsity"),
-            size_bytes=_artifact_size(root / v["artifact"]), artifact=v["artifact"],
+            name=v["name"],
+            runtime=v["runtime"],
+            precision=v["precision"],
+            path=root / v["artifact"],
+            techniques=v.get("techniques", []),
+            notes=v.get("notes", []),
+            params=v.get("params"),
+            sparsity=v.get("sparsity"),
+            size_bytes=_artifact_size(root / v["artifact"]),
+            artifact=v["artifact"],
         )
         for v in variants
         if v["name"] == "ort-fp32" or v["runtime"] in wanted
@@ -575,14 +681,28 @@ def bench(
     budget = budget or Budget(**manifest.budget)
     report = Report(
         command=command,
-        model={"source": manifest.source.get("path"), "sha256": manifest.source.get("sha256"),
-               "params": next((v.get("params") for v in variants if v["name"] == "ort-fp32"), None), "task": task},
+        model={
+            "source": manifest.source.get("path"),
+            "sha256": manifest.source.get("sha256"),
+            "params": next((v.get("params") for v in variants if v["name"] == "ort-fp32"), None),
+            "task": task,
+        },
         machine=machine_info(threads),
         budget=budget.describe(manifest.model.get("metric") if ds.labels is not None else None),
         data={"source": "bundle data/eval.npz", "eval_n": len(ds), "eval_sha256": ds.sha256()},
     )
-    harness.fill(report, candidates, ds, target_runtime=target_runtime(manifest.target), budget=budget, batches=batches,
-                 threads=threads, budget_s=time_budget_s, with_memory=with_memory, progress=progress)
+    harness.fill(
+        report,
+        candidates,
+        ds,
+        target_runtime=target_runtime(manifest.target),
+        budget=budget,
+        batches=batches,
+        threads=threads,
+        budget_s=time_budget_s,
+        with_memory=with_memory,
+        progress=progress,
+    )
     out_dir = Path(out) if out else root / "bench"
     from edgekit.io.atomic import atomic_dir
 

@@ -51,14 +51,17 @@ def _progress(enabled: bool) -> Iterator[Any]:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  transient=True) as bar:
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
+    ) as bar:
         state: dict[str, Any] = {"task": None, "msg": "", "t0": 0.0}
 
         def finish() -> None:
             if state["task"] is not None:
                 bar.remove_task(state["task"])
-                console.print(f"[green]✓[/green] {escape(state['msg'])} [dim]({time.perf_counter() - state['t0']:.1f} s)[/dim]")
+                console.print(
+                    f"[green]✓[/green] {escape(state['msg'])} [dim]({time.perf_counter() - state['t0']:.1f} s)[/dim]"
+                )
                 state["task"] = None
 
         def step(msg: str) -> None:
@@ -87,8 +90,13 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("name", type=click.Choice(REFERENCE_MODELS))
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to save the model (TorchScript). Default: NAME.pt")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to save the model (TorchScript). Default: NAME.pt",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed for data split, init and shuffling.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the default epochs.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
@@ -101,8 +109,15 @@ def train(name: str, out: Path | None, seed: int, epochs: int | None, threads: i
     with _progress(not as_json) as step:
         step(f"training {name} (seed {seed})")
         result = api.train(name, out, seed=seed, epochs=epochs, threads=threads)
-    payload = {"model": name, "path": str(out), "seed": seed, "metric": result.metric, "value": result.value,
-               "metrics": result.metrics, "seconds": round(result.seconds, 2)}
+    payload = {
+        "model": name,
+        "path": str(out),
+        "seed": seed,
+        "metric": result.metric,
+        "value": result.value,
+        "metrics": result.metrics,
+        "seconds": round(result.seconds, 2),
+    }
     if as_json:
         click.echo(json.dumps(payload, indent=2))
     else:
@@ -118,8 +133,15 @@ def train(name: str, out: Path | None, seed: int, epochs: int | None, threads: i
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a whole pickled module (runs code from the file).")
 @click.option("--input-shape", default=None, help="Per-sample input shape(s), e.g. 3x32x32 or ids:64:int64,mask:64.")
 @click.option("--atol", default=1e-4, show_default=True, help="Max abs error allowed between torch and ONNX.")
-def export(model: Path, out: Path, data: Path | None, arch: str | None, trust_pickle: bool,
-           input_shape: str | None, atol: float) -> None:
+def export(
+    model: Path,
+    out: Path,
+    data: Path | None,
+    arch: str | None,
+    trust_pickle: bool,
+    input_shape: str | None,
+    atol: float,
+) -> None:
     """Export MODEL to ONNX (dynamic batch), checked against torch on real inputs."""
     from edgekit import api
 
@@ -127,12 +149,22 @@ def export(model: Path, out: Path, data: Path | None, arch: str | None, trust_pi
         raise BadInputError("the output would overwrite the input model; choose another -o")
     with _progress(True) as step:
         step(f"exporting {model}")
-        res = api.export(model, out, data=data, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, atol=atol)
+        res = api.export(
+            model, out, data=data, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, atol=atol
+        )
     click.echo(f"{res.path}: opset {res.opset}, inputs {res.input_names}, max |torch − onnx| = {res.max_abs_err:.2e}")
 
 
-def _steps_from_flags(int8: bool, int8_dynamic: bool, fp16: bool, prune: str | None, distill: bool,
-                      student: str | None, qat: bool, runtimes: list[str]) -> list[object]:
+def _steps_from_flags(
+    int8: bool,
+    int8_dynamic: bool,
+    fp16: bool,
+    prune: str | None,
+    distill: bool,
+    student: str | None,
+    qat: bool,
+    runtimes: list[str],
+) -> list[object]:
     from edgekit.config import build_step
 
     steps: list[object] = []
@@ -176,42 +208,98 @@ def _budget(max_drop: float | None, min_top1: float | None, min_cosine: float | 
 @click.option("--student", default=None, help="module:factory of the student for --distill.")
 @click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning before export.")
 @click.option("--recipe", type=click.Path(path_type=Path), default=None, help="TOML recipe of steps to run.")
-@click.option("--save-recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the recipe this call runs, to re-run it with --recipe.")
+@click.option(
+    "--save-recipe",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the recipe this call runs, to re-run it with --recipe.",
+)
 @click.option("--data", type=click.Path(path_type=Path), default=None, help=".npz with x (and optional y).")
-@click.option("--calib", type=click.Choice(["data", "random"]), default="data", show_default=True,
-              help="'random' calibrates on generated inputs (directional figures only).")
-@click.option("--calib-data", type=click.Path(path_type=Path), default=None,
-              help=".npz used for calibration only (evaluation stays on the held-out data).")
+@click.option(
+    "--calib",
+    type=click.Choice(["data", "random"]),
+    default="data",
+    show_default=True,
+    help="'random' calibrates on generated inputs (directional figures only).",
+)
+@click.option(
+    "--calib-data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=".npz used for calibration only (evaluation stays on the held-out data).",
+)
 @click.option("--target", default=None, help="Deployment target, e.g. x86-openvino (see 'edgekit targets').")
-@click.option("--runtime", "runtimes", default="onnxruntime,openvino,tensorrt", show_default=True,
-              help="Runtimes to build INT8 variants for.")
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Bundle directory. Default: MODEL.bundle beside the model.")
+@click.option(
+    "--runtime",
+    "runtimes",
+    default="onnxruntime,openvino,tensorrt",
+    show_default=True,
+    help="Runtimes to build INT8 variants for.",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Bundle directory. Default: MODEL.bundle beside the model.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--seed", type=int, default=None, help="Seed for calibration sampling and fine-tuning (default 0).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--max-drop", type=float, default=None,
-              help="Accuracy budget in metric points (without labels: points of top-1 agreement); exit 3 if unmet.")
+@click.option(
+    "--max-drop",
+    type=float,
+    default=None,
+    help="Accuracy budget in metric points (without labels: points of top-1 agreement); exit 3 if unmet.",
+)
 @click.option("--min-top1", type=float, default=None, help="Fidelity budget without labels: top-1 agreement (0-1).")
 @click.option("--min-cosine", type=float, default=None, help="Fidelity budget without labels: cosine similarity.")
 @click.option("--min-sqnr", type=float, default=None, help="Fidelity budget: SQNR in dB vs fp32.")
 @click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes to time, e.g. 1,8.")
-@click.option("--time-budget", type=float, default=1.0, show_default=True, help="Seconds of timing per variant and batch.")
+@click.option(
+    "--time-budget", type=float, default=1.0, show_default=True, help="Seconds of timing per variant and batch."
+)
 @click.option("--arch", default=None, help="module:factory for a state_dict model file.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a whole pickled module (runs code from the file).")
 @click.option("--input-shape", default=None, help="Per-sample input shape(s) when the model file has none.")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-memory measurement (one subprocess per variant).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
-def compress(model: Path, int8: bool, int8_dynamic: bool, fp16: bool, prune: str | None, distill: bool,
-             student: str | None, qat: bool, recipe: Path | None, save_recipe: Path | None, data: Path | None,
-             calib: str, calib_data: Path | None, target: str | None, runtimes: str, out: Path | None, overwrite: bool, seed: int | None,
-             threads: int, max_drop: float | None, min_top1: float | None, min_cosine: float | None,
-             min_sqnr: float | None, batch: str, time_budget: float, arch: str | None,
-             trust_pickle: bool, input_shape: str | None, no_memory: bool, as_json: bool) -> None:
+def compress(
+    model: Path,
+    int8: bool,
+    int8_dynamic: bool,
+    fp16: bool,
+    prune: str | None,
+    distill: bool,
+    student: str | None,
+    qat: bool,
+    recipe: Path | None,
+    save_recipe: Path | None,
+    data: Path | None,
+    calib: str,
+    calib_data: Path | None,
+    target: str | None,
+    runtimes: str,
+    out: Path | None,
+    overwrite: bool,
+    seed: int | None,
+    threads: int,
+    max_drop: float | None,
+    min_top1: float | None,
+    min_cosine: float | None,
+    min_sqnr: float | None,
+    batch: str,
+    time_budget: float,
+    arch: str | None,
+    trust_pickle: bool,
+    input_shape: str | None,
+    no_memory: bool,
+    as_json: bool,
+) -> None:
     """Compress MODEL, export it, measure every variant and write a verified bundle."""
     from edgekit import api
-    from edgekit.config import Recipe, load_recipe, save_recipe as write_recipe
+    from edgekit.config import Recipe, load_recipe
+    from edgekit.config import save_recipe as write_recipe
 
     rts = [r.strip() for r in runtimes.split(",") if r.strip()]
     flag_steps = _steps_from_flags(int8, int8_dynamic, fp16, prune, distill, student, qat, rts)
@@ -230,10 +318,25 @@ def compress(model: Path, int8: bool, int8_dynamic: bool, fp16: bool, prune: str
         write_recipe(plan, save_recipe)
     with _progress(not as_json) as step:
         result = api.compress(
-            model, steps=plan.steps, data=data, calib=calib, calib_data=calib_data, target=plan.target, out=out, overwrite=overwrite,
-            seed=plan.seed, threads=threads, budget=_budget(plan.max_drop, min_top1, min_cosine, min_sqnr),
-            batches=_int_list(batch, "--batch"), time_budget_s=time_budget, arch=arch, trust_pickle=trust_pickle,
-            input_shape=input_shape, with_memory=not no_memory, command=_command_line(), progress=step,
+            model,
+            steps=plan.steps,
+            data=data,
+            calib=calib,
+            calib_data=calib_data,
+            target=plan.target,
+            out=out,
+            overwrite=overwrite,
+            seed=plan.seed,
+            threads=threads,
+            budget=_budget(plan.max_drop, min_top1, min_cosine, min_sqnr),
+            batches=_int_list(batch, "--batch"),
+            time_budget_s=time_budget,
+            arch=arch,
+            trust_pickle=trust_pickle,
+            input_shape=input_shape,
+            with_memory=not no_memory,
+            command=_command_line(),
+            progress=step,
         )
     _emit(result.report, result.report_path, as_json)
     if not as_json:
@@ -246,17 +349,35 @@ def compress(model: Path, int8: bool, int8_dynamic: bool, fp16: bool, prune: str
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--runtime", "runtimes", default=None, help="Runtimes to measure, e.g. ort,openvino (default: all in the bundle).")
+@click.option(
+    "--runtime", "runtimes", default=None, help="Runtimes to measure, e.g. ort,openvino (default: all in the bundle)."
+)
 @click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes, e.g. 1,8.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--time-budget", type=float, default=2.0, show_default=True, help="Seconds of timing per variant and batch.")
+@click.option(
+    "--time-budget", type=float, default=2.0, show_default=True, help="Seconds of timing per variant and batch."
+)
 @click.option("--max-drop", type=float, default=None, help="Override the bundle's accuracy budget.")
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Report directory. Default: BUNDLE/bench.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Report directory. Default: BUNDLE/bench.",
+)
 @click.option("--no-memory", is_flag=True, help="Skip the peak-memory measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
-def bench(bundle: Path, runtimes: str | None, batch: str, threads: int, time_budget: float,
-          max_drop: float | None, out: Path | None, no_memory: bool, as_json: bool) -> None:
+def bench(
+    bundle: Path,
+    runtimes: str | None,
+    batch: str,
+    threads: int,
+    time_budget: float,
+    max_drop: float | None,
+    out: Path | None,
+    no_memory: bool,
+    as_json: bool,
+) -> None:
     """Verify BUNDLE's hashes and measure its variants: latency, memory, size, accuracy, fidelity."""
     from edgekit import api
     from edgekit.benchmarks.gate import Budget
@@ -269,9 +390,18 @@ def bench(bundle: Path, runtimes: str | None, batch: str, threads: int, time_bud
 
         budget = Budget(**{**read(bundle, verify=False).budget, "max_drop": max_drop})
     with _progress(not as_json) as step:
-        report, path = api.bench(bundle, runtimes=rts, batches=_int_list(batch, "--batch"), threads=threads,
-                                 time_budget_s=time_budget, budget=budget, out=out, with_memory=not no_memory,
-                                 command=_command_line(), progress=step)
+        report, path = api.bench(
+            bundle,
+            runtimes=rts,
+            batches=_int_list(batch, "--batch"),
+            threads=threads,
+            time_budget_s=time_budget,
+            budget=budget,
+            out=out,
+            with_memory=not no_memory,
+            command=_command_line(),
+            progress=step,
+        )
     _emit(report, path, as_json)
 
 

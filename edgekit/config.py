@@ -18,10 +18,11 @@ technique = "int8"
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from edgekit.errors import BadInputError
 from edgekit.registry import LazyRegistry
@@ -107,7 +108,7 @@ def recipe_from_dict(d: dict[str, Any], *, origin: str = "recipe") -> Recipe:
         opts = dict(raw)
         steps.append(build_step(opts.pop("technique"), opts))
     if not steps:
-        raise BadInputError(f"{origin}: no [[step]] tables; add at least one, e.g. [[step]] technique = \"int8\"")
+        raise BadInputError(f'{origin}: no [[step]] tables; add at least one, e.g. [[step]] technique = "int8"')
     return Recipe(steps=steps, seed=int(d.get("seed", 0)), target=d.get("target"), max_drop=d.get("max_drop"))
 
 

@@ -41,6 +41,4 @@ def require(module: str, *, package: str | None = None, extra: str | None = None
         return
     pkg = package or module
     how = f"pip install 'edgekit[{extra}]'" if extra else f"pip install {pkg}"
-    raise MissingDependencyError(
-        f"this needs the {pkg} package, which is not installed; install it with: {how}"
-    )
+    raise MissingDependencyError(f"this needs the {pkg} package, which is not installed; install it with: {how}")

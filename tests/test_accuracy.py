@@ -14,7 +14,10 @@ def test_classification_accuracy_in_percent() -> None:
 
 
 def test_binary_threshold_and_regression_r2() -> None:
-    assert primary_metric("binary", np.array([[0.9], [0.2], [0.6]]), np.array([1, 0, 0])) == ("accuracy", pytest.approx(66.666, abs=1e-2))
+    assert primary_metric("binary", np.array([[0.9], [0.2], [0.6]]), np.array([1, 0, 0])) == (
+        "accuracy",
+        pytest.approx(66.666, abs=1e-2),
+    )
     y = np.array([1.0, 2.0, 3.0, 4.0])
     m = task_metrics("regression", y.reshape(-1, 1), y)
     assert m["r2"] == pytest.approx(1.0) and m["mae"] == 0.0
@@ -50,7 +53,9 @@ def test_gate_without_labels_uses_fidelity() -> None:
     assert "top-1 agreement" in judge(b, metric=None, metric_drop=None, fidelity={"top1_agreement": 0.9, "cosine": 1.0})
     assert "cosine" in judge(b, metric=None, metric_drop=None, fidelity={"top1_agreement": None, "cosine": 0.5})
     strict = Budget(min_top1_agreement=1.0, min_sqnr_db=80)
-    assert "SQNR" in judge(strict, metric=None, metric_drop=None, fidelity={"top1_agreement": 1.0, "cosine": 1.0, "sqnr_db": 40})
+    assert "SQNR" in judge(
+        strict, metric=None, metric_drop=None, fidelity={"top1_agreement": 1.0, "cosine": 1.0, "sqnr_db": 40}
+    )
 
 
 def test_budget_validation() -> None:

@@ -8,9 +8,13 @@ from edgekit.errors import BadInputError
 
 def test_recipe_roundtrip(tmp_path) -> None:
     recipe = Recipe(
-        steps=[build_step("prune", {"kind": "structured", "amount": 0.5}),
-               build_step("int8", {"runtimes": ["onnxruntime"], "exclude": ["conv1"]})],
-        seed=3, target="x86-openvino", max_drop=0.5,
+        steps=[
+            build_step("prune", {"kind": "structured", "amount": 0.5}),
+            build_step("int8", {"runtimes": ["onnxruntime"], "exclude": ["conv1"]}),
+        ],
+        seed=3,
+        target="x86-openvino",
+        max_drop=0.5,
     )
     path = save_recipe(recipe, tmp_path / "r.toml")
     text = path.read_text()

@@ -8,8 +8,11 @@ from edgekit.io.data import Dataset, load_npz, random_like, split
 
 
 def make(n: int = 10) -> Dataset:
-    return Dataset(inputs={"input": np.arange(n * 2, dtype=np.float32).reshape(n, 2)}, labels=np.arange(n) % 3,
-                   task="classification")
+    return Dataset(
+        inputs={"input": np.arange(n * 2, dtype=np.float32).reshape(n, 2)},
+        labels=np.arange(n) % 3,
+        task="classification",
+    )
 
 
 def test_split_is_seeded_disjoint_and_complete() -> None:

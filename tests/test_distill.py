@@ -71,8 +71,8 @@ def _ctx(splits: Any, tmp: Path, **overrides: Any) -> Context:
 
 
 @pytest.fixture(scope="module")
-def teacher() -> Any:
-    return zoo.train(NAME, seed=SEED)
+def teacher(trained) -> Any:
+    return trained(NAME)[0]  # trained once per session (tests/conftest.py), seed 0
 
 
 @pytest.fixture(scope="module")

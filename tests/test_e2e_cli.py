@@ -57,9 +57,18 @@ def report(bundle: Path) -> dict:
 def test_bundle_layout_and_manifest(bundle: Path) -> None:
     m = json.loads((bundle / "manifest.json").read_text())
     listed = {f["path"] for f in m["files"]}
-    for expected in ("model.fp32.onnx", "model.int8-static.onnx", "openvino/model.fp32.xml", "openvino/model.int8.xml",
-                     "openvino/model.int8.bin", "tensorrt/model.int8-qdq.onnx", "tensorrt/build.sh", "data/eval.npz",
-                     "report.json", "report.md"):
+    for expected in (
+        "model.fp32.onnx",
+        "model.int8-static.onnx",
+        "openvino/model.fp32.xml",
+        "openvino/model.int8.xml",
+        "openvino/model.int8.bin",
+        "tensorrt/model.int8-qdq.onnx",
+        "tensorrt/build.sh",
+        "data/eval.npz",
+        "report.json",
+        "report.md",
+    ):
         assert expected in listed, f"{expected} missing from {sorted(listed)}"
     assert m["calibration"]["n"] > 0 and len(m["calibration"]["sha256"]) == 64
     assert m["toolchain"]["onnxruntime"] and m["toolchain"]["openvino"] and m["toolchain"]["nncf"]
@@ -90,8 +99,22 @@ def test_report_has_int8_on_both_runtimes_with_figures(bundle: Path) -> None:
 
 
 def test_bench_json_and_batches(bundle: Path, tmp_path: Path) -> None:
-    code, out, err = invoke(["bench", str(bundle), "--runtime", "ort,openvino", "--batch", "1,4", "--time-budget", "0.2",
-                             "--json", "--no-memory", "-o", str(tmp_path / "b")])
+    code, out, err = invoke(
+        [
+            "bench",
+            str(bundle),
+            "--runtime",
+            "ort,openvino",
+            "--batch",
+            "1,4",
+            "--time-budget",
+            "0.2",
+            "--json",
+            "--no-memory",
+            "-o",
+            str(tmp_path / "b"),
+        ]
+    )
     assert code == 0, err
     r = json.loads(out)
     runtimes = {v["runtime"] for v in r["variants"]}
@@ -127,8 +150,22 @@ def test_constant_calibration_is_rejected_by_the_gate(digits: Path, tmp_path: Pa
     const = tmp_path / "const.npz"
     np.savez(const, x=np.full((64, 1, 28, 28), 1.0, dtype=np.float32))
     out = tmp_path / "bad.bundle"
-    code, _, err = invoke(["compress", str(digits), "--int8", "--runtime", "onnxruntime", "--calib-data", str(const),
-                           "-o", str(out), "--time-budget", "0.1", "--no-memory"])
+    code, _, err = invoke(
+        [
+            "compress",
+            str(digits),
+            "--int8",
+            "--runtime",
+            "onnxruntime",
+            "--calib-data",
+            str(const),
+            "-o",
+            str(out),
+            "--time-budget",
+            "0.1",
+            "--no-memory",
+        ]
+    )
     assert code == 0, err
     r = report(out)
     bad = next(v for v in r["variants"] if v["name"] == "ort-int8-static")

@@ -4,10 +4,10 @@ same bundle (identical artifact hashes for the same seed)."""
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +53,19 @@ def test_recipe_runs_and_save_recipe_reproduces_the_bundle(trained, tmp_path: Pa
     recipe.write_text(RECIPE)
     saved = tmp_path / "saved.toml"
     opts = ["--time-budget", "0.05", "--no-memory"]
-    code, err = invoke(["compress", str(model), "--recipe", str(recipe), "--save-recipe", str(saved),
-                        "-o", str(tmp_path / "first"), *opts])
+    code, err = invoke(
+        [
+            "compress",
+            str(model),
+            "--recipe",
+            str(recipe),
+            "--save-recipe",
+            str(saved),
+            "-o",
+            str(tmp_path / "first"),
+            *opts,
+        ]
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "first" / "report.json").read_text())
     assert {"prune", "distill", "quantize:int8"} <= set(report["techniques"])
@@ -76,8 +87,19 @@ def test_recipe_runs_and_save_recipe_reproduces_the_bundle(trained, tmp_path: Pa
 
 def test_cli_flags_save_the_equivalent_recipe(tmp_path: Path) -> None:
     saved = tmp_path / "r.toml"
-    code, _ = invoke(["compress", str(tmp_path / "missing.pt"), "--prune", "unstructured:0.9", "--int8",
-                      "--max-drop", "0.5", "--save-recipe", str(saved)])
+    code, _ = invoke(
+        [
+            "compress",
+            str(tmp_path / "missing.pt"),
+            "--prune",
+            "unstructured:0.9",
+            "--int8",
+            "--max-drop",
+            "0.5",
+            "--save-recipe",
+            str(saved),
+        ]
+    )
     assert code == 2  # the model does not exist, but the recipe of the call was written first
     data = tomllib.loads(saved.read_text())
     assert data["max_drop"] == 0.5

@@ -30,8 +30,13 @@ def invoke(args: list[str]) -> tuple[int, str]:
 class WineNet(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Linear(13, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128),
-                                        torch.nn.ReLU(), torch.nn.Linear(128, 3))
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(13, 128),
+            torch.nn.ReLU(),
+            torch.nn.Linear(128, 128),
+            torch.nn.ReLU(),
+            torch.nn.Linear(128, 3),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -57,8 +62,16 @@ def user_model(tmp_path_factory) -> tuple[Path, Path, Path]:
     onnx_path = d / "wine.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (xt[:2],), str(onnx_path), input_names=["features"], output_names=["logits"],
-                          dynamic_axes={"features": {0: "n"}, "logits": {0: "n"}}, dynamo=False, opset_version=17)
+        torch.onnx.export(
+            net,
+            (xt[:2],),
+            str(onnx_path),
+            input_names=["features"],
+            output_names=["logits"],
+            dynamic_axes={"features": {0: "n"}, "logits": {0: "n"}},
+            dynamo=False,
+            opset_version=17,
+        )
     npz = d / "wine.npz"
     np.savez(npz, x=x, y=y.astype(np.int64))
     return ts, onnx_path, npz
@@ -69,8 +82,9 @@ def test_compress_user_model_with_npz(user_model, kind: str, tmp_path: Path) -> 
     ts, onnx_path, npz = user_model
     model = ts if kind == "torchscript" else onnx_path
     out = tmp_path / "b"
-    code, err = invoke(["compress", str(model), "--int8", "--data", str(npz), "-o", str(out), "--time-budget", "0.1",
-                        "--no-memory"])
+    code, err = invoke(
+        ["compress", str(model), "--int8", "--data", str(npz), "-o", str(out), "--time-budget", "0.1", "--no-memory"]
+    )
     assert code == 0, err
     r = json.loads((out / "report.json").read_text())
     assert r["model"]["task"] == "classification"
@@ -94,8 +108,22 @@ def test_user_model_without_data_is_refused(user_model, tmp_path: Path) -> None:
 def test_random_calibration_is_marked_directional(user_model, tmp_path: Path) -> None:
     _, onnx_path, _ = user_model
     out = tmp_path / "b"
-    code, err = invoke(["compress", str(onnx_path), "--int8", "--calib", "random", "--runtime", "onnxruntime",
-                        "-o", str(out), "--time-budget", "0.1", "--no-memory"])
+    code, err = invoke(
+        [
+            "compress",
+            str(onnx_path),
+            "--int8",
+            "--calib",
+            "random",
+            "--runtime",
+            "onnxruntime",
+            "-o",
+            str(out),
+            "--time-budget",
+            "0.1",
+            "--no-memory",
+        ]
+    )
     assert code == 0, err
     r = json.loads((out / "report.json").read_text())
     assert any("directional" in w for w in r["warnings"])

@@ -13,8 +13,12 @@ def make_bundle(tmp_path):
     (root / "openvino").mkdir(parents=True)
     (root / "model.fp32.onnx").write_bytes(b"\x08\x07fake-onnx")
     (root / "openvino" / "model.int8.xml").write_text("<net/>")
-    m = mf.Manifest(source={"path": "m.pt", "sha256": "ab"}, recipe={"seed": 0, "step": []},
-                    calibration={"sha256": "cd", "n": 10, "seed": 0}, target="x86-openvino")
+    m = mf.Manifest(
+        source={"path": "m.pt", "sha256": "ab"},
+        recipe={"seed": 0, "step": []},
+        calibration={"sha256": "cd", "n": 10, "seed": 0},
+        target="x86-openvino",
+    )
     m.add_files(root, [p for p in root.rglob("*") if p.is_file()])
     mf.write(root, m)
     return root
@@ -25,7 +29,18 @@ def test_roundtrip_and_hashes(tmp_path) -> None:
     m = mf.read(root)
     assert {f.path for f in m.files} == {"model.fp32.onnx", "openvino/model.int8.xml"}
     data = json.loads((root / "manifest.json").read_text())
-    for key in ("schema", "edgekit_version", "created", "source", "recipe", "calibration", "target", "toolchain", "files", "report"):
+    for key in (
+        "schema",
+        "edgekit_version",
+        "created",
+        "source",
+        "recipe",
+        "calibration",
+        "target",
+        "toolchain",
+        "files",
+        "report",
+    ):
         assert key in data
     assert data["toolchain"]["edgekit"]
 

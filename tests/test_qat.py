@@ -47,8 +47,8 @@ def _layers(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def trained() -> Any:
-    return zoo.train(NAME, seed=SEED)
+def reference(trained) -> Any:
+    return trained(NAME)[0]  # trained once per session (tests/conftest.py), seed 0
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +58,12 @@ def splits() -> Any:
 
 @pytest.fixture(scope="module")
 def qat_run(
-    trained: Any, splits: Any, tmp_path_factory: pytest.TempPathFactory
+    reference: Any, splits: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[nn.Module, Context]:
     ctx = _ctx(splits, tmp_path_factory.mktemp("qat"))
     stage, handler = handler_for(QatConfig())
     assert stage == "model"
-    return handler(QatConfig(), trained.module, ctx), ctx
+    return handler(QatConfig(), reference.module, ctx), ctx
 
 
 def _ov_int8_layers(xml_or_onnx: Path) -> dict[str, set[str]]:
@@ -82,7 +82,7 @@ def _ov_int8_layers(xml_or_onnx: Path) -> dict[str, set[str]]:
 
 @pytest.mark.slow
 def test_qat_onnx_is_qdq_int8_and_accurate_in_onnxruntime_and_openvino(
-    qat_run: tuple[nn.Module, Context], trained: Any, splits: Any, tmp_path: Path
+    qat_run: tuple[nn.Module, Context], reference: Any, splits: Any, tmp_path: Path
 ) -> None:
     import onnxruntime as ort
     import openvino as ov
@@ -107,7 +107,7 @@ def test_qat_onnx_is_qdq_int8_and_accurate_in_onnxruntime_and_openvino(
     assert any(n.op_type == "QuantizeLinear" and n.input[0] == "input" for n in graph.node)
     assert not [t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) > 1]
 
-    fp32 = trained.value
+    fp32 = reference.value
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     ort_acc = task_metrics("classification", session.run(None, {"input": x})[0], test.labels)[
         "accuracy"
@@ -129,11 +129,11 @@ def test_qat_onnx_is_qdq_int8_and_accurate_in_onnxruntime_and_openvino(
 
 @pytest.mark.slow
 def test_qat_fine_tune_changes_weights_and_records_what_it_did(
-    qat_run: tuple[nn.Module, Context], trained: Any
+    qat_run: tuple[nn.Module, Context], reference: Any
 ) -> None:
     module, ctx = qat_run
-    assert is_qat_module(module) and not is_qat_module(trained.module)
-    before, after = _layers(trained.module), _layers(module)
+    assert is_qat_module(module) and not is_qat_module(reference.module)
+    before, after = _layers(reference.module), _layers(module)
     assert set(before) == set(after) and len(before) == 5
     for name in before:
         delta = float((after[name] - before[name]).abs().max())
@@ -147,10 +147,10 @@ def test_qat_fine_tune_changes_weights_and_records_what_it_did(
     assert record["weight_change"]["qat_vs_ptq"] > 1e-3
     metric = record["metric"]
     assert metric["name"] == "accuracy"
-    assert metric["fp32"] == pytest.approx(trained.value)
+    assert metric["fp32"] == pytest.approx(reference.value)
     assert metric["fp32"] - metric["qat"] <= 1.0
     # The input module is left untouched.
-    assert zoo.evaluate(trained.module, ctx.eval)["accuracy"] == pytest.approx(trained.value)
+    assert zoo.evaluate(reference.module, ctx.eval)["accuracy"] == pytest.approx(reference.value)
 
 
 class _Unsquashed(nn.Module):

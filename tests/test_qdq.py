@@ -18,10 +18,15 @@ def _qdq_matmul() -> onnx.ModelProto:
         helper.make_node("MatMul", ["x", "wd"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "s"),
-         numpy_helper.from_array(np.zeros(4, np.int8), "zp")],
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(scale, "s"),
+            numpy_helper.from_array(np.zeros(4, np.int8), "zp"),
+        ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 

@@ -24,7 +24,9 @@ class Budget:
 
     def __post_init__(self) -> None:
         if self.max_drop is not None and self.max_drop < 0:
-            raise BadInputError(f"--max-drop must be >= 0 (got {self.max_drop}); it is the allowed loss in metric points")
+            raise BadInputError(
+                f"--max-drop must be >= 0 (got {self.max_drop}); it is the allowed loss in metric points"
+            )
         if not 0.0 <= self.min_top1_agreement <= 1.0:
             raise BadInputError("top-1 agreement threshold must be between 0 and 1")
         if not -1.0 <= self.min_cosine <= 1.0:

@@ -81,8 +81,15 @@ def measure(
     outputs: dict[str, np.ndarray] = {}
     for c in candidates:
         rows[c.name] = VariantRow(
-            name=c.name, runtime=c.runtime, precision=c.precision, techniques=list(c.techniques),
-            artifact=c.artifact, size_bytes=c.size_bytes, params=c.params, sparsity=c.sparsity, notes=list(c.notes),
+            name=c.name,
+            runtime=c.runtime,
+            precision=c.precision,
+            techniques=list(c.techniques),
+            artifact=c.artifact,
+            size_bytes=c.size_bytes,
+            params=c.params,
+            sparsity=c.sparsity,
+            notes=list(c.notes),
         )
         reason = _cannot_run(c.runtime)
         if reason:
@@ -163,7 +170,9 @@ def _speedups(rows: dict[str, VariantRow], baseline: str) -> None:
 
 def recommend(rows: Sequence[VariantRow], runtime: str | None) -> tuple[str | None, str]:
     """The fastest deployable, measured variant on the target's runtime (smaller file on a tie)."""
-    pool = [r for r in rows if r.deployable and r.measured and r.latency_ms and (runtime is None or r.runtime == runtime)]
+    pool = [
+        r for r in rows if r.deployable and r.measured and r.latency_ms and (runtime is None or r.runtime == runtime)
+    ]
     if not pool:
         pool_any = [r for r in rows if r.deployable and r.measured and r.latency_ms]
         if not pool_any:
@@ -178,8 +187,15 @@ def recommend(rows: Sequence[VariantRow], runtime: str | None) -> tuple[str | No
     return best.name, reason
 
 
-def fill(report: Report, candidates: Sequence[Candidate], data: Dataset, *, target_runtime: str | None,
-         budget: Budget, **measure_options: Any) -> None:
+def fill(
+    report: Report,
+    candidates: Sequence[Candidate],
+    data: Dataset,
+    *,
+    target_runtime: str | None,
+    budget: Budget,
+    **measure_options: Any,
+) -> None:
     """Measure ``candidates`` (the first is the fp32 baseline) into ``report``: rows, the
     recommendation for ``target_runtime``, and a warning for every variant slower than fp32."""
     rows = measure(candidates, data, baseline=candidates[0].name, budget=budget, **measure_options)

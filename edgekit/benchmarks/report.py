@@ -92,8 +92,12 @@ def machine_info(threads: int) -> dict[str, Any]:
 
     info = machine()
     return {
-        "cpu": cpu_name(), "cores": os.cpu_count() or 1, "threads_used": threads, "arch": platform.machine(),
-        "isa": info["isa"], "python": platform.python_version(),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count() or 1,
+        "threads_used": threads,
+        "arch": platform.machine(),
+        "isa": info["isa"],
+        "python": platform.python_version(),
     }
 
 
@@ -120,27 +124,50 @@ def table_rows(report: Report) -> list[list[str]]:
             verdict += " (no faster than fp32 here)"
         if r.name == report.recommended:
             verdict += " ← recommended"
-        out.append([
-            r.name, r.runtime, r.precision,
-            _fmt(lat.get("p50")), _fmt(lat.get("p99")),
-            _fmt(r.speedup_vs_fp32_same_runtime, ".2f"),
-            "—" if r.size_bytes is None else f"{r.size_bytes / 1024:.0f}",
-            metric, _fmt(r.metric_drop, "+.2f"),
-            _fmt(fid.get("top1_agreement"), ".4f"), _fmt(fid.get("sqnr_db"), ".1f"),
-            verdict,
-        ])
+        out.append(
+            [
+                r.name,
+                r.runtime,
+                r.precision,
+                _fmt(lat.get("p50")),
+                _fmt(lat.get("p99")),
+                _fmt(r.speedup_vs_fp32_same_runtime, ".2f"),
+                "—" if r.size_bytes is None else f"{r.size_bytes / 1024:.0f}",
+                metric,
+                _fmt(r.metric_drop, "+.2f"),
+                _fmt(fid.get("top1_agreement"), ".4f"),
+                _fmt(fid.get("sqnr_db"), ".1f"),
+                verdict,
+            ]
+        )
     return out
 
 
-HEADER = ["variant", "runtime", "prec", "p50 ms", "p99 ms", "× fp32", "KiB", "metric", "drop", "top1 agr", "SQNR dB", "verdict"]
+HEADER = [
+    "variant",
+    "runtime",
+    "prec",
+    "p50 ms",
+    "p99 ms",
+    "× fp32",
+    "KiB",
+    "metric",
+    "drop",
+    "top1 agr",
+    "SQNR dB",
+    "verdict",
+]
 
 
 def to_markdown(report: Report) -> str:
-    lines = [f"# edgekit report\n", f"`{report.command}`\n"]
+    lines = ["# edgekit report\n", f"`{report.command}`\n"]
     m = report.model
-    lines.append(f"Model: `{m.get('source')}` (sha256 {str(m.get('sha256', ''))[:12]}…, task {m.get('task')}, {m.get('params')} params)  ")
+    sha = str(m.get("sha256", ""))[:12]
+    lines.append(f"Model: `{m.get('source')}` (sha256 {sha}…, task {m.get('task')}, {m.get('params')} params)  ")
     mc = report.machine
-    lines.append(f"Machine: {mc.get('cpu')}, {mc.get('cores')} cores, {mc.get('threads_used')} thread(s) used, ISA {', '.join(mc.get('isa', []))}  ")
+    isa = ", ".join(mc.get("isa", []))
+    threads = mc.get("threads_used")
+    lines.append(f"Machine: {mc.get('cpu')}, {mc.get('cores')} cores, {threads} thread(s) used, ISA {isa}  ")
     if report.data:
         lines.append(f"Data: {report.data}  ")
     lines.append(f"Gate: {report.budget}\n")
@@ -149,8 +176,11 @@ def to_markdown(report: Report) -> str:
     for row in table_rows(report):
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
-    lines.append("Latency at batch " + str((report.baseline.latency_ms or {}).get("batch", 1) if report.baseline else 1)
-                 + ": median of interleaved runs; `× fp32` = fp32 p50 / variant p50 on the same runtime (>1 is faster).")
+    lines.append(
+        "Latency at batch "
+        + str((report.baseline.latency_ms or {}).get("batch", 1) if report.baseline else 1)
+        + ": median of interleaved runs; `× fp32` = fp32 p50 / variant p50 on the same runtime (>1 is faster)."
+    )
     if report.recommended:
         lines.append(f"\n**Recommended:** `{report.recommended}` — {report.recommendation_reason}")
     for r in report.rows():
@@ -181,7 +211,9 @@ def plot(report: Report, path: Path) -> Path | None:
         assert r.latency_ms is not None and r.metric is not None
         marker = "o" if r.deployable else "x"
         ax.scatter(r.latency_ms["p50"], r.metric["value"], c=colours.get(r.runtime, "gray"), marker=marker, s=60)
-        ax.annotate(r.name, (r.latency_ms["p50"], r.metric["value"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            r.name, (r.latency_ms["p50"], r.metric["value"]), fontsize=8, xytext=(4, 4), textcoords="offset points"
+        )
     ax.set_xlabel(f"p50 latency (ms), batch {rows[0].latency_ms['batch']}")  # type: ignore[index]
     ax.set_ylabel(rows[0].metric["name"])  # type: ignore[index]
     ax.set_title("edgekit: latency vs metric (x = rejected by the gate)")
@@ -212,7 +244,7 @@ def print_table(report: Report) -> None:
     table = Table(title=f"edgekit — {report.model.get('source')}", show_lines=False)
     for h in HEADER:
         table.add_column(h, overflow="fold")
-    for r, cells in zip(report.rows(), table_rows(report)):
+    for r, cells in zip(report.rows(), table_rows(report), strict=True):
         style = None if r.deployable and r.measured else "red" if not r.deployable else "dim"
         if r.slower_than_fp32:
             style = "yellow"

@@ -91,7 +91,9 @@ def read(root: str | Path, *, verify: bool = True) -> Manifest:
     except (ValueError, TypeError) as exc:
         raise IntegrityError(f"{path} is not a valid manifest ({exc}); rebuild the bundle") from exc
     if manifest.schema > SCHEMA:
-        raise BadInputError(f"{path} has schema {manifest.schema}, newer than this edgekit reads ({SCHEMA}); upgrade edgekit")
+        raise BadInputError(
+            f"{path} has schema {manifest.schema}, newer than this edgekit reads ({SCHEMA}); upgrade edgekit"
+        )
     if verify:
         verify_files(root, manifest)
     return manifest
@@ -101,8 +103,11 @@ def verify_files(root: Path, manifest: Manifest) -> None:
     for entry in manifest.files:
         p = root / entry.path
         if not p.is_file():
-            raise IntegrityError(f"bundle file {entry.path} is missing; the bundle is incomplete — rebuild or re-ship it")
+            raise IntegrityError(
+                f"bundle file {entry.path} is missing; the bundle is incomplete — rebuild or re-ship it"
+            )
         if p.stat().st_size != entry.size or sha256_file(p) != entry.sha256:
             raise IntegrityError(
-                f"bundle file {entry.path} does not match its SHA-256 in {MANIFEST}; it was altered or corrupted — rebuild or re-ship the bundle"
+                f"bundle file {entry.path} does not match its SHA-256 in {MANIFEST}; "
+                "it was altered or corrupted — rebuild or re-ship the bundle"
             )

@@ -424,44 +424,25 @@ def trt_int8_qdq(
 
 
 def check_trt_qdq(onnx_path: Path | str) -> dict[str, int]:
-    """Check that an ONNX is an explicit-quantization model TensorRT's parser accepts.
+    """Check that an ONNX is an explicit-quantization model TensorRT's parser accepts: the
+    Q/DQ rules of :func:`edgekit.runtimes.tensorrt.check_trt_qdq` (int8 zero points of 0, no
+    int32 biases, constant scales) and no operator-oriented (QLinear*) or integer ops. Returns
+    the Q and DQ counts; raises :class:`IntegrityError` naming the problems."""
+    from edgekit.runtimes.tensorrt import check_trt_qdq as qdq_problems
 
-    Every QuantizeLinear/DequantizeLinear must have an int8 zero point equal to 0, every
-    dequantized constant must be int8 (no int32 biases), and no operator-oriented (QLinear*)
-    or integer ops may appear. Returns the Q and DQ counts; raises :class:`IntegrityError`
-    naming the offending nodes.
-    """
-    from onnx import numpy_helper
-
-    model = _load(onnx_path)
-    consts = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute:
-            consts[node.output[0]] = node.attribute[0].t
-    counts = Counter(n.op_type for n in model.graph.node)
-    problems: list[str] = []
-    for node in model.graph.node:
-        if node.op_type.startswith("QLinear") or node.op_type in INTEGER_OPS:
-            problems.append(f"{node.name}: {node.op_type} is not supported by TensorRT")
-        if node.op_type not in QDQ_OPS:
-            continue
-        if len(node.input) < 3 or node.input[2] not in consts:
-            problems.append(f"{node.name}: no constant zero point (TensorRT needs an int8 zero)")
-            continue
-        zp = numpy_helper.to_array(consts[node.input[2]])
-        if zp.dtype != np.int8:
-            problems.append(f"{node.name}: zero point is {zp.dtype}, TensorRT needs int8")
-        elif np.any(zp != 0):
-            problems.append(f"{node.name}: zero point is not 0 (TensorRT needs symmetric)")
-        if node.op_type == "DequantizeLinear" and node.input[0] in consts:
-            data = numpy_helper.to_array(consts[node.input[0]])
-            if data.dtype != np.int8:
-                problems.append(f"{node.name}: dequantizes {data.dtype}, TensorRT takes int8 only")
+    problems = qdq_problems(onnx_path)
+    nodes = _load(onnx_path).graph.node
+    problems += [
+        f"{n.name}: {n.op_type} is not supported by TensorRT"
+        for n in nodes
+        if n.op_type.startswith("QLinear") or n.op_type in INTEGER_OPS
+    ]
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise IntegrityError(
             f"{onnx_path} is not a valid TensorRT Q/DQ model: {'; '.join(problems[:5])}{more}"
         )
+    counts = Counter(n.op_type for n in nodes)
     return {op: counts[op] for op in QDQ_OPS}
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+import tomllib
 
 from edgekit.errors import BadInputError
 
@@ -40,8 +41,13 @@ def profiles() -> dict[str, DeviceProfile]:
         if entry.name.endswith(".toml"):
             d = tomllib.loads(entry.read_text())
             out[d["name"]] = DeviceProfile(
-                name=d["name"], arch=d["arch"], runtimes=tuple(d["runtimes"]), precisions=tuple(d["precisions"]),
-                cores=int(d["cores"]), memory_gb=float(d["memory_gb"]), notes=d.get("notes", ""),
+                name=d["name"],
+                arch=d["arch"],
+                runtimes=tuple(d["runtimes"]),
+                precisions=tuple(d["precisions"]),
+                cores=int(d["cores"]),
+                memory_gb=float(d["memory_gb"]),
+                notes=d.get("notes", ""),
             )
     return dict(sorted(out.items()))
 

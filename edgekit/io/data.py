@@ -37,9 +37,7 @@ class Dataset:
         if len(set(lengths.values())) != 1:
             raise BadInputError(f"data set {self.name!r}: inputs have different sample counts {lengths}")
         if self.labels is not None and len(self.labels) != len(self):
-            raise BadInputError(
-                f"data set {self.name!r}: {len(self.labels)} labels for {len(self)} samples"
-            )
+            raise BadInputError(f"data set {self.name!r}: {len(self.labels)} labels for {len(self)} samples")
         if self.task not in TASKS:
             raise BadInputError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
 
@@ -66,10 +64,7 @@ class Dataset:
 
     def batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
         """Feeds of ``batch_size`` consecutive samples (the last one may be smaller)."""
-        return [
-            {k: v[i : i + batch_size] for k, v in self.inputs.items()}
-            for i in range(0, len(self), batch_size)
-        ]
+        return [{k: v[i : i + batch_size] for k, v in self.inputs.items()} for i in range(0, len(self), batch_size)]
 
     def feed_for(self, input_names: Sequence[str], index: slice | np.ndarray) -> dict[str, np.ndarray]:
         """A feed keyed by the model's own input names (a single unnamed ``x`` maps to the only input)."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from edgekit.errors import BadInputError
 from edgekit.registry import import_object
 from edgekit.zoo.datasets import TEXT_CLASSES, TEXT_LENGTH, Splits, load_data
-from edgekit.zoo.train import (
+from edgekit.zoo.training import (
     META_FILE,
     TrainResult,
     evaluate,

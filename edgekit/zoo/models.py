@@ -51,7 +51,7 @@ class HouseRegressor(nn.Module):
     """A small MLP whose output ``(N, 1)`` is in the target's own units.
 
     The network predicts a standardized target; the buffers ``target_mean`` and ``target_std``
-    (set from the training split by ``edgekit.zoo.train``, saved in the ``state_dict``) map it back.
+    (set from the training split by ``edgekit.zoo.training``, saved in the ``state_dict``) map it back.
     """
 
     target_mean: torch.Tensor

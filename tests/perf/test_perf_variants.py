@@ -52,8 +52,12 @@ def _runner(bundle: Path, artifact: str, runtime: str, batch: int):
     return cycle(rt, feeds)
 
 
-DIGITS = [("model.fp32.onnx", "onnxruntime"), ("model.int8-static.onnx", "onnxruntime"),
-          ("openvino/model.fp32.xml", "openvino"), ("openvino/model.int8.xml", "openvino")]
+DIGITS = [
+    ("model.fp32.onnx", "onnxruntime"),
+    ("model.int8-static.onnx", "onnxruntime"),
+    ("openvino/model.fp32.xml", "openvino"),
+    ("openvino/model.int8.xml", "openvino"),
+]
 
 
 @pytest.mark.parametrize("batch", [1, 8])
