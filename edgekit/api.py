@@ -238,6 +238,23 @@ def _run_model_steps(
     return labels, path, []
 
 
+def _model_step_notes(records: dict[str, Any]) -> list[str]:
+    """What the torch-level techniques bought, in words, for the transformed model's row."""
+    notes = []
+    prune = records.get("prune") or {}
+    if prune.get("runtime_benefit"):
+        notes.append(f"pruning ({prune.get('label')}): {prune['runtime_benefit']}")
+    distill = records.get("distill") or {}
+    if distill:
+        g = {k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in distill.items()}
+        notes.append(
+            f"distilled student: {g.get('student_kd_metric')} with the teacher vs {g.get('student_alone_metric')} "
+            f"trained alone on the same data and epochs (teacher {g.get('teacher_metric')}, "
+            f"{g.get('param_ratio')}× its parameters)"
+        )
+    return notes
+
+
 def _technique(config: object) -> str:
     from edgekit.config import technique_name
 
@@ -406,6 +423,7 @@ def compress(
                         params=model_params(transformed),
                         sparsity=_onnx_sparsity(transformed),
                         artifact=transformed.name,
+                        notes=_model_step_notes(ctx.records),
                     )
                 )
             for v in qat_made:

@@ -101,6 +101,10 @@ def machine_info(threads: int) -> dict[str, Any]:
     }
 
 
+def _scalar(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "—" if x is None else format(x, spec)
 
@@ -187,9 +191,11 @@ def to_markdown(report: Report) -> str:
         for note in r.notes:
             lines.append(f"- `{r.name}`: {note}")
     if report.techniques:
-        lines.append("\n## Techniques\n")
+        lines.append("\n## Techniques (scalar facts; everything is in report.json)\n")
         for name, facts in report.techniques.items():
-            lines.append(f"- **{name}**: `{json.dumps(facts, default=_json_default)}`")
+            flat = facts if isinstance(facts, dict) else {"value": facts}
+            shown = {k: v for k, v in flat.items() if not isinstance(v, dict | list)}
+            lines.append(f"- **{name}**: " + "; ".join(f"{k} = {_scalar(v)}" for k, v in shown.items()))
     for w in report.warnings:
         lines.append(f"\n> warning: {w}")
     return "\n".join(lines) + "\n"

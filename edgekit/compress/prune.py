@@ -41,7 +41,7 @@ _TRAINABLE_TASKS = ("classification", "binary", "regression")
 
 RUNTIME_BENEFIT = {
     "unstructured": (
-        "no dense CPU runtime here (ONNX Runtime, OpenVINO on AVX2) skips zero weights: "
+        "neither ONNX Runtime nor OpenVINO skips zero weights in dense CPU kernels: "
         "size shrinks only when compressed (gzip); latency unchanged"
     ),
     "structured": "channels physically removed: fewer parameters and FLOPs in the exported graph",
