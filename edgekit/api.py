@@ -389,6 +389,8 @@ def compress(
             task=task,
             budget=budget if budget.explicit else None,
             progress=progress,
+            baseline=fp32_path,
+            threads=threads,
         )
 
         model_labels: list[str] = []

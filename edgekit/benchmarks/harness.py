@@ -45,7 +45,7 @@ def _cannot_run(runtime: str) -> str | None:
 
         ok, _detail = gpu_available()
         if not ok:
-            return "needs an NVIDIA GPU: build the engine on the device (tensorrt/build.sh or 'edgekit build')"
+            return "needs an NVIDIA GPU; build it on the device (tensorrt/build.sh)"
     status = available().get(runtime)
     return None if status is True else str(status)
 

@@ -109,6 +109,19 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "—" if x is None else format(x, spec)
 
 
+def extra_batches(report: Report) -> list[str]:
+    """Batch sizes measured beyond the first (they get a p50 column each)."""
+    base = report.baseline
+    return list(base.latency_by_batch)[1:] if base else []
+
+
+def header(report: Report) -> list[str]:
+    first = (report.baseline.latency_ms or {}).get("batch", 1) if report.baseline else 1
+    cols = list(HEADER)
+    cols[3:6] = [f"p50 b{first}", f"p99 b{first}", "× fp32"]
+    return cols[:6] + [f"p50 b{b}" for b in extra_batches(report)] + cols[6:]
+
+
 def table_rows(report: Report) -> list[list[str]]:
     """One row of text per variant: the table printed by the CLI and written to report.md."""
     out = []
@@ -136,6 +149,7 @@ def table_rows(report: Report) -> list[list[str]]:
                 _fmt(lat.get("p50")),
                 _fmt(lat.get("p99")),
                 _fmt(r.speedup_vs_fp32_same_runtime, ".2f"),
+                *(_fmt((r.latency_by_batch.get(b) or {}).get("p50")) for b in extra_batches(report)),
                 "—" if r.size_bytes is None else f"{r.size_bytes / 1024:.0f}",
                 metric,
                 _fmt(r.metric_drop, "+.2f"),
@@ -175,15 +189,17 @@ def to_markdown(report: Report) -> str:
     if report.data:
         lines.append(f"Data: {report.data}  ")
     lines.append(f"Gate: {report.budget}\n")
-    lines.append("| " + " | ".join(HEADER) + " |")
-    lines.append("|" + "---|" * len(HEADER))
+    cols = header(report)
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "---|" * len(cols))
     for row in table_rows(report):
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines.append(
         "Latency at batch "
         + str((report.baseline.latency_ms or {}).get("batch", 1) if report.baseline else 1)
-        + ": median of interleaved runs; `× fp32` = fp32 p50 / variant p50 on the same runtime (>1 is faster)."
+        + " (b8 = batch 8, …): median of interleaved runs, in ms; `× fp32` = fp32 p50 / variant p50 at the first"
+        " batch on the same runtime (>1 is faster)."
     )
     if report.recommended:
         lines.append(f"\n**Recommended:** `{report.recommended}` — {report.recommendation_reason}")
@@ -248,14 +264,14 @@ def print_table(report: Report) -> None:
     from rich.table import Table
 
     table = Table(title=f"edgekit — {report.model.get('source')}", show_lines=False)
-    for h in HEADER:
+    for h in header(report):
         table.add_column(h, overflow="fold")
     for r, cells in zip(report.rows(), table_rows(report), strict=True):
         style = None if r.deployable and r.measured else "red" if not r.deployable else "dim"
         if r.slower_than_fp32:
             style = "yellow"
         table.add_row(*(escape(c) for c in cells), style=style)
-    console = Console(stderr=False, width=max(140, Console().width))
+    console = Console(stderr=False, width=max(170, Console().width))
     console.print(table)
     if report.recommended:
         console.print(f"recommended: [bold]{report.recommended}[/bold] — {escape(report.recommendation_reason or '')}")

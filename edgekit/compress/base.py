@@ -42,6 +42,8 @@ class Context:
     train: Dataset | None = None  # labelled training data, for fine-tuning (reference models, or --data with y)
     seed: int = 0
     task: str = "unknown"
+    baseline: Path | None = None  # the source model's fp32 ONNX, which the final gate compares against
+    threads: int = 1  # the threads the final measurement uses
     budget: Any = None  # edgekit.benchmarks.gate.Budget when the user set one (--max-drop …): techniques may
     # use it to search for a variant within budget (e.g. keep sensitive layers in float)
     records: dict[str, Any] = field(default_factory=dict)  # technique → measured facts for the report

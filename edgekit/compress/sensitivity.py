@@ -398,7 +398,9 @@ class BudgetSearch:
         self.budget: Budget = ctx.budget
         self.scratch = Path(ctx.workdir).resolve() / "budget-search"
         self.scratch.mkdir(parents=True, exist_ok=True)
-        self.evaluator = Evaluator(self.onnx, ctx.eval, self.budget)
+        # Judge against what the final gate compares with: the source model's fp32 (before any
+        # pruning or distillation), with the same threads.
+        self.evaluator = Evaluator(ctx.baseline or self.onnx, ctx.eval, self.budget, threads=ctx.threads)
         self.results: dict[str, FitResult] = {}
         self._rankings: dict[str, list[LayerScore]] = {}
         self._ranking_seconds: dict[str, float] = {}
