@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+.venv/bin/ruff check edgekit tests
 exec .venv/bin/python -m pytest -q "$@"

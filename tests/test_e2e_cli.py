@@ -173,3 +173,17 @@ def test_constant_calibration_is_rejected_by_the_gate(digits: Path, tmp_path: Pa
     assert r["recommended"] != "ort-int8-static"
     md = (out / "report.md").read_text()
     assert "REJECTED" in md
+
+
+def test_export_cli_checks_parity_and_keeps_a_dynamic_batch(digits: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    out = tmp_path / "digits.onnx"
+    code, stdout, err = invoke(["export", str(digits), "-o", str(out)])
+    assert code == 0, err
+    assert "max |torch − onnx|" in stdout and not list(tmp_path.glob("*.data"))
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch in (1, 7):
+        assert sess.run(None, {"input": np.zeros((batch, 1, 28, 28), np.float32)})[0].shape == (batch, 10)
+    code, _, err = invoke(["export", str(out), "-o", str(tmp_path / "again.onnx")])
+    assert code == 2 and "already ONNX" in err
