@@ -8,10 +8,9 @@ the fp32 baseline on held-out data before it can be recommended.
 from __future__ import annotations
 
 import dataclasses
-import shlex
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,9 @@ from edgekit.benchmarks.gate import Budget
 from edgekit.benchmarks.report import Report
 from edgekit.errors import BadInputError
 from edgekit.io.data import Dataset
+from edgekit.io.splits import infer_task, resolve_data
 
 Progress = Callable[[str], None]
-CALIB_SIZE = 300
-EVAL_FRACTION = 0.3
-RANDOM_SAMPLES = 256
 
 
 def _quiet(_msg: str) -> None:
@@ -41,104 +38,6 @@ def train(name: str, out: str | Path, *, seed: int = 0, epochs: int | None = Non
     result = zoo.train(name, seed=seed, epochs=epochs, threads=threads)
     zoo.save(result, Path(out))
     return result
-
-
-# -------------------------------------------------------------------------------------- data
-@dataclass
-class Splits:
-    train: Dataset | None
-    calib: Dataset
-    eval: Dataset
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def map(self, fn: Callable[[Dataset], Dataset]) -> Splits:
-        """The same splits with ``fn`` applied to each data set."""
-        train = None if self.train is None else fn(self.train)
-        return Splits(train=train, calib=fn(self.calib), eval=fn(self.eval), info=self.info)
-
-
-def _input_names(loaded: Any) -> list[str]:
-    return [s.name for s in loaded.inputs]
-
-
-def resolve_data(
-    loaded: Any, data: str | Path | None, calib: str, seed: int, calib_data: str | Path | None = None
-) -> Splits:
-    """Calibration and held-out evaluation data for ``loaded``.
-
-    Reference models use their own data set. A user model needs ``--data`` (an .npz) or
-    ``--calib random`` (generated samples: figures are then directional only). ``calib_data``
-    replaces the calibration samples only (evaluation stays on the held-out split).
-    """
-    splits = _resolve(loaded, data, calib, seed)
-    if calib_data is None:
-        return splits
-    from edgekit.io.data import load_npz
-
-    cal = load_npz(calib_data)
-    cal = Dataset(inputs=cal.bind(splits.calib.names), name=cal.name).head(CALIB_SIZE)
-    info = {**splits.info, "calib_source": str(calib_data), "calib_n": len(cal)}
-    return Splits(train=splits.train, calib=cal, eval=splits.eval, info=info)
-
-
-def _resolve(loaded: Any, data: str | Path | None, calib: str, seed: int) -> Splits:
-    from edgekit.io.data import load_npz, random_like, split
-
-    if calib not in ("data", "random"):
-        raise BadInputError(f"--calib must be 'data' or 'random' (got {calib!r})")
-    meta = loaded.meta or {}
-    if data is None and calib == "data" and meta.get("zoo"):
-        from edgekit import zoo
-
-        s = zoo.load_data(meta["zoo"], seed=int(meta.get("seed", 0)))
-        info = {"source": f"reference data set of {meta['zoo']}", "calib_n": len(s.calib), "eval_n": len(s.test)}
-        return Splits(train=s.train, calib=s.calib, eval=s.test, info=info)
-    if data is not None:
-        ds = load_npz(data)
-        names = _input_names(loaded) or (["input"] if len(ds.inputs) == 1 else list(ds.inputs))
-        ds = Dataset(inputs=ds.bind(names), labels=ds.labels, task=ds.task, name=ds.name)
-        if len(ds) < 4:
-            raise BadInputError(f"{data} has {len(ds)} samples; calibration and evaluation need at least 4")
-        train_part, eval_part = split(ds, [1 - EVAL_FRACTION, EVAL_FRACTION], seed)
-        calib_part = train_part.head(CALIB_SIZE)
-        info = {
-            "source": str(data),
-            "calib_n": len(calib_part),
-            "eval_n": len(eval_part),
-            "labels": ds.labels is not None,
-        }
-        return Splits(train=train_part if ds.labels is not None else None, calib=calib_part, eval=eval_part, info=info)
-    if calib == "random":
-        specs = loaded.inputs
-        if not specs or any(d is None for s in specs for d in s.shape):
-            raise BadInputError(
-                "--calib random needs fixed input shapes; pass --input-shape (e.g. 3x32x32) or use --data calib.npz"
-            )
-        shapes = {s.name: (tuple(int(d) for d in s.shape), np.dtype(s.dtype)) for s in specs}
-        cal = random_like(shapes, RANDOM_SAMPLES, seed)
-        ev = random_like(shapes, RANDOM_SAMPLES // 2, seed + 1)
-        info = {
-            "source": "random (directional only: figures do not predict real accuracy)",
-            "calib_n": len(cal),
-            "eval_n": len(ev),
-        }
-        return Splits(train=None, calib=cal, eval=ev, info=info)
-    raise BadInputError(
-        f"{loaded.path.name} is not a reference model: pass --data calib.npz (an 'x' array, optional 'y') "
-        "or --calib random (directional figures only)"
-    )
-
-
-def _infer_task(splits: Splits, outputs: np.ndarray, meta_task: str | None) -> str:
-    if meta_task:
-        return meta_task
-    labels = splits.eval.labels
-    if labels is None:
-        return "unknown"
-    width = int(np.prod(outputs.shape[1:])) if outputs.ndim > 1 else 1
-    if np.issubdtype(labels.dtype, np.integer):
-        return "binary" if width == 1 else "classification"
-    return "regression"
 
 
 # ------------------------------------------------------------------------------------- export
@@ -339,6 +238,7 @@ def compress(
     from edgekit.benchmarks import harness
     from edgekit.benchmarks.report import machine_info, write_all
     from edgekit.bundle import manifest as mf
+    from edgekit.bundle.tensorrt import write_build_script
     from edgekit.compress.base import Context, handler_for
     from edgekit.config import Recipe, recipe_to_dict
     from edgekit.devices.detect import default_target, target_runtime
@@ -378,7 +278,7 @@ def compress(
         from edgekit.runtimes import get_runtime
 
         probe = get_runtime("onnxruntime", threads=threads).load(fp32_path).run(splits.eval.head(2).inputs)[0]
-        task = _infer_task(splits, np.asarray(probe), (loaded.meta or {}).get("task"))
+        task = infer_task(splits, np.asarray(probe), (loaded.meta or {}).get("task"))
         splits = splits.map(lambda ds: dataclasses.replace(ds, task=task))
         ctx = Context(
             workdir=work,
@@ -464,7 +364,7 @@ def compress(
             )
         shutil.rmtree(work)
 
-        _write_tensorrt_build(root, [c for c in candidates if c.runtime == "tensorrt"])
+        write_build_script(root, [c for c in candidates if c.runtime == "tensorrt"])
 
         data_dir = root / "data"
         data_dir.mkdir()
@@ -567,55 +467,11 @@ def _save_npz(path: Path, ds: Dataset) -> None:
         np.savez(f, **arrays)
 
 
-def _trt_plan(variant: Any, root: Path) -> dict[str, Any]:
-    """How to build one TensorRT variant: precision flags and the optimization profile."""
-    from edgekit.runtimes.tensorrt import profile_shapes
-
-    path = root / variant["artifact"] if isinstance(variant, dict) else Path(variant.path)
-    precision = variant["precision"] if isinstance(variant, dict) else variant.precision
-    # An explicit Q/DQ graph runs INT8 where its Q/DQ nodes say; FP16 is allowed for the rest.
-    return {
-        "onnx": path,
-        "engine": path.with_suffix(".engine"),
-        "fp16": precision in ("fp16", "int8", "mixed"),
-        "int8": precision in ("int8", "mixed"),
-        "shapes": profile_shapes(path, min_batch=1, opt_batch=1, max_batch=32),
-    }
-
-
-def _write_tensorrt_build(root: Path, trt: Sequence[Any]) -> None:
-    if not trt:
-        return
-    from edgekit.runtimes.tensorrt import trtexec_command
-
-    lines = [
-        "#!/bin/sh",
-        "# Build TensorRT engines ON THE DEVICE (engines are tied to its GPU and TensorRT version).",
-        "# 'edgekit build BUNDLE' does the same through the TensorRT Python API.",
-        "set -e",
-        'cd "$(dirname "$0")"',
-    ]
-    for c in trt:
-        plan = _trt_plan(c, root)
-        cmd = trtexec_command(
-            Path(plan["onnx"].name),
-            Path(plan["engine"].name),
-            fp16=plan["fp16"],
-            int8=plan["int8"],
-            timing_cache=Path("timing.cache"),
-            shapes=plan["shapes"],
-        )
-        lines.append(" ".join(shlex.quote(str(x)) for x in cmd))
-    script = root / "tensorrt" / "build.sh"
-    script.parent.mkdir(exist_ok=True)
-    script.write_text("\n".join(lines) + "\n")
-    script.chmod(0o755)
-
-
 def build(bundle: str | Path, *, runtime: str = "tensorrt", progress: Progress = _quiet) -> list[Path]:
     """On the device: verify the bundle, then build a TensorRT engine for every TensorRT variant,
     sharing one timing cache (``tensorrt/timing.cache``) so rebuilds skip kernel timing."""
     from edgekit.bundle import manifest as mf
+    from edgekit.bundle.tensorrt import build_plan
     from edgekit.runtimes.tensorrt import build_engine
 
     if runtime != "tensorrt":
@@ -632,7 +488,7 @@ def build(bundle: str | Path, *, runtime: str = "tensorrt", progress: Progress =
         )
     engines = []
     for v in trt:
-        plan = _trt_plan(v, root)
+        plan = build_plan(v, root)
         progress(f"building {plan['engine'].name} (TensorRT, fp16={plan['fp16']}, int8={plan['int8']})")
         engines.append(
             build_engine(
