@@ -187,3 +187,16 @@ def test_export_cli_checks_parity_and_keeps_a_dynamic_batch(digits: Path, tmp_pa
         assert sess.run(None, {"input": np.zeros((batch, 1, 28, 28), np.float32)})[0].shape == (batch, 10)
     code, _, err = invoke(["export", str(out), "-o", str(tmp_path / "again.onnx")])
     assert code == 2 and "already ONNX" in err
+
+
+def test_tensorrt_part_of_the_bundle(bundle: Path) -> None:
+    from edgekit.runtimes.tensorrt import check_trt_qdq, gpu_available
+
+    script = (bundle / "tensorrt" / "build.sh").read_text()
+    assert "trtexec --onnx=model.int8-qdq.onnx" in script and "--int8" in script
+    assert "--minShapes=input:1x1x28x28" in script and "--maxShapes=input:32x1x28x28" in script
+    assert check_trt_qdq(bundle / "tensorrt" / "model.int8-qdq.onnx") == []  # symmetric int8, no int32 bias
+    if not gpu_available()[0]:
+        code, _, err = invoke(["build", str(bundle)])
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert "tensorrt" in err.lower()
