@@ -11,7 +11,7 @@ import contextlib
 import json
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,34 @@ def _emit(report: Any, path: Path, as_json: bool) -> None:
 
     print_table(report)
     click.echo(f"report: {path}")
+
+
+def measuring_options(time_budget: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options every measuring verb shares (threads, batch sizes, timing, memory, JSON)."""
+    options = [
+        click.option(
+            "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads each runtime may use."
+        ),
+        click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes to time, e.g. 1,8."),
+        click.option(
+            "--time-budget",
+            type=float,
+            default=time_budget,
+            show_default=True,
+            help="Seconds of timing per variant and batch.",
+        ),
+        click.option(
+            "--no-memory", is_flag=True, help="Skip the peak-memory measurement (a child process per variant)."
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout."),
+    ]
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -245,7 +273,6 @@ def _budget(max_drop: float | None, min_top1: float | None, min_cosine: float | 
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--seed", type=int, default=None, help="Seed for calibration sampling and fine-tuning (default 0).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
     "--max-drop",
     type=float,
@@ -255,15 +282,10 @@ def _budget(max_drop: float | None, min_top1: float | None, min_cosine: float | 
 @click.option("--min-top1", type=float, default=None, help="Fidelity budget without labels: top-1 agreement (0-1).")
 @click.option("--min-cosine", type=float, default=None, help="Fidelity budget without labels: cosine similarity.")
 @click.option("--min-sqnr", type=float, default=None, help="Fidelity budget: SQNR in dB vs fp32.")
-@click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes to time, e.g. 1,8.")
-@click.option(
-    "--time-budget", type=float, default=1.0, show_default=True, help="Seconds of timing per variant and batch."
-)
 @click.option("--arch", default=None, help="module:factory for a state_dict model file.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a whole pickled module (runs code from the file).")
 @click.option("--input-shape", default=None, help="Per-sample input shape(s) when the model file has none.")
-@click.option("--no-memory", is_flag=True, help="Skip the peak-memory measurement (one subprocess per variant).")
-@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
+@measuring_options(time_budget=1.0)
 def compress(
     model: Path,
     int8: bool,
@@ -352,11 +374,6 @@ def compress(
 @click.option(
     "--runtime", "runtimes", default=None, help="Runtimes to measure, e.g. ort,openvino (default: all in the bundle)."
 )
-@click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes, e.g. 1,8.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option(
-    "--time-budget", type=float, default=2.0, show_default=True, help="Seconds of timing per variant and batch."
-)
 @click.option("--max-drop", type=float, default=None, help="Override the bundle's accuracy budget.")
 @click.option(
     "-o",
@@ -365,8 +382,7 @@ def compress(
     default=None,
     help="Report directory. Default: BUNDLE/bench.",
 )
-@click.option("--no-memory", is_flag=True, help="Skip the peak-memory measurement.")
-@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
+@measuring_options(time_budget=2.0)
 def bench(
     bundle: Path,
     runtimes: str | None,
