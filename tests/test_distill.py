@@ -1,10 +1,11 @@
 """Knowledge distillation: the real digits-cnn (trained by edgekit.zoo) teaches a smaller student.
 
-On scikit-learn digits the student trained without the teacher is about as accurate as the
-distilled one: over seeds 0..2 the distilled student was 0.6 points below to 0.3 points above it,
-i.e. within two of the 359 test images. So the accuracy comparison is asserted within one point,
-and what the teacher adds is asserted where it is measurable: the distilled student's outputs
-follow the teacher's (KD distance) several times more closely than the student trained alone.
+On scikit-learn digits a student of a fifth of the size matches its teacher without help: with the
+default settings (the same shifted batches for both students) over seeds 0..2 the distilled student
+was 0.83 points below to 0.28 above the same student trained alone, i.e. within three of the 359
+test images, and level with or above its teacher. So the accuracy comparison is asserted within one
+point, and what the teacher adds is asserted where it is measurable: the distilled student's
+outputs follow the teacher's (KD distance) far more closely than the student trained alone.
 """
 
 from __future__ import annotations
@@ -93,11 +94,10 @@ def _channels(module: nn.Module) -> list[int]:
 
 
 @pytest.mark.slow
-def test_slimmed_student_is_smaller_trained_and_close_to_the_teacher(
-    teacher: Any, splits: Any, tmp_path: Path
-) -> None:
+def test_slimmed_student_is_smaller_trained_and_close_to_the_teacher(teacher: Any, splits: Any, tmp_path: Path) -> None:
     ctx = _ctx(splits, tmp_path)
-    config = DistillConfig(width=WIDTH)
+    config = DistillConfig()
+    assert config.width == WIDTH
     stage, handler = handler_for(config)
     assert stage == "model"
     student = handler(config, teacher.module, ctx)
@@ -107,10 +107,7 @@ def test_slimmed_student_is_smaller_trained_and_close_to_the_teacher(
     assert count_params(student) == r["student_params"]
     assert r["teacher_params"] == count_params(teacher.module)
     assert r["param_ratio"] <= 0.25
-    assert all(
-        s <= round(WIDTH * t)
-        for s, t in zip(_channels(student), _channels(teacher.module), strict=True)
-    )
+    assert all(s <= round(WIDTH * t) for s, t in zip(_channels(student), _channels(teacher.module), strict=True))
     assert student(torch.from_numpy(splits.test.inputs["input"][:3])).shape == (3, 10)
 
     # Trained: every layer moved away from the slimmed starting point, and accuracy rose.
@@ -130,16 +127,15 @@ def test_slimmed_student_is_smaller_trained_and_close_to_the_teacher(
     # The teacher was used: the distilled student follows it far more closely than the lone one.
     assert r["teacher_distance"]["kd"] < 0.5 * r["teacher_distance"]["alone"]
 
-    assert r["temperature"] == 4.0 and r["alpha"] == 0.7 and r["epochs"] == 15
+    assert r["temperature"] == 4.0 and r["alpha"] == 0.5 and r["epochs"] == 20
+    assert r["augmentation"] == {"shift_pixels": 1.0}
     assert "slimmed teacher" in r["student_source"]
     # The teacher is left untouched.
     assert zoo.evaluate(teacher.module, splits.test)["accuracy"] == pytest.approx(teacher.value)
 
 
 @pytest.mark.slow
-def test_given_student_from_factory(
-    teacher: Any, splits: Any, students: str, tmp_path: Path
-) -> None:
+def test_given_student_from_factory(teacher: Any, splits: Any, students: str, tmp_path: Path) -> None:
     ctx = _ctx(splits, tmp_path)
     spec = f"{students}:small_cnn"
     student = distill(DistillConfig(student=spec, epochs=10, lr=3e-3), teacher.module, ctx)
@@ -154,9 +150,7 @@ def test_given_student_from_factory(
 
 
 @pytest.mark.slow
-def test_given_student_from_torchscript_file(
-    teacher: Any, splits: Any, students: str, tmp_path: Path
-) -> None:
+def test_given_student_from_torchscript_file(teacher: Any, splits: Any, students: str, tmp_path: Path) -> None:
     import importlib
 
     factory = importlib.import_module(students).small_cnn
@@ -194,9 +188,7 @@ def test_student_must_be_smaller(students: str, tmp_path: Path) -> None:
 
 def test_student_must_predict_the_same_outputs(students: str, tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="output shape"):
-        distill(
-            DistillConfig(student=f"{students}:wrong_head"), zoo.build(NAME), _tiny_ctx(tmp_path)
-        )
+        distill(DistillConfig(student=f"{students}:wrong_head"), zoo.build(NAME), _tiny_ctx(tmp_path))
 
 
 def test_state_dict_student_is_refused_with_a_hint(tmp_path: Path) -> None:
@@ -210,9 +202,7 @@ def test_distillation_needs_labelled_training_data(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="--data with a 'y' array"):
         distill(DistillConfig(), zoo.build(NAME), _tiny_ctx(tmp_path, train=None))
     with pytest.raises(BadInputError, match="--data with a 'y' array"):
-        distill(
-            DistillConfig(), zoo.build(NAME), _tiny_ctx(tmp_path, train=_tiny_data(labels=False))
-        )
+        distill(DistillConfig(), zoo.build(NAME), _tiny_ctx(tmp_path, train=_tiny_data(labels=False)))
 
 
 def test_torchscript_teacher_needs_a_given_student(tmp_path: Path) -> None:
@@ -243,8 +233,22 @@ def test_slim_keeps_the_output_layer_and_shrinks_the_rest() -> None:
         {"batch_size": 2.5},
         {"student": ""},
         {"reinit": "yes"},
+        {"shift": -1},
     ],
 )
 def test_config_rejects_bad_values(kwargs: dict[str, Any]) -> None:
     with pytest.raises(BadInputError):
         DistillConfig(**kwargs)
+
+
+def test_shift_moves_images_and_is_skipped_for_other_inputs() -> None:
+    from edgekit.compress.distill import _shift, _shiftable
+
+    x = torch.zeros(2, 1, 8, 8)
+    x[:, :, 3:5, 3:5] = 1.0
+    moved = _shift(x, 2.0, torch.Generator().manual_seed(0))
+    assert moved.shape == x.shape and not torch.allclose(moved, x)
+    assert torch.allclose(_shift(x, 0.0, torch.Generator().manual_seed(0)), x, atol=1e-6)
+    assert _shiftable(_tiny_data())
+    tabular = Dataset({"x": np.zeros((4, 30), np.float32)}, np.zeros(4), "binary")
+    assert not _shiftable(tabular)

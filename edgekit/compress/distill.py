@@ -4,15 +4,23 @@ The student is either given (``"module:factory"`` or a TorchScript file) or deri
 teacher by slimming it: Torch-Pruning removes ``1 - width`` of the channels and hidden units of
 every layer (output layers keep their size), which leaves about ``width²`` of the parameters.
 The derived student keeps the teacher's surviving weights by default (``reinit=True`` starts it
-from fresh random weights instead). Measured on the digits reference model (seeds 0-2), kept
-weights gave a student within 0.6 points of its teacher in 15 epochs; re-initialised ones
-came within 0-1.7 points only after 25 epochs at a higher learning rate.
+from fresh random weights instead).
 
 To show what the teacher adds, the student is trained twice from the same initial weights, on the
-same data, epochs, schedule and seed: once with the distillation loss
-``alpha * KD(T) + (1 - alpha) * task loss`` and once with the task loss alone. Both are measured
-on the held-out data, with how far each one's outputs are from the teacher's; the distilled one
-is returned. Facts land in ``ctx.records["distill"]``.
+same batches (same order and, for images, the same random shifts), epochs, schedule and seed: once
+with the distillation loss ``alpha * KD(T) + (1 - alpha) * task loss``, the teacher's targets
+computed on the shifted inputs the student sees, and once with the task loss alone. Both are
+measured on the held-out data, with how far each one's outputs are from the teacher's; the
+distilled one is returned. Facts land in ``ctx.records["distill"]``.
+
+Measured with the defaults on the digits reference model (teacher, split and student seeds 0, 1,
+2; 0.195x the parameters): distilled 98.05 / 96.66 / 98.05 % against teachers 98.05 / 96.66 /
+97.49 % and the same student alone 98.61 / 97.49 / 97.77 %. On this easy data set a student of a
+fifth of the size matches its teacher without help, and the random shifts lift the lone student
+above a teacher that was trained without them, so distillation does not beat it: the distilled
+student follows its teacher (far closer outputs) rather than exceeding it. Other settings tried
+(widths 0.3-0.45, re-initialised students, shifts up to 2 px with rotation and scaling,
+T 2-4, alpha 0.3-0.9, 15-30 epochs) were no better.
 """
 
 from __future__ import annotations
@@ -51,24 +59,25 @@ class DistillConfig:
     the KD loss; ``1 - alpha`` weighs the task loss against the labels.
     ``epochs``, ``lr``, ``batch_size``: training of the student (Adam, cosine schedule).
     ``reinit``: start a derived student from random weights instead of the teacher's surviving ones.
+    ``shift``: for image models (one float input of shape N×C×H×W), each training batch is moved
+    by a random translation of up to ``shift`` pixels; both students see the same moved batches
+    and the teacher's targets are computed on them. ``0`` turns it off.
     """
 
     student: str | None = None
-    width: float = 0.5
+    width: float = 0.45  # about 0.2x the parameters of the reference digits-cnn (0.5 gives 0.253x)
     temperature: float = 4.0
-    alpha: float = 0.7
-    epochs: int = 15
-    lr: float = 1e-3
+    alpha: float = 0.5
+    epochs: int = 20
+    lr: float = 3e-3
     batch_size: int = 64
     reinit: bool = False
+    shift: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.student is not None and (
-            not isinstance(self.student, str) or not self.student.strip()
-        ):
+        if self.student is not None and (not isinstance(self.student, str) or not self.student.strip()):
             raise BadInputError(
-                "distill student must be 'module:factory' or a TorchScript file path, "
-                f"got {self.student!r}"
+                f"distill student must be 'module:factory' or a TorchScript file path, got {self.student!r}"
             )
         for name in ("width", "alpha"):
             value = getattr(self, name)
@@ -76,13 +85,9 @@ class DistillConfig:
                 raise BadInputError(f"distill {name} must be a number, got {value!r}")
             object.__setattr__(self, name, float(value))
         if not 0.0 < self.width < 1.0:
-            raise BadInputError(
-                f"distill width {self.width} is out of range; give a fraction in (0, 1), e.g. 0.5"
-            )
+            raise BadInputError(f"distill width {self.width} is out of range; give a fraction in (0, 1), e.g. 0.5")
         if not 0.0 <= self.alpha <= 1.0:
-            raise BadInputError(
-                f"distill alpha {self.alpha} is out of range; give a weight in [0, 1], e.g. 0.7"
-            )
+            raise BadInputError(f"distill alpha {self.alpha} is out of range; give a weight in [0, 1], e.g. 0.7")
         for name in ("temperature", "lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -92,6 +97,10 @@ class DistillConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise BadInputError(f"distill {name} must be an integer >= 1, got {value!r}")
+        shift = self.shift
+        if isinstance(shift, bool) or not isinstance(shift, (int, float)) or shift < 0:
+            raise BadInputError(f"distill shift must be a number of pixels >= 0, got {self.shift!r}; 0 turns it off")
+        object.__setattr__(self, "shift", float(self.shift))
         if not isinstance(self.reinit, bool):
             raise BadInputError(f"distill reinit must be true or false, got {self.reinit!r}")
 
@@ -180,10 +189,7 @@ def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
-        return any(
-            n.endswith("/constants.pkl") or n.endswith("/code/__torch__.py")
-            for n in archive.namelist()
-        )
+        return any(n.endswith("/constants.pkl") or n.endswith("/code/__torch__.py") for n in archive.namelist())
 
 
 def _given_student(spec: str, seed: int) -> nn.Module:
@@ -198,36 +204,26 @@ def _given_student(spec: str, seed: int) -> nn.Module:
     elif ":" in spec:
         factory = import_object(spec)
         if not callable(factory):
-            raise BadInputError(
-                f"student {spec!r} is not callable; point to a function returning an nn.Module"
-            )
+            raise BadInputError(f"student {spec!r} is not callable; point to a function returning an nn.Module")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             student = factory()
     else:
         raise BadInputError(f"student {spec!r} is neither an existing file nor 'module:factory'")
     if not isinstance(student, nn.Module):
-        raise BadInputError(
-            f"student {spec!r} gave a {type(student).__name__}, not a torch nn.Module"
-        )
+        raise BadInputError(f"student {spec!r} gave a {type(student).__name__}, not a torch nn.Module")
     return student.cpu().float()
 
 
 def _check_inputs(ctx: Context) -> str:
-    task = (
-        ctx.task
-        if ctx.task != "unknown"
-        else (ctx.train.task if ctx.train is not None else "unknown")
-    )
+    task = ctx.task if ctx.task != "unknown" else (ctx.train.task if ctx.train is not None else "unknown")
     if ctx.train is None or ctx.train.labels is None:
         raise BadInputError(
-            "distillation trains a student and needs labelled training data: "
-            "pass --data with a 'y' array"
+            "distillation trains a student and needs labelled training data: pass --data with a 'y' array"
         )
     if task not in _TRAINABLE_TASKS:
         raise BadInputError(
-            "distillation needs a classification, binary or regression task, "
-            f"not {task!r}; give the model's task"
+            f"distillation needs a classification, binary or regression task, not {task!r}; give the model's task"
         )
     return task
 
@@ -240,9 +236,7 @@ def _metric(module: Any, data: Dataset, task: str) -> tuple[str, float] | None:
     return primary_metric(task, predict(module, data), data.labels)
 
 
-def teacher_distance(
-    task: str, teacher_out: np.ndarray, student_out: np.ndarray, temperature: float
-) -> float:
+def teacher_distance(task: str, teacher_out: np.ndarray, student_out: np.ndarray, temperature: float) -> float:
     """How far a student's outputs are from the teacher's: the KD term without its weight.
 
     Classification: ``KL(softmax(t/T) || softmax(s/T)) * T²`` averaged over samples; other tasks:
@@ -258,6 +252,85 @@ def teacher_distance(
     return float(torch.mean((t - s) ** 2))
 
 
+def _shiftable(data: Dataset) -> bool:
+    """Whether ``data`` is one float image input (N×C×H×W), which shifts keep meaningful."""
+    arrays = list(data.inputs.values())
+    return len(arrays) == 1 and arrays[0].ndim == 4 and np.issubdtype(arrays[0].dtype, np.floating)
+
+
+def _shift(x: torch.Tensor, pixels: float, generator: torch.Generator) -> torch.Tensor:
+    """``x`` (N×C×H×W), each sample translated by up to ``pixels`` in x and y; zeros fill in."""
+    import torch.nn.functional as F
+
+    n, _, h, w = x.shape
+    offsets = (torch.rand(n, 2, generator=generator) * 2 - 1) * pixels
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = offsets[:, 0] * 2 / w  # affine_grid works in [-1, 1] coordinates
+    theta[:, 1, 2] = offsets[:, 1] * 2 / h
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def train_student(
+    student: nn.Module,
+    train: Dataset,
+    task: str,
+    *,
+    teacher: Any | None,
+    config: DistillConfig,
+    seed: int,
+    threads: int = 1,
+) -> nn.Module:
+    """Train ``student`` in place (Adam, cosine schedule); with a ``teacher``, on the KD loss.
+
+    The loss is ``alpha * KD(T) + (1 - alpha) * task loss`` with a teacher and the task loss
+    alone without one. Batches (order and, for images, the random shifts of ``config.shift``) depend
+    only on ``seed``, so a student trained with and one without the teacher see the same inputs.
+    The teacher's targets are computed on the very inputs the student sees ("consistent
+    teaching"). Returns the student in eval mode.
+    """
+    from edgekit.zoo.training import _first_output, _kd_loss, _labels, _task_loss, _torch_settings
+
+    xs = [_to_tensor(a) for a in train.inputs.values()]
+    y = _labels(train, task)
+    shift = config.shift if _shiftable(train) else 0.0
+    alpha = config.alpha if teacher is not None else 0.0
+    n, batch = len(train), config.batch_size
+    with _torch_settings(threads, seed):
+        order_gen = torch.Generator().manual_seed(seed)
+        shift_gen = torch.Generator().manual_seed(seed + 1)
+        params = [p for p in student.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=config.lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * -(-n // batch)))
+        if teacher is not None:
+            teacher.eval()
+        student.train()
+        for _ in range(config.epochs):
+            order = torch.randperm(n, generator=order_gen)
+            for start in range(0, n, batch):
+                idx = order[start : start + batch]
+                if len(idx) < 2 and n > 1:  # a single sample breaks BatchNorm statistics
+                    continue
+                inputs = [x[idx] for x in xs]
+                if shift > 0:
+                    inputs = [_shift(inputs[0], shift, shift_gen)]
+                out = _first_output(student(*inputs))
+                loss = out.new_zeros(())
+                if alpha < 1.0:
+                    loss = loss + (1.0 - alpha) * _task_loss(task, out, y[idx])
+                if alpha > 0.0:
+                    assert teacher is not None
+                    with torch.no_grad():
+                        target = _first_output(teacher(*inputs)).float()
+                    loss = loss + alpha * _kd_loss(task, out, target, config.temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+    return student.eval()
+
+
 # --- the technique ----------------------------------------------------------------------------
 
 
@@ -267,7 +340,7 @@ def distill(config: DistillConfig, module: nn.Module, ctx: Context) -> nn.Module
 
     Writes ``ctx.records["distill"]``. The teacher is not modified.
     """
-    from edgekit.zoo import fit, predict
+    from edgekit.zoo import predict
 
     task = _check_inputs(ctx)
     assert ctx.train is not None
@@ -299,42 +372,39 @@ def distill(config: DistillConfig, module: nn.Module, ctx: Context) -> nn.Module
     teacher_params, student_params = count_params(teacher), count_params(student)
     if student_params >= teacher_params:
         if config.student is None:
-            raise EdgekitError(
-                f"slimming to width {config.width:g} did not shrink the model "
-                f"({student_params} params)"
-            )
+            raise EdgekitError(f"slimming to width {config.width:g} did not shrink the model ({student_params} params)")
         raise BadInputError(
             f"the student has {student_params} parameters, not fewer than the teacher's "
             f"{teacher_params}; give a smaller student"
         )
 
-    settings: dict[str, Any] = {
-        "epochs": config.epochs,
-        "lr": config.lr,
-        "batch_size": config.batch_size,
-        "seed": ctx.seed,
-        "threads": torch.get_num_threads(),
-    }
+    shift = config.shift if _shiftable(ctx.train) else 0.0
     eval_data = ctx.eval if ctx.eval is not None and len(ctx.eval) else ctx.train
     init_metric = _metric(student, eval_data, task)
-    ctx.progress(
-        f"distill: training the student ({student_params} params) with the teacher, "
-        f"{config.epochs} epochs"
-    )
+    threads = torch.get_num_threads()
+    ctx.progress(f"distill: training the student ({student_params} params) with the teacher, {config.epochs} epochs")
     start = time.perf_counter()
-    distilled = fit(
+    distilled = train_student(
         _clone(student),
         ctx.train,
         task,
         teacher=teacher,
-        temperature=config.temperature,
-        alpha=config.alpha,
-        **settings,
+        config=config,
+        seed=ctx.seed,
+        threads=threads,
     )
     seconds_kd = time.perf_counter() - start
     ctx.progress("distill: training the same student without the teacher, for comparison")
     start = time.perf_counter()
-    alone = fit(_clone(student), ctx.train, task, **settings)
+    alone = train_student(
+        _clone(student),
+        ctx.train,
+        task,
+        teacher=None,
+        config=config,
+        seed=ctx.seed,
+        threads=threads,
+    )
     seconds_alone = time.perf_counter() - start
 
     outputs = [predict(m, eval_data) for m in (teacher, distilled, alone)]
@@ -349,6 +419,9 @@ def distill(config: DistillConfig, module: nn.Module, ctx: Context) -> nn.Module
         "epochs": config.epochs,
         "lr": config.lr,
         "batch_size": config.batch_size,
+        "seed": ctx.seed,
+        # Same for both students: random translations of the training images (0 = none).
+        "augmentation": {"shift_pixels": shift},
         "data": eval_data.name,
         "metric": None,
         "teacher_metric": None,
@@ -357,9 +430,7 @@ def distill(config: DistillConfig, module: nn.Module, ctx: Context) -> nn.Module
         "student_alone_metric": None,
         # The KD term itself on held-out data: how closely each student follows the teacher.
         "teacher_distance": {
-            "measure": f"KL at T={config.temperature:g} x T^2"
-            if task == "classification"
-            else "MSE",
+            "measure": f"KL at T={config.temperature:g} x T^2" if task == "classification" else "MSE",
             "kd": teacher_distance(task, outputs[0], outputs[1], config.temperature),
             "alone": teacher_distance(task, outputs[0], outputs[2], config.temperature),
         },
