@@ -236,6 +236,11 @@ def plot(report: Report, path: Path) -> Path | None:
         ax.annotate(
             r.name, (r.latency_ms["p50"], r.metric["value"]), fontsize=8, xytext=(4, 4), textcoords="offset points"
         )
+    from matplotlib.lines import Line2D
+
+    present = sorted({r.runtime for r in rows})
+    handles = [Line2D([], [], marker="o", ls="", color=colours.get(rt, "gray"), label=rt) for rt in present]
+    ax.legend(handles=handles, loc="best", fontsize=8)
     ax.set_xlabel(f"p50 latency (ms), batch {rows[0].latency_ms['batch']}")  # type: ignore[index]
     ax.set_ylabel(rows[0].metric["name"])  # type: ignore[index]
     ax.set_title("edgekit: latency vs metric (x = rejected by the gate)")
