@@ -435,6 +435,29 @@ def build(bundle: Path, runtime: str) -> None:
 
 
 @cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--variant", "variants", multiple=True, help="Variant(s) to diagnose (default: all compressed ones).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--no-layers", is_flag=True, help="Skip the per-layer sensitivity ranking.")
+@click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as JSON.")
+def doctor(bundle: Path, variants: tuple[str, ...], threads: int, no_layers: bool, as_json: bool) -> None:
+    """Why a variant of BUNDLE loses accuracy or speed: per-layer error, what really runs in INT8."""
+    from edgekit.benchmarks.doctor import diagnose, print_diagnosis
+    from edgekit.io.atomic import atomic_write_text
+
+    with _progress(not as_json) as step:
+        result = diagnose(bundle, variants=variants or None, threads=threads, rank_layers=not no_layers, progress=step)
+    path = bundle / "doctor" / "doctor.json"
+    path.parent.mkdir(exist_ok=True)
+    atomic_write_text(path, json.dumps(result, indent=2, default=str) + "\n")
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+    else:
+        print_diagnosis(result)
+        click.echo(f"diagnosis: {path}")
+
+
+@cli.command()
 def targets() -> None:
     """Deployment targets, and whether this machine can run each."""
     from edgekit.devices.detect import TARGETS, runnable_targets

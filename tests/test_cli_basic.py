@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edgekit.cli import cli, main
 
-COMMANDS = ["train", "export", "compress", "bench", "build", "targets", "devices"]
+COMMANDS = ["train", "export", "compress", "bench", "build", "doctor", "targets", "devices"]
 
 
 @pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS])

@@ -200,3 +200,18 @@ def test_tensorrt_part_of_the_bundle(bundle: Path) -> None:
         code, _, err = invoke(["build", str(bundle)])
         assert code == 2 and len(err.strip().splitlines()) == 1
         assert "tensorrt" in err.lower()
+
+
+def test_doctor_explains_each_variant(bundle: Path) -> None:
+    code, out, err = invoke(["doctor", str(bundle), "--json"])
+    assert code == 0, err
+    result = {v["name"]: v for v in json.loads(out)["variants"]}
+    ort_int8 = result["ort-int8-static"]
+    assert ort_int8["runtime_says"]["precision"] == "int8" and ort_int8["runtime_says"]["int8_ops"] >= 5
+    scores = [layer["score"] for layer in ort_int8["layers"]]
+    assert len(scores) == 5 and scores == sorted(scores)  # all five weighted layers, most sensitive first
+    assert result["ov-int8"]["graph"]["FakeQuantize"] >= 5
+    assert "not_run" in result["trt-int8-qdq"]
+    assert (bundle / "doctor" / "doctor.json").is_file()
+    code, _, err = invoke(["doctor", str(bundle), "--variant", "nope"])
+    assert code == 2 and "ort-int8-static" in err

@@ -36,7 +36,7 @@ class Candidate:
     artifact: str | None = None  # path relative to the bundle
 
 
-def _cannot_run(runtime: str) -> str | None:
+def cannot_run(runtime: str) -> str | None:
     """Why this machine cannot run ``runtime``, or None when it can."""
     from edgekit.runtimes import available
 
@@ -91,7 +91,7 @@ def measure(
             sparsity=c.sparsity,
             notes=list(c.notes),
         )
-        reason = _cannot_run(c.runtime)
+        reason = cannot_run(c.runtime)
         if reason:
             rows[c.name].measured = False
             rows[c.name].not_measured_reason = reason
