@@ -1,10 +1,10 @@
 """Knowledge distillation: the real digits-cnn (trained by edgekit.zoo) teaches a smaller student.
 
-On scikit-learn digits a student of a fifth of the size matches its teacher without help: with the
-default settings (the same shifted batches for both students) over seeds 0..2 the distilled student
-was 0.83 points below to 0.28 above the same student trained alone, i.e. within three of the 359
-test images, and level with or above its teacher. So the accuracy comparison is asserted within one
-point, and what the teacher adds is asserted where it is measurable: the distilled student's
+The teacher is trained with small random shifts, and both students (with and without the teacher)
+see the same shifted batches from the same initial weights. With the default settings over seeds
+0..2 the distilled student was 0.28 below to 0.28 above its teacher and 0.28 to 0.56 points above
+the same student trained alone (one or two of the 359 test images). Both are asserted for seed 0;
+what the teacher adds is also asserted where it is clearly measurable: the distilled student's
 outputs follow the teacher's (KD distance) far more closely than the student trained alone.
 """
 
@@ -118,12 +118,14 @@ def test_slimmed_student_is_smaller_trained_and_close_to_the_teacher(teacher: An
             assert not torch.allclose(before, after), f"{name} was not trained"
     assert r["student_kd_metric"] > r["student_init_metric"] + 10.0
 
-    # Accurate: within 1.5 points of the teacher, on par with the same student trained alone.
+    # Accurate: within 1.5 points of the teacher, no worse than the same student trained alone.
     assert r["metric"] == "accuracy"
     assert r["teacher_metric"] == pytest.approx(teacher.value)
     assert r["student_kd_metric"] == pytest.approx(zoo.evaluate(student, splits.test)["accuracy"])
     assert r["teacher_metric"] - r["student_kd_metric"] <= 1.5
-    assert r["student_kd_metric"] >= r["student_alone_metric"] - 1.0
+    # Measured here: distilled ≥ alone on seeds 0-2, but by one or two test images; one image
+    # (100/359 = 0.28 points) of slack keeps the test from failing on float rounding elsewhere.
+    assert r["student_kd_metric"] >= r["student_alone_metric"] - 100 / 359 - 1e-9
     # The teacher was used: the distilled student follows it far more closely than the lone one.
     assert r["teacher_distance"]["kd"] < 0.5 * r["teacher_distance"]["alone"]
 
@@ -242,7 +244,8 @@ def test_config_rejects_bad_values(kwargs: dict[str, Any]) -> None:
 
 
 def test_shift_moves_images_and_is_skipped_for_other_inputs() -> None:
-    from edgekit.compress.distill import _shift, _shiftable
+    from edgekit.zoo.training import shift_images as _shift
+    from edgekit.zoo.training import shiftable as _shiftable
 
     x = torch.zeros(2, 1, 8, 8)
     x[:, :, 3:5, 3:5] = 1.0
