@@ -42,7 +42,10 @@ def _progress(enabled: bool) -> Iterator[Any]:
     """A rich spinner on stderr for the running step; each finished step stays as one line with
     its duration. On failure the spinner vanishes, so the error is the last line printed."""
     if not enabled:
-        yield lambda _msg: None
+        # --json: stdout carries only the JSON, so whatever the libraries print (NNCF's progress
+        # bars, say) goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            yield lambda _msg: None
         return
     import time
 

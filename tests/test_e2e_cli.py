@@ -215,3 +215,19 @@ def test_doctor_explains_each_variant(bundle: Path) -> None:
     assert (bundle / "doctor" / "doctor.json").is_file()
     code, _, err = invoke(["doctor", str(bundle), "--variant", "nope"])
     assert code == 2 and "ort-int8-static" in err
+
+
+def test_qat_through_the_cli_with_clean_json(digits: Path, tmp_path: Path) -> None:
+    """QAT makes the INT8 variants itself; --json keeps stdout pure JSON though NNCF prints."""
+    code, out, err = invoke(
+        ["compress", str(digits), "--qat", "-o", str(tmp_path / "q"), "--json", "--time-budget", "0.05", "--no-memory"]
+    )
+    assert code == 0, err
+    r = json.loads(out)
+    rows = {v["name"]: v for v in r["variants"]}
+    for name in ("ort-int8-qat", "ov-int8-qat"):
+        assert rows[name]["precision"] == "int8" and rows[name]["metric_drop"] <= 1.0
+        assert rows[name]["techniques"][0].startswith("qat:")
+    assert rows["ort-int8-qat"]["size_bytes"] <= 0.35 * r["baseline"]["size_bytes"]  # INT8 weights in the file
+    code, _, err = invoke(["compress", str(digits), "--qat", "--int8", "-o", str(tmp_path / "q2")])
+    assert code == 2 and "QAT already produces" in err and not (tmp_path / "q2").exists()
