@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import reference_context
 from torch import nn
 
 from edgekit import zoo
@@ -59,16 +60,7 @@ SMALL_STUDENT = textwrap.dedent(
 
 
 def _ctx(splits: Any, tmp: Path, **overrides: Any) -> Context:
-    args = dict(
-        workdir=tmp,
-        calib=splits.calib,
-        eval=splits.test,
-        train=splits.train,
-        seed=SEED,
-        task="classification",
-    )
-    args.update(overrides)
-    return Context(**args)
+    return reference_context(splits, tmp, seed=SEED, **overrides)
 
 
 @pytest.fixture(scope="module")

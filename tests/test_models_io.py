@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import MLP, TextNet
 from torch import nn
 
 from edgekit.errors import BadInputError
@@ -29,26 +30,6 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
-
-
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(30, 16), nn.ReLU(), nn.Linear(16, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class TextNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(100, 8)
-        self.fc = nn.Linear(8, 3)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h = self.emb(input_ids) * attention_mask.unsqueeze(-1)
-        return self.fc(h.sum(1) / attention_mask.sum(1, keepdim=True).clamp(min=1.0))
 
 
 def build_mlp() -> MLP:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import reference_context
 from torch import nn
 
 from edgekit import zoo
@@ -26,16 +27,7 @@ SEED = 0
 
 
 def _ctx(splits: Any, tmp: Path, **overrides: Any) -> Context:
-    args = dict(
-        workdir=tmp,
-        calib=splits.calib,
-        eval=splits.test,
-        train=splits.train,
-        seed=SEED,
-        task="classification",
-    )
-    args.update(overrides)
-    return Context(**args)
+    return reference_context(splits, tmp, seed=SEED, **overrides)
 
 
 def _layers(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,42 @@
+"""Small models and builders shared by several test files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekit.compress.base import Context
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(30, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TextNet(nn.Module):
+    """Two inputs: int64 token ids and a float mask (a masked mean over embeddings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(100, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.emb(input_ids) * attention_mask.unsqueeze(-1)
+        return self.fc(h.sum(1) / attention_mask.sum(1, keepdim=True).clamp(min=1.0))
+
+
+def reference_context(splits: Any, workdir: Path, *, seed: int = 0, **overrides: Any) -> Context:
+    """A technique context over a reference model's splits (train, calibration, held-out test)."""
+    args: dict[str, Any] = dict(
+        workdir=workdir, calib=splits.calib, eval=splits.test, train=splits.train, seed=seed, task="classification"
+    )
+    args.update(overrides)
+    return Context(**args)
