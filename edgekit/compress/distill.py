@@ -268,53 +268,12 @@ def train_student(
     The teacher's targets are computed on the very inputs the student sees ("consistent
     teaching"). Returns the student in eval mode.
     """
-    from edgekit.zoo.training import (
-        _first_output,
-        _kd_loss,
-        _labels,
-        _task_loss,
-        _torch_settings,
-        shift_images,
-        shiftable,
-    )
+    from edgekit.zoo.training import fit
 
-    xs = [_to_tensor(a) for a in train.inputs.values()]
-    y = _labels(train, task)
-    shift = config.shift if shiftable(train) else 0.0
-    alpha = config.alpha if teacher is not None else 0.0
-    n, batch = len(train), config.batch_size
-    with _torch_settings(threads, seed):
-        order_gen = torch.Generator().manual_seed(seed)
-        shift_gen = torch.Generator().manual_seed(seed + 1)
-        params = [p for p in student.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=config.lr)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * -(-n // batch)))
-        if teacher is not None:
-            teacher.eval()
-        student.train()
-        for _ in range(config.epochs):
-            order = torch.randperm(n, generator=order_gen)
-            for start in range(0, n, batch):
-                idx = order[start : start + batch]
-                if len(idx) < 2 and n > 1:  # a single sample breaks BatchNorm statistics
-                    continue
-                inputs = [x[idx] for x in xs]
-                if shift > 0:
-                    inputs = [shift_images(inputs[0], shift, shift_gen)]
-                out = _first_output(student(*inputs))
-                loss = out.new_zeros(())
-                if alpha < 1.0:
-                    loss = loss + (1.0 - alpha) * _task_loss(task, out, y[idx])
-                if alpha > 0.0:
-                    assert teacher is not None
-                    with torch.no_grad():
-                        target = _first_output(teacher(*inputs)).float()
-                    loss = loss + alpha * _kd_loss(task, out, target, config.temperature)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-    return student.eval()
+    return fit(
+        student, train, task, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=seed,
+        threads=threads, teacher=teacher, temperature=config.temperature, alpha=config.alpha, shift=config.shift,
+    )
 
 
 # --- the technique ----------------------------------------------------------------------------

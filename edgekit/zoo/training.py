@@ -213,11 +213,15 @@ def fit(
     with _torch_settings(threads, seed):
         generator = torch.Generator().manual_seed(seed)
         shift_gen = torch.Generator().manual_seed(seed + 1)
+        # Without shifts the teacher's targets are computed once; with shifts, on each shifted
+        # batch the student sees ("consistent teaching").
         teacher_out: torch.Tensor | None = None
-        if teacher is not None:
+        if teacher is not None and shift == 0:
             teacher_out = torch.from_numpy(
                 predict(teacher, train, batch_size=256).astype(np.float32)
             )
+        elif teacher is not None and hasattr(teacher, "eval"):
+            teacher.eval()
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -237,8 +241,13 @@ def fit(
                 loss = out.new_zeros(())
                 if y is not None:
                     loss = loss + task_weight * _task_loss(task, out, y[idx])
-                if teacher_out is not None:
-                    loss = loss + alpha * _kd_loss(task, out, teacher_out[idx], temperature)
+                if teacher is not None:
+                    if teacher_out is not None:
+                        target = teacher_out[idx]
+                    else:
+                        with torch.no_grad():
+                            target = _first_output(teacher(*inputs)).float()
+                    loss = loss + alpha * _kd_loss(task, out, target, temperature)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
