@@ -339,8 +339,6 @@ def compress(
         if not flag_steps:
             raise BadInputError("nothing to do: pass --int8 (or --fp16, --prune KIND:AMOUNT, --recipe FILE)")
         plan = Recipe(steps=flag_steps, seed=seed or 0, target=target, max_drop=max_drop)
-    if save_recipe is not None:
-        write_recipe(plan, save_recipe)
     with _progress(not as_json) as step:
         result = api.compress(
             model,
@@ -363,6 +361,8 @@ def compress(
             command=_command_line(),
             progress=step,
         )
+    if save_recipe is not None:  # only once the bundle exists: a failed call leaves nothing behind
+        write_recipe(plan, save_recipe)
     _emit(result.report, result.report_path, as_json)
     if not as_json:
         click.echo(f"bundle: {result.bundle}")
