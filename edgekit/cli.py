@@ -54,23 +54,30 @@ def _progress(enabled: bool) -> Iterator[Any]:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
-    ) as bar:
-        state: dict[str, Any] = {"task": None, "msg": "", "t0": 0.0}
+    # The live spinner is for terminals; in a pipe or CI only the finished steps are printed.
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    state: dict[str, Any] = {"task": None, "msg": "", "t0": 0.0}
 
-        def finish() -> None:
-            if state["task"] is not None:
-                bar.remove_task(state["task"])
-                console.print(
-                    f"[green]✓[/green] {escape(state['msg'])} [dim]({time.perf_counter() - state['t0']:.1f} s)[/dim]"
-                )
-                state["task"] = None
+    def finish() -> None:
+        if state["task"] is not None:
+            bar.remove_task(state["task"])
+            console.print(
+                f"[green]✓[/green] {escape(state['msg'])} [dim]({time.perf_counter() - state['t0']:.1f} s)[/dim]"
+            )
+            state["task"] = None
 
-        def step(msg: str) -> None:
-            finish()
-            state.update(task=bar.add_task(escape(msg), total=None), msg=msg, t0=time.perf_counter())
+    def step(msg: str) -> None:
+        finish()
+        state.update(task=bar.add_task(escape(msg), total=None), msg=msg, t0=time.perf_counter())
 
+    with bar:
         yield step
         finish()
 
