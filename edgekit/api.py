@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from edgekit.benchmarks.gate import Budget
-from edgekit.benchmarks.report import Report
-from edgekit.errors import BadInputError
+from edgekit.benchmarks.report import Report, VariantRow
+from edgekit.errors import BadInputError, EdgekitError
 from edgekit.io.data import Dataset
 from edgekit.io.splits import infer_task, resolve_data
 
 Progress = Callable[[str], None]
+SHAPES_HINT = "NAME:MIN/OPT/MAX (e.g. x:1x3x48x64/1x3x48x320/1x3x48x960)"
 
 
 def _quiet(_msg: str) -> None:
@@ -225,6 +226,7 @@ def compress(
     arch: str | None = None,
     trust_pickle: bool = False,
     input_shape: str | None = None,
+    shapes: Mapping[str, Any] | None = None,
     with_memory: bool = True,
     command: str = "edgekit compress",
     progress: Progress = _quiet,
@@ -239,10 +241,12 @@ def compress(
     from edgekit.benchmarks.report import machine_info, write_all
     from edgekit.bundle import manifest as mf
     from edgekit.bundle.tensorrt import write_build_script
-    from edgekit.compress.base import Context, handler_for
+    from edgekit.compress.base import Context
     from edgekit.config import Recipe, recipe_to_dict
     from edgekit.devices.detect import default_target, target_runtime
     from edgekit.export.onnx import export_onnx, model_params
+    from edgekit.export.shapes import describe as describe_shapes
+    from edgekit.export.shapes import profile_from_data
     from edgekit.io.atomic import atomic_dir
     from edgekit.io.models import load_model
 
@@ -335,11 +339,18 @@ def compress(
         from edgekit.compress.quantize_ov import ov_fp32_ir
 
         progress("converting the fp32 model to OpenVINO IR")
-        variants.insert(0, ov_fp32_ir(fp32_path, work / "ov-fp32.xml"))
+        not_built: list[VariantRow] = []
+        try:
+            variants.insert(0, ov_fp32_ir(fp32_path, work / "ov-fp32.xml"))
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except Exception as exc:
+            not_built.append(_not_built("ov-fp32", "openvino", [], _first_line(exc)))
+            progress(f"ov-fp32: {not_built[-1].not_measured_reason}")
         for step in graph_steps:
             progress(f"applying {_label(step)}")
-            _, fn = handler_for(step)
-            made = fn(step, graph_input, ctx)
+            made, failed = _apply_graph_step(step, graph_input, ctx)
+            not_built.extend(failed)
             for v in made:
                 v.techniques = model_labels + list(v.techniques)
             variants.extend(made)
@@ -364,7 +375,17 @@ def compress(
             )
         shutil.rmtree(work)
 
-        write_build_script(root, [c for c in candidates if c.runtime == "tensorrt"])
+        profiles = profile_from_data(
+            exported_inputs(fp32_path), [splits.calib.inputs, splits.eval.inputs], batches=batches, given=shapes
+        )
+        trt = [c for c in candidates if c.runtime == "tensorrt"]
+        try:
+            write_build_script(root, trt, profiles)
+        except EdgekitError as exc:
+            candidates = [c for c in candidates if c.runtime != "tensorrt"]
+            not_built.extend(_not_built(c.name, "tensorrt", c.techniques, str(exc)) for c in trt)
+            for c in trt:
+                c.path.unlink(missing_ok=True)
 
         data_dir = root / "data"
         data_dir.mkdir()
@@ -401,6 +422,8 @@ def compress(
             with_memory=with_memory,
             progress=progress,
         )
+        report.variants.extend(not_built)
+        report.model["shapes"] = describe_shapes(profiles)
         paths = write_all(report, root)
 
         manifest = mf.Manifest(
@@ -413,7 +436,12 @@ def compress(
                 "directional_only": splits.calib.directional_only,
             },
             target=target,
-            model={"task": task, "inputs": input_names, "metric": report.budget.get("metric")},
+            model={
+                "task": task,
+                "inputs": input_names,
+                "metric": report.budget.get("metric"),
+                "shapes": describe_shapes(profiles),
+            },
             budget=dataclasses.asdict(budget),
         )
         manifest.variants = [
@@ -439,6 +467,77 @@ def compress(
         detail = f"best was {best.name}: {best.rejected_reason}" if best else "none could be measured"
         result.budget_error = f"no compressed variant met the budget ({detail}); all are listed in {result.report_path}"
     return result
+
+
+def exported_inputs(onnx_path: Path) -> list[Any]:
+    from edgekit.runtimes.base import specs_from_onnx
+
+    return specs_from_onnx(onnx_path)[0]
+
+
+_PREFIX = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt"}
+
+
+def _not_built(name: str, runtime: str, techniques: Sequence[str], reason: str) -> VariantRow:
+    """A report row for a variant its runtime could not prepare: the others are still delivered."""
+    fix = f"give --shapes {SHAPES_HINT}" if "--shapes" in reason else f"the other runtimes are delivered; {runtime} is skipped"
+    why = reason or "unknown error"
+    return VariantRow(
+        name=name,
+        runtime=runtime,
+        precision="unknown",
+        techniques=list(techniques),
+        artifact=None,
+        size_bytes=None,
+        deployable=False,
+        measured=False,
+        not_measured_reason=f"not built: {why}" + ("" if "--shapes" in why else f" ({fix})"),
+        rejected_reason="not built",
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    """One readable line of a library's error: the line that names what is unsupported, when the
+    message has one (OpenVINO puts it after several lines of source locations)."""
+    text = str(exc) if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {exc}"
+    lines = [ln.strip(" -") for ln in text.splitlines() if ln.strip(" -")]
+    telling = [ln for ln in lines if any(w in ln.lower() for w in ("not support", "no conversion rule", "unsupported"))]
+    plain = [ln for ln in lines if not ln.startswith(("Check ", "Exception from"))]
+    return (telling or plain or [type(exc).__name__])[0][:300]
+
+
+def _apply_graph_step(step: Any, graph_input: Path, ctx: Any) -> tuple[list[Any], list[VariantRow]]:
+    """Run a graph-level technique. When it fails and it targets several runtimes, each runtime is
+    tried on its own: one that cannot be prepared becomes a "not built" row, never the end of the
+    run. A bad input that every runtime rejects is still the user's error (exit 2)."""
+    from edgekit.compress.base import handler_for
+
+    _, fn = handler_for(step)
+    runtimes = tuple(getattr(step, "runtimes", ()) or ())
+    try:
+        return list(fn(step, graph_input, ctx)), []
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as exc:
+        if len(runtimes) < 2:
+            raise
+        first = exc
+    made: list[Any] = []
+    failed: list[tuple[str, BaseException]] = []
+    for runtime in runtimes:
+        try:
+            made.extend(fn(dataclasses.replace(step, runtimes=(runtime,)), graph_input, ctx))
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except Exception as exc:
+            failed.append((runtime, exc))
+    if not made:
+        raise first
+    label = _short(_label(step))
+    rows = [_not_built(f"{_PREFIX.get(rt, rt)}-{label}", rt, [_label(step)], _first_line(e)) for rt, e in failed]
+    for row in rows:
+        ctx.progress(f"{row.name}: {row.not_measured_reason}")
+    return made, rows
 
 
 def _closest(rows: Sequence[Any]) -> Any:
@@ -467,11 +566,20 @@ def _save_npz(path: Path, ds: Dataset) -> None:
         np.savez(f, **arrays)
 
 
-def build(bundle: str | Path, *, runtime: str = "tensorrt", progress: Progress = _quiet) -> list[Path]:
+def build(
+    bundle: str | Path,
+    *,
+    runtime: str = "tensorrt",
+    shapes: Mapping[str, Any] | None = None,
+    progress: Progress = _quiet,
+) -> list[Path]:
     """On the device: verify the bundle, then build a TensorRT engine for every TensorRT variant,
-    sharing one timing cache (``tensorrt/timing.cache``) so rebuilds skip kernel timing."""
+    sharing one timing cache (``tensorrt/timing.cache``) so rebuilds skip kernel timing. The
+    optimization profile is the one compress derived from the data (the manifest's
+    ``model.shapes``); ``shapes`` overrides it per input."""
     from edgekit.bundle import manifest as mf
     from edgekit.bundle.tensorrt import build_plan
+    from edgekit.export.shapes import from_described
     from edgekit.runtimes.tensorrt import build_engine
 
     if runtime != "tensorrt":
@@ -486,9 +594,10 @@ def build(bundle: str | Path, *, runtime: str = "tensorrt", progress: Progress =
         raise BadInputError(
             f"{root} has no TensorRT variants; compress with --runtime tensorrt (the default) or --fp16"
         )
+    profiles = {**from_described(manifest.model.get("shapes")), **dict(shapes or {})}
     engines = []
     for v in trt:
-        plan = build_plan(v, root)
+        plan = build_plan(v, root, profiles)
         progress(f"building {plan['engine'].name} (TensorRT, fp16={plan['fp16']}, int8={plan['int8']})")
         engines.append(
             build_engine(

@@ -295,6 +295,13 @@ def _budget(max_drop: float | None, min_top1: float | None, min_cosine: float | 
 @click.option("--arch", default=None, help="module:factory for a state_dict model file.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a whole pickled module (runs code from the file).")
 @click.option("--input-shape", default=None, help="Per-sample input shape(s) when the model file has none.")
+@click.option(
+    "--shapes",
+    "shapes",
+    multiple=True,
+    metavar="NAME:MIN/OPT/MAX",
+    help="Shapes of a dynamic input, e.g. x:1x3x48x64/1x3x48x320/1x3x48x960 (default: from the data).",
+)
 @measuring_options(time_budget=1.0)
 def compress(
     model: Path,
@@ -325,6 +332,7 @@ def compress(
     arch: str | None,
     trust_pickle: bool,
     input_shape: str | None,
+    shapes: tuple[str, ...],
     no_memory: bool,
     as_json: bool,
 ) -> None:
@@ -332,7 +340,9 @@ def compress(
     from edgekit import api
     from edgekit.config import Recipe, load_recipe
     from edgekit.config import save_recipe as write_recipe
+    from edgekit.export.shapes import parse_shapes
 
+    profiles = parse_shapes(shapes)
     rts = [r.strip() for r in runtimes.split(",") if r.strip()]
     flag_steps = _steps_from_flags(int8, int8_dynamic, fp16, prune, distill, student, qat, rts)
     if recipe is not None:
@@ -364,6 +374,7 @@ def compress(
             arch=arch,
             trust_pickle=trust_pickle,
             input_shape=input_shape,
+            shapes=profiles,
             with_memory=not no_memory,
             command=_command_line(),
             progress=step,
@@ -434,12 +445,21 @@ def bench(
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--runtime", default="tensorrt", show_default=True, help="Runtime to compile for (tensorrt).")
-def build(bundle: Path, runtime: str) -> None:
+@click.option(
+    "--shapes",
+    "shapes",
+    multiple=True,
+    metavar="NAME:MIN/OPT/MAX",
+    help="Shapes of a dynamic input, e.g. x:1x3x48x64/1x3x48x320/1x3x48x960 (default: the bundle's, from its data).",
+)
+def build(bundle: Path, runtime: str, shapes: tuple[str, ...]) -> None:
     """On the device: build TensorRT engines from BUNDLE's ONNX (Q/DQ INT8, FP16) with a timing cache."""
     from edgekit import api
+    from edgekit.export.shapes import parse_shapes
 
+    profiles = parse_shapes(shapes)
     with _progress(True) as step:
-        engines = api.build(bundle, runtime=runtime, progress=step)
+        engines = api.build(bundle, runtime=runtime, shapes=profiles, progress=step)
     for e in engines:
         click.echo(f"engine: {e}")
 

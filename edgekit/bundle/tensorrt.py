@@ -7,13 +7,16 @@ bundle's ONNX files (explicit Q/DQ INT8, or fp32 with the FP16 flag), with a tim
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 
-def build_plan(variant: Any, root: Path) -> dict[str, Any]:
-    """How to build one TensorRT variant: precision flags and the optimization profile."""
+def build_plan(variant: Any, root: Path, shapes: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """How to build one TensorRT variant: precision flags and the optimization profile.
+
+    ``shapes`` (min/opt/max per input, from the data or ``--shapes``) sizes every dynamic axis;
+    inputs it leaves out that have only a dynamic batch get batch 1/1/32."""
     from edgekit.runtimes.tensorrt import profile_shapes
 
     path = root / variant["artifact"] if isinstance(variant, dict) else Path(variant.path)
@@ -24,11 +27,11 @@ def build_plan(variant: Any, root: Path) -> dict[str, Any]:
         "engine": path.with_suffix(".engine"),
         "fp16": precision in ("fp16", "int8", "mixed"),
         "int8": precision in ("int8", "mixed"),
-        "shapes": profile_shapes(path, min_batch=1, opt_batch=1, max_batch=32),
+        "shapes": profile_shapes(path, min_batch=1, opt_batch=1, max_batch=32, shapes=shapes),
     }
 
 
-def write_build_script(root: Path, trt: Sequence[Any]) -> None:
+def write_build_script(root: Path, trt: Sequence[Any], shapes: Mapping[str, Any] | None = None) -> None:
     if not trt:
         return
     from edgekit.runtimes.tensorrt import trtexec_command
@@ -41,7 +44,7 @@ def write_build_script(root: Path, trt: Sequence[Any]) -> None:
         'cd "$(dirname "$0")"',
     ]
     for c in trt:
-        plan = build_plan(c, root)
+        plan = build_plan(c, root, shapes)
         cmd = trtexec_command(
             Path(plan["onnx"].name),
             Path(plan["engine"].name),

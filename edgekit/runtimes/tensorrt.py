@@ -122,12 +122,17 @@ def profile_shapes(
             names = [spec.shape[a] or "?" for a in dynamic if a != 0]
             raise BadInputError(
                 f"input {spec.name!r} has dynamic axes {dynamic} ({names}) besides the batch; "
-                "give its min/opt/max shapes, "
-                f"e.g. shapes={{{spec.name!r}: ((1, ...), (8, ...), (32, ...))}}"
+                "give its min/opt/max shapes with --shapes NAME:MIN/OPT/MAX, "
+                f"e.g. --shapes {spec.name}:{_example(spec)}"
             )
         rest = tuple(int(d) for d in spec.shape[1:])  # type: ignore[arg-type]
         result[spec.name] = ((min_batch, *rest), (opt_batch, *rest), (max_batch, *rest))
     return result
+
+
+def _example(spec: TensorSpec) -> str:
+    dims = [[d, d, d] if isinstance(d, int) else [1, 8, 32] for d in spec.shape]
+    return "/".join("x".join(str(d[i]) for d in dims) for i in range(3))
 
 
 def _checked_profile(
