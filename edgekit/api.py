@@ -480,7 +480,9 @@ _PREFIX = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt"}
 
 def _not_built(name: str, runtime: str, techniques: Sequence[str], reason: str) -> VariantRow:
     """A report row for a variant its runtime could not prepare: the others are still delivered."""
-    fix = f"give --shapes {SHAPES_HINT}" if "--shapes" in reason else f"the other runtimes are delivered; {runtime} is skipped"
+    fix = f"the other runtimes are delivered; {runtime} is skipped"
+    if "--shapes" in reason:
+        fix = f"give --shapes {SHAPES_HINT}"
     why = reason or "unknown error"
     return VariantRow(
         name=name,
