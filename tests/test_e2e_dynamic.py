@@ -84,8 +84,8 @@ def encoder(tmp_path_factory) -> tuple[Path, Path]:
     mask = (np.arange(T_MAX)[None] < lengths[:, None]).astype(np.int64)
     ids = np.where(mask == 1, rng.integers(1, VOCAB, size=(n, T_MAX)), 0).astype(np.int64)
     onnx_path = d / "encoder.onnx"
-    _export(model, (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2])), ["input_ids", "attention_mask"],
-            {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "out": {0: "batch", 1: "seq"}},
+    axes = {name: {0: "batch", 1: "seq"} for name in ("input_ids", "attention_mask", "out")}
+    _export(model, (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2])), ["input_ids", "attention_mask"], axes,
             onnx_path)
     data = d / "d.npz"
     np.savez(data, input_ids=ids, attention_mask=mask)
@@ -225,3 +225,23 @@ def test_custom_metric_decides_and_bad_values_exit_2(encoder, tmp_path) -> None:
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and words in lines[0], err
         assert not out.exists()
+
+
+def test_fixed_sequence_axis_is_not_cropped_but_padding_still_does_not_count(encoder, tmp_path) -> None:
+    from edgekit.benchmarks.harness import run_outputs
+    from edgekit.io.data import load_npz
+    from edgekit.runtimes import get_runtime
+
+    model, data = encoder
+    ds = load_npz(data).head(24)
+    torch.manual_seed(0)
+    fixed = tmp_path / "fixed.onnx"  # the same weights, exported with a fixed sequence length
+    ids, mask = (torch.from_numpy(ds.inputs[k][:2]) for k in ("input_ids", "attention_mask"))
+    _export(TinyEncoder().eval(), (ids, mask), ["input_ids", "attention_mask"],
+            {"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}, "out": {0: "batch"}}, fixed)
+    dynamic = run_outputs(get_runtime("onnxruntime", threads=1).load(model), ds, batch=8)
+    static = run_outputs(get_runtime("onnxruntime", threads=1).load(fixed), ds, batch=8)
+    assert static.values.shape[1] == T_MAX and static.valid is not None
+    assert (static.valid.sum(axis=1) == ds.inputs["attention_mask"].sum(axis=1)).all()
+    for a, b in zip(static.samples(), dynamic.samples(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)

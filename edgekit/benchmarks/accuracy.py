@@ -554,7 +554,10 @@ def detect(
     if task in by_task:
         return OutputSpec(by_task[task], None, blank, source="model metadata", why=f"task {task}")
     v = outputs.values
-    shape = "[" + ", ".join(["B", *map(str, v.shape[1:])]) + "]"
+    dims = ["B", *map(str, v.shape[1:])]
+    if outputs.valid is not None and v.ndim >= 3:
+        dims[1] = "T"
+    shape = "[" + ", ".join(dims) + "]"
     if output_dtype is not None and not np.issubdtype(np.dtype(output_dtype), np.floating):
         return OutputSpec("raw", why=f"{output_dtype} output {shape}")
     class_labels = labels is not None and np.issubdtype(labels.dtype, np.integer)

@@ -75,7 +75,7 @@ def _valid_positions(out: np.ndarray, feed: dict[str, np.ndarray], ext: Extents,
     """Real positions along axis 1 of a batch's output ``(B, T, …)``: the attention mask when the
     output keeps the input's positions, else each sample's extent scaled to the output's T."""
     t_out = out.shape[1]
-    width = max(int(ext.lengths[rows].max(initial=1)), 1)
+    width = ext.width(feed) or max(int(ext.lengths[rows].max(initial=1)), 1)
     if ext.mask is not None and feed[ext.mask].shape[1] == t_out:
         return feed[ext.mask] != 0
     count = np.ceil(ext.lengths[rows] * t_out / width - 1e-9).astype(np.int64)

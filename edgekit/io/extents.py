@@ -29,6 +29,14 @@ class Extents:
     crops: dict[str, tuple[int, np.ndarray]]  # input name -> (axis, per-sample extent)
     source: str  # where the extents come from, in words
     mask: str | None = None  # the attention-mask input, when the extents come from one
+    along: tuple[str, int] | None = None  # the input and axis ``lengths`` measure
+
+    def width(self, feed: Mapping[str, np.ndarray]) -> int | None:
+        """How many positions ``feed`` has along the measured axis (after any crop)."""
+        if self.along is None or self.along[0] not in feed:
+            return None
+        name, axis = self.along
+        return int(feed[name].shape[axis])
 
     def crop(self, feed: Mapping[str, np.ndarray], rows: np.ndarray | slice) -> dict[str, np.ndarray]:
         """``feed`` (already restricted to ``rows``) cropped to the longest real sample of ``rows``."""
@@ -78,23 +86,36 @@ def find_extents(
 
     ``lengths`` maps input names to ``<input>_length`` arrays; ``dynamic_axes`` maps input names
     to the model's dynamic axes (batch axis 0 included or not) and picks the axis a length crops.
+    An axis the model declares fixed is never cropped (the extents still say which positions
+    are real).
     """
+
+    def croppable(name: str, axis: int) -> bool:
+        return dynamic_axes is None or axis in dynamic_axes.get(name, ())
+
     for name, arr in arrays.items():
         if is_mask(name, arr):
             real = np.asarray(arr) != 0
             last = np.where(real.any(axis=1), real.shape[1] - np.argmax(real[:, ::-1], axis=1), 0)
             ext = last.astype(np.int64)
-            crops = {k: (1, ext) for k, v in arrays.items() if np.ndim(v) >= 2 and v.shape[:2] == arr.shape}
-            return Extents(lengths=ext, crops=crops, source=f"attention mask {name!r}", mask=name)
-    crops: dict[str, tuple[int, np.ndarray]] = {}
+            crops = {
+                k: (1, ext)
+                for k, v in arrays.items()
+                if np.ndim(v) >= 2 and v.shape[:2] == arr.shape and croppable(k, 1)
+            }
+            return Extents(lengths=ext, crops=crops, source=f"attention mask {name!r}", mask=name, along=(name, 1))
+    measured: dict[str, tuple[int, np.ndarray]] = {}
     for name, ext in (lengths or {}).items():
         if name not in arrays:
             continue
         arr = arrays[name]
         axes = [a for a in (dynamic_axes or {}).get(name, ()) if 0 < a < arr.ndim]
         axis = max(axes) if axes else arr.ndim - 1
-        crops[name] = (axis, np.clip(np.asarray(ext, dtype=np.int64), 1, arr.shape[axis]))
-    if not crops:
+        measured[name] = (axis, np.clip(np.asarray(ext, dtype=np.int64), 1, arr.shape[axis]))
+    if not measured:
         return None
-    first = next(iter(crops))
-    return Extents(lengths=crops[first][1], crops=crops, source=f"'{first}_length'")
+    first = next(iter(measured))
+    crops = {k: v for k, v in measured.items() if croppable(k, v[0])}
+    return Extents(
+        lengths=measured[first][1], crops=crops, source=f"'{first}_length'", along=(first, measured[first][0])
+    )
