@@ -208,13 +208,16 @@ def measure(
             row.rejected_reason = f"not verified on this machine: {row.not_measured_reason}"
 
     for b in batches:
-        progress(f"timing {len(loaded)} variants at batch {b} (interleaved, real samples at the median length)")
         fns, shapes = {}, {}
         for name, rt in loaded.items():
             bound = data.bind([s.name for s in rt.inputs])
             feeds = lat.feeds_from(bound, batch=b, n_feeds=8, seed=0, extents=extents_for(rt, data))
             fns[name] = lat.cycle(rt, feeds)
             shapes[name] = _shape_of(feeds[0])
+        ext = extents_for(loaded[baseline], data)
+        at = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes[baseline].items())
+        how = f"real samples cropped to the median length: {at}" if ext is not None else at
+        progress(f"timing {len(loaded)} variants at batch {b}, interleaved ({how})")
         stats = lat.measure(fns, batch=b, budget_s=budget_s)
         for name, s in stats.items():
             entry = {**s.as_dict(), "shape": shapes[name]}
