@@ -219,10 +219,14 @@ def compress(
     out: str | Path | None = None,
     overwrite: bool = False,
     seed: int = 0,
-    threads: int = 1,
+    threads: int | None = None,
     budget: Budget | None = None,
     batches: Sequence[int] = (1,),
     time_budget_s: float = 1.0,
+    output_kind: str | None = None,
+    decode: str | None = None,
+    blank: int | None = None,
+    metric: str | None = None,
     arch: str | None = None,
     trust_pickle: bool = False,
     input_shape: str | None = None,
@@ -236,6 +240,11 @@ def compress(
 
     When the user set a budget and no compressed variant met it, the bundle is still
     written (every variant is in its report) and ``result.budget_error`` says why (CLI exit 3).
+
+    ``output_kind`` (classifier, embedding, sequence, regression, raw), ``decode`` ("ctc" or
+    "none") and ``blank`` override how fidelity is measured (detected from the graph and data
+    otherwise); ``metric`` ("module:function") is the user's own metric, which then decides.
+    ``threads`` defaults to the machine's physical cores.
     """
     from edgekit.benchmarks import harness
     from edgekit.benchmarks.report import machine_info, write_all
@@ -251,6 +260,8 @@ def compress(
     from edgekit.io.models import load_model
 
     budget = budget or Budget()
+    threads, threads_source = _threads(threads)
+    _check_output_options(output_kind, decode, metric)
     target = target or default_target()
     target_rt = target_runtime(target)
     src = Path(model)
@@ -273,16 +284,31 @@ def compress(
     with atomic_dir(bundle, overwrite=overwrite) as root:
         work = root / ".work"
         work.mkdir()
-        progress("exporting the fp32 model to ONNX (checked against torch)")
+        if loaded.format == "onnx":
+            progress("checking the ONNX model (opset, shapes, dynamic batch) and running it on real samples")
+        else:
+            progress("exporting the fp32 model to ONNX (checked against torch)")
         fp32_path = root / "model.fp32.onnx"
         sample = splits.eval.head(16).inputs
         exported = export_onnx(loaded, fp32_path, sample=sample)
         input_names = list(exported.input_names)
-        splits = splits.map(lambda ds: dataclasses.replace(ds, inputs=ds.bind(input_names)))
+        splits = splits.map(
+            lambda ds: dataclasses.replace(ds, inputs=ds.bind(input_names), lengths=ds.bind_lengths(input_names))
+        )
         from edgekit.runtimes import get_runtime
 
-        probe = get_runtime("onnxruntime", threads=threads).load(fp32_path).run(splits.eval.head(2).inputs)[0]
+        probe_rt = get_runtime("onnxruntime", threads=threads).load(fp32_path)
+        probe = probe_rt.run(splits.eval.head(2).inputs)[0]
         task = infer_task(splits, np.asarray(probe), (loaded.meta or {}).get("task"))
+        output = _output_spec(
+            harness.detect_output(probe_rt, splits.eval.head(harness.EVAL_BATCH), meta=loaded.meta),
+            output_kind,
+            decode,
+            blank,
+            metric,
+        )
+        task = {"embedding": "embedding", "sequence": "sequence"}.get(output.kind, task)
+        progress(f"output kind: {output.summary()}")
         splits = splits.map(lambda ds: dataclasses.replace(ds, task=task))
         ctx = Context(
             workdir=work,
@@ -376,7 +402,7 @@ def compress(
         shutil.rmtree(work)
 
         profiles = profile_from_data(
-            exported_inputs(fp32_path), [splits.calib.inputs, splits.eval.inputs], batches=batches, given=shapes
+            exported_inputs(fp32_path), [splits.calib, splits.eval], batches=batches, given=shapes
         )
         trt = [c for c in candidates if c.runtime == "tensorrt"]
         try:
@@ -401,7 +427,7 @@ def compress(
                 "format": loaded.format,
                 "inputs": [{"name": n} for n in input_names],
             },
-            machine=machine_info(threads),
+            machine={**machine_info(threads), **_threads_info(threads_source)},
             budget=budget.describe(_primary(task) if splits.eval.labels is not None else None),
             data={**splits.info, "calib_sha256": splits.calib.sha256(), "eval_sha256": splits.eval.sha256()},
             techniques=dict(ctx.records),
@@ -420,6 +446,7 @@ def compress(
             threads=threads,
             budget_s=time_budget_s,
             with_memory=with_memory,
+            output=output,
             progress=progress,
         )
         report.variants.extend(not_built)
@@ -441,6 +468,10 @@ def compress(
                 "inputs": input_names,
                 "metric": report.budget.get("metric"),
                 "shapes": describe_shapes(profiles),
+                "output_kind": output.kind,
+                "decode": output.decode,
+                "blank": output.blank,
+                "user_metric": output.metric,
             },
             budget=dataclasses.asdict(budget),
         )
@@ -562,6 +593,7 @@ def _primary(task: str) -> str | None:
 
 def _save_npz(path: Path, ds: Dataset) -> None:
     arrays = dict(ds.inputs)
+    arrays.update({f"{k}_length": v for k, v in ds.lengths.items()})
     if ds.labels is not None:
         arrays["y"] = ds.labels
     with open(path, "wb") as f:
@@ -620,9 +652,13 @@ def bench(
     *,
     runtimes: Sequence[str] | None = None,
     batches: Sequence[int] = (1,),
-    threads: int = 1,
+    threads: int | None = None,
     time_budget_s: float = 2.0,
     budget: Budget | None = None,
+    output_kind: str | None = None,
+    decode: str | None = None,
+    blank: int | None = None,
+    metric: str | None = None,
     out: str | Path | None = None,
     with_memory: bool = True,
     command: str = "edgekit bench",
@@ -635,6 +671,8 @@ def bench(
     from edgekit.devices.detect import target_runtime
     from edgekit.io.data import load_npz
 
+    threads, threads_source = _threads(threads)
+    _check_output_options(output_kind, decode, metric)
     root = Path(bundle)
     manifest = mf.read(root, verify=True)
     variants = manifest.variants
@@ -648,7 +686,10 @@ def bench(
     wanted = set(runtimes) if runtimes else known
     task = manifest.model.get("task", "unknown")
     ds = load_npz(root / "data" / "eval.npz", task=task)
-    ds = Dataset(inputs=ds.bind(manifest.model.get("inputs") or ds.names), labels=ds.labels, task=task, name="eval")
+    bound = manifest.model.get("inputs") or ds.names
+    ds = Dataset(
+        inputs=ds.bind(bound), labels=ds.labels, task=task, name="eval", lengths=ds.bind_lengths(bound)
+    )
     candidates = [
         harness.Candidate(
             name=v["name"],
@@ -674,10 +715,16 @@ def bench(
             "params": next((v.get("params") for v in variants if v["name"] == "ort-fp32"), None),
             "task": task,
         },
-        machine=machine_info(threads),
+        machine={**machine_info(threads), **_threads_info(threads_source)},
         budget=budget.describe(manifest.model.get("metric") if ds.labels is not None else None),
         data={"source": "bundle data/eval.npz", "eval_n": len(ds), "eval_sha256": ds.sha256()},
     )
+    output = _bundle_output_spec(manifest.model, output_kind, decode, blank, metric)
+    if output is not None and manifest.model.get("user_metric") and not metric:
+        report.warnings.append(
+            f"compress judged with --metric {manifest.model['user_metric']}; bench does not import code named "
+            "in a bundle: pass --metric again to use it"
+        )
     harness.fill(
         report,
         candidates,
@@ -688,6 +735,7 @@ def bench(
         threads=threads,
         budget_s=time_budget_s,
         with_memory=with_memory,
+        output=output,
         progress=progress,
     )
     out_dir = Path(out) if out else root / "bench"
@@ -705,3 +753,57 @@ def _artifact_size(path: Path) -> int | None:
     if path.suffix == ".xml" and path.with_suffix(".bin").exists():
         size += path.with_suffix(".bin").stat().st_size
     return size
+
+
+# ------------------------------------------------------------------------ output kind, threads
+def _threads(threads: int | None) -> tuple[int, str]:
+    """``threads`` or the default (``EDGEKIT_THREADS``/``OMP_NUM_THREADS``, else physical cores)."""
+    from edgekit.benchmarks.latency import default_threads
+
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise BadInputError(f"--threads must be a positive whole number (got {threads!r})")
+        return threads, "--threads"
+    return default_threads()
+
+
+def _threads_info(source: str) -> dict[str, Any]:
+    from edgekit.benchmarks.latency import physical_cores
+
+    return {"physical_cores": physical_cores(), "threads_source": source}
+
+
+def _check_output_options(kind: str | None, decode: str | None, metric: str | None) -> None:
+    """Fail early, before any work, on a bad --output-kind, --decode or --metric."""
+    from edgekit.benchmarks.accuracy import DECODERS, KIND_NAMES, load_metric
+
+    if kind is not None and kind not in KIND_NAMES:
+        raise BadInputError(f"--output-kind must be one of {', '.join(KIND_NAMES)} (got {kind!r})")
+    if decode is not None and decode not in DECODERS:
+        raise BadInputError(f"--decode must be one of {', '.join(DECODERS)} (got {decode!r})")
+    if metric is not None:
+        load_metric(metric)
+
+
+def _output_spec(detected: Any, kind: str | None, decode: str | None, blank: int | None, metric: str | None) -> Any:
+    from edgekit.benchmarks.accuracy import resolve
+
+    return resolve(detected, kind=kind, decode=decode, blank=blank, metric=metric)
+
+
+def _bundle_output_spec(
+    model: dict[str, Any], kind: str | None, decode: str | None, blank: int | None, metric: str | None
+) -> Any:
+    """The output spec compress recorded in the manifest, with the user's overrides; None for a
+    bundle made before output kinds (then it is detected again)."""
+    from edgekit.benchmarks.accuracy import OutputSpec, resolve
+
+    if not model.get("output_kind") and not kind:
+        return None
+    recorded = OutputSpec(
+        kind=model.get("output_kind") or kind or "raw",
+        decode=model.get("decode"),
+        blank=int(model.get("blank") or 0),
+        source="bundle manifest",
+    )
+    return resolve(recorded, kind=kind, decode=decode, blank=blank, metric=metric)

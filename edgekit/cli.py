@@ -11,6 +11,7 @@ import contextlib
 import json
 import shlex
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,10 @@ def measuring_options(time_budget: float) -> Callable[[Callable[..., Any]], Call
     """The options every measuring verb shares (threads, batch sizes, timing, memory, JSON)."""
     options = [
         click.option(
-            "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads each runtime may use."
+            "--threads",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Threads each runtime may use (default: EDGEKIT_THREADS or OMP_NUM_THREADS, else physical cores).",
         ),
         click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes to time, e.g. 1,8."),
         click.option(
@@ -118,6 +122,35 @@ def measuring_options(time_budget: float) -> Callable[[Callable[..., Any]], Call
         return fn
 
     return apply
+
+
+def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """How fidelity is measured without labels (compress and bench): the output kind and its decoding."""
+    options = [
+        click.option(
+            "--output-kind",
+            default=None,
+            metavar="KIND",
+            help="classifier|embedding|sequence|regression|raw (default: detected from the graph and data).",
+        ),
+        click.option(
+            "--decode",
+            default=None,
+            metavar="ctc|none",
+            help="Read sequence outputs by CTC collapse (default: ctc when the model metadata says so).",
+        ),
+        click.option("--blank", type=int, default=None, help="CTC blank class index (default: model metadata, or 0)."),
+        click.option(
+            "--metric",
+            "user_metric",
+            default=None,
+            metavar="MODULE:FUNCTION",
+            help="Your own metric fn(fp32_outputs, variant_outputs, data) -> float or dict; it then decides.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -302,6 +335,7 @@ def _budget(max_drop: float | None, min_top1: float | None, min_cosine: float | 
     metavar="NAME:MIN/OPT/MAX",
     help="Shapes of a dynamic input, e.g. x:1x3x48x64/1x3x48x320/1x3x48x960 (default: from the data).",
 )
+@output_options
 @measuring_options(time_budget=1.0)
 def compress(
     model: Path,
@@ -322,7 +356,7 @@ def compress(
     out: Path | None,
     overwrite: bool,
     seed: int | None,
-    threads: int,
+    threads: int | None,
     max_drop: float | None,
     min_top1: float | None,
     min_cosine: float | None,
@@ -333,6 +367,10 @@ def compress(
     trust_pickle: bool,
     input_shape: str | None,
     shapes: tuple[str, ...],
+    output_kind: str | None,
+    decode: str | None,
+    blank: int | None,
+    user_metric: str | None,
     no_memory: bool,
     as_json: bool,
 ) -> None:
@@ -371,6 +409,10 @@ def compress(
             budget=_budget(plan.max_drop, min_top1, min_cosine, min_sqnr),
             batches=_int_list(batch, "--batch"),
             time_budget_s=time_budget,
+            output_kind=output_kind,
+            decode=decode,
+            blank=blank,
+            metric=user_metric,
             arch=arch,
             trust_pickle=trust_pickle,
             input_shape=input_shape,
@@ -403,15 +445,20 @@ def compress(
     default=None,
     help="Report directory. Default: BUNDLE/bench.",
 )
+@output_options
 @measuring_options(time_budget=2.0)
 def bench(
     bundle: Path,
     runtimes: str | None,
     batch: str,
-    threads: int,
+    threads: int | None,
     time_budget: float,
     max_drop: float | None,
     out: Path | None,
+    output_kind: str | None,
+    decode: str | None,
+    blank: int | None,
+    user_metric: str | None,
     no_memory: bool,
     as_json: bool,
 ) -> None:
@@ -434,6 +481,10 @@ def bench(
             threads=threads,
             time_budget_s=time_budget,
             budget=budget,
+            output_kind=output_kind,
+            decode=decode,
+            blank=blank,
+            metric=user_metric,
             out=out,
             with_memory=not no_memory,
             command=_command_line(),
@@ -513,7 +564,10 @@ def devices() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn :class:`EdgekitError` into a one-line message and exit code."""
     try:
-        cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
+        with warnings.catch_warnings():
+            if not sys.warnoptions:  # library warnings (numpy overflow in a calibrator …) are not the user's
+                warnings.simplefilter("ignore")  # to act on; `python -W default -m edgekit` shows them
+            cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
     except EdgekitError as exc:
         click.echo(f"edgekit: error: {exc}", err=True)
         return exc.exit_code

@@ -14,7 +14,8 @@ import torch
 from onnx import TensorProto, helper
 
 from edgekit.errors import BadInputError
-from edgekit.export.shapes import describe, from_described, parse_shapes, profile_from_data, valid_lengths
+from edgekit.export.shapes import describe, from_described, parse_shapes, profile_from_data
+from edgekit.io.data import Dataset
 from edgekit.runtimes.base import TensorSpec
 
 
@@ -69,23 +70,22 @@ def test_profile_from_attention_mask_and_length_arrays() -> None:
     lengths = np.array([3, 5, 9, 12, 20])
     mask = (np.arange(20)[None, :] < lengths[:, None]).astype(np.int64)
     ids = np.where(mask == 1, 7, 0)
-    text = {"input_ids": ids, "attention_mask": mask}
-    assert valid_lengths(text)["input_ids"].tolist() == lengths.tolist()
+    text = Dataset({"input_ids": ids, "attention_mask": mask})
     specs = [TensorSpec(n, ("batch", "seq"), "int64") for n in ("input_ids", "attention_mask")]
     prof = profile_from_data(specs, [text], batches=(1, 8))
     assert prof["input_ids"] == ((1, 3), (1, 9), (32, 20)) == prof["attention_mask"]
 
-    images = {"x": np.zeros((4, 1, 32, 96), np.float32), "x_length": np.array([40, 56, 64, 96])}
+    x = np.zeros((4, 1, 32, 96), np.float32)
+    images = Dataset({"x": x}, lengths={"x": np.array([40, 56, 64, 96])})
     img_spec = [TensorSpec("x", ("batch", 1, 32, "width"), "float32")]
     assert profile_from_data(img_spec, [images])["x"] == ((1, 1, 32, 40), (1, 1, 32, 60), (32, 1, 32, 96))
     # Without a length array, the array's own width is the only extent seen.
-    del images["x_length"]
-    assert profile_from_data(img_spec, [images])["x"] == ((1, 1, 32, 96), (1, 1, 32, 96), (32, 1, 32, 96))
+    assert profile_from_data(img_spec, [Dataset({"x": x})])["x"] == ((1, 1, 32, 96), (1, 1, 32, 96), (32, 1, 32, 96))
 
 
 def test_given_shapes_win_and_are_checked_against_the_graph() -> None:
     spec = [TensorSpec("x", ("batch", 1, 32, "width"), "float32")]
-    data = [{"x": np.zeros((2, 1, 32, 64), np.float32)}]
+    data = [Dataset({"x": np.zeros((2, 1, 32, 64), np.float32)})]
     given = parse_shapes("x:1x1x32x16/2x1x32x128/8x1x32x512")
     assert profile_from_data(spec, data, given=given)["x"] == given["x"]
     with pytest.raises(BadInputError, match="fixed at 32"):

@@ -4,11 +4,18 @@ Conventions for model outputs (the first output of the model):
 - ``classification``: logits or probabilities ``(N, C)``; metric ``accuracy`` in percent.
 - ``binary``: one probability per sample ``(N, 1)`` or ``(N,)``, threshold 0.5; ``accuracy`` in percent.
 - ``regression``: ``(N, 1)`` or ``(N,)``; primary metric ``r2`` (higher is better), ``mae`` too.
+
+Without labels a variant is judged by its fidelity to fp32, the way its output is used: the
+output kinds of :data:`KINDS` (classifier, embedding, sequence, regression, raw) each compute
+their figures over real positions only (padding never counts) and name the rules the gate
+(:mod:`edgekit.benchmarks.gate`) applies.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -91,3 +98,547 @@ def fidelity(task: str, reference: np.ndarray, outputs: np.ndarray) -> Fidelity:
         sqnr_db=sqnr,
         max_abs_err=float(np.max(np.abs(err))) if err.size else 0.0,
     )
+
+
+# ================================================================== output-aware fidelity
+# Without labels, "accuracy loss" is fidelity to fp32 measured the way the output is used: each
+# output kind below says which figures it computes and which of them the gate checks (and at
+# which default threshold). A new kind is one entry of ``KINDS``.
+
+KIND_NAMES = ("classifier", "embedding", "sequence", "regression", "raw")
+DECODERS = ("ctc", "none")
+# A variant's argmax counts as agreeing when the fp32 output at that class is within this
+# fraction of the row's scale of the fp32 maximum: a tie that numerical noise may break either way.
+TIE_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A model's first output on every evaluation sample, in the data's order.
+
+    ``values`` holds ``(N, ...)``; for outputs with positions (``(N, T, ...)``) it is padded with
+    zeros to the longest sample and ``valid`` (``(N, T)`` bool) says which positions are real.
+    ``valid`` is None when every position counts.
+    """
+
+    values: np.ndarray
+    valid: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def has_positions(self) -> bool:
+        return self.values.ndim >= 3
+
+    def positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(P, C)`` rows of every real position and the sample index of each (for ``(N, T, C…)``)."""
+        v = self.values.reshape(len(self), self.values.shape[1], -1)
+        valid = self.valid if self.valid is not None else np.ones(v.shape[:2], dtype=bool)
+        return v[valid], np.nonzero(valid)[0]
+
+    def samples(self) -> list[np.ndarray]:
+        """One array per sample with only its real positions (ragged along axis 0 of each)."""
+        if self.valid is None:
+            return list(self.values)
+        return [self.values[i][self.valid[i]] for i in range(len(self))]
+
+    def real_values(self) -> np.ndarray:
+        """Every real output value, flattened (padded positions left out)."""
+        if self.valid is None:
+            return self.values.reshape(-1)
+        return self.values[self.valid].reshape(-1)
+
+
+def as_outputs(values: np.ndarray | Outputs) -> Outputs:
+    return values if isinstance(values, Outputs) else Outputs(np.asarray(values))
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """How a model's output is used, hence how fidelity is measured: the output kind, the CTC
+    decoding of sequence outputs, and the user's own metric (``module:function``)."""
+
+    kind: str
+    decode: str | None = None  # "ctc" for sequence outputs read by CTC collapse
+    blank: int = 0  # the CTC blank class
+    metric: str | None = None  # the user's metric, "module:function"
+    source: str = "detected"  # "detected", "--output-kind", "model metadata", "bundle manifest"
+    why: str = ""  # the evidence the detection used
+
+    def __post_init__(self) -> None:
+        from edgekit.errors import BadInputError
+
+        if self.kind not in KIND_NAMES:
+            raise BadInputError(f"unknown output kind {self.kind!r}; choose one of {', '.join(KIND_NAMES)}")
+        if self.decode not in (None, *DECODERS):
+            raise BadInputError(f"unknown decoder {self.decode!r}; choose one of {', '.join(DECODERS)}")
+        if self.decode == "ctc" and self.kind != "sequence":
+            raise BadInputError(f"--decode ctc reads sequence outputs, not {self.kind}; pass --output-kind sequence")
+        if isinstance(self.blank, bool) or not isinstance(self.blank, int) or self.blank < 0:
+            raise BadInputError(f"the CTC blank must be a class index >= 0 (got {self.blank!r})")
+        if self.metric is not None and ":" not in self.metric:
+            raise BadInputError(f"--metric takes module:function (got {self.metric!r}), e.g. mymetrics:score")
+
+    @property
+    def ctc(self) -> bool:
+        return self.decode == "ctc"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        text = self.kind
+        if self.ctc:
+            text += f" (CTC decode, blank {self.blank})"
+        if self.metric:
+            text += f", metric {self.metric}"
+        return f"{text} [{self.source}{': ' + self.why if self.why else ''}]"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One check of the gate: ``figure`` (a key of the fidelity figures) must be at least (or at
+    most) a bound. ``override`` reads the user's bound from the :class:`~edgekit.benchmarks.gate.Budget`
+    (None = keep ``default``); a rule with no bound is skipped, and so is a rule whose figure is
+    missing or whose ``unless`` figure is present."""
+
+    figure: str
+    label: str
+    default: float | None
+    at_least: bool = True
+    override: Callable[[Any], float | None] | None = None
+    unless: str | None = None
+    unit: str = ""
+
+    def bound(self, budget: Any) -> float | None:
+        user = self.override(budget) if self.override and budget is not None else None
+        return self.default if user is None else user
+
+    def describe(self, budget: Any) -> dict[str, Any] | None:
+        b = self.bound(budget)
+        if b is None:
+            return None
+        return {"figure": self.figure, "at_least" if self.at_least else "at_most": b}
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """An output kind: its fidelity figures, the gate's rules on them, and its task metric."""
+
+    name: str
+    what: str
+    figures: Callable[[Outputs, Outputs, OutputSpec], dict[str, Any]]
+    rules: tuple[Rule, ...]
+    task_metric: Callable[[Outputs, Outputs, np.ndarray, OutputSpec], dict[str, float]] | None = None
+    primary: str | None = None  # the task metric that decides when there are labels
+
+
+# ------------------------------------------------------------------------- figures
+def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
+    err = ref - out
+    noise = float(np.sum(err * err))
+    signal = float(np.sum(ref * ref))
+    return float("inf") if noise == 0.0 else 10.0 * float(np.log10(max(signal, 1e-300) / noise))
+
+
+def _row_cosine(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Cosine per row; identical all-zero rows count as 1."""
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    dots = np.sum(ref * out, axis=1)
+    same = np.all(ref == out, axis=1)
+    return np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(same, 1.0, 0.0))
+
+
+def _common(ref: Outputs, out: Outputs) -> dict[str, Any]:
+    """SQNR, max and relative error over real values only."""
+    r = ref.real_values().astype(np.float64)
+    o = out.real_values().astype(np.float64)
+    if r.shape != o.shape:
+        raise ValueError(f"output shapes differ: baseline {ref.values.shape}, variant {out.values.shape}")
+    err = r - o
+    ref_norm = float(np.linalg.norm(r))
+    return {
+        "sqnr_db": _sqnr(r, o),
+        "max_abs_err": float(np.max(np.abs(err))) if err.size else 0.0,
+        "rel_err": float(np.linalg.norm(err) / ref_norm) if ref_norm > 0 else float(np.linalg.norm(err) > 0),
+        "positions": int(ref.valid.sum()) if ref.valid is not None else None,
+    }
+
+
+def tie_aware_argmax(ref: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax of ``ref`` rows, and of ``out`` rows with near-ties of ``ref`` resolved like ``ref``."""
+    ref_arg = ref.argmax(axis=1)
+    out_arg = out.argmax(axis=1)
+    rows = np.arange(len(ref))
+    scale = np.maximum(np.abs(ref).max(axis=1, initial=0.0), 1.0)
+    tied = ref[rows, out_arg] >= ref[rows, ref_arg] - TIE_RTOL * scale
+    return ref_arg, np.where(tied, ref_arg, out_arg)
+
+
+def _classifier(ref: Outputs, out: Outputs, spec: OutputSpec) -> dict[str, Any]:
+    r = ref.values.reshape(len(ref), -1).astype(np.float64)
+    o = out.values.reshape(len(out), -1).astype(np.float64)
+    if r.shape[1] > 1:
+        a, b = tie_aware_argmax(r, o)
+        top1 = float(np.mean(a == b))
+    else:
+        top1 = float(np.mean((r[:, 0] > 0.5) == (o[:, 0] > 0.5)))
+    return {"top1_agreement": top1, "cosine": float(np.mean(_row_cosine(r, o))), **_common(ref, out)}
+
+
+def pooled(out: Outputs) -> np.ndarray:
+    """Mask-aware mean over real positions for token states ``(N, T, D)``, then L2-normalised;
+    ``(N, D)`` outputs are only normalised."""
+    v = out.values.astype(np.float64)
+    if v.ndim >= 3:
+        v = v.reshape(len(v), v.shape[1], -1)
+        valid = out.valid if out.valid is not None else np.ones(v.shape[:2], dtype=bool)
+        w = valid[..., None].astype(np.float64)
+        v = (v * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1.0)
+    else:
+        v = v.reshape(len(v), -1)
+    norm = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.where(norm > 0, norm, 1.0)
+
+
+def nearest_neighbours(emb: np.ndarray) -> np.ndarray:
+    """Index of each row's nearest other row by cosine (rows L2-normalised)."""
+    sim = emb @ emb.T
+    np.fill_diagonal(sim, -np.inf)
+    return sim.argmax(axis=1)
+
+
+def _embedding(ref: Outputs, out: Outputs, spec: OutputSpec) -> dict[str, Any]:
+    r, o = pooled(ref), pooled(out)
+    cos = np.sum(r * o, axis=1)
+    nn = float(np.mean(nearest_neighbours(r) == nearest_neighbours(o))) if len(r) > 2 else None
+    return {"cosine": float(cos.mean()), "cosine_min": float(cos.min()), "nn_agreement": nn, **_common(ref, out)}
+
+
+def ctc_collapse(ids: np.ndarray, blank: int) -> list[int]:
+    """Greedy CTC: merge repeats, drop blanks."""
+    seq = np.asarray(ids).reshape(-1)
+    if seq.size == 0:
+        return []
+    keep = np.concatenate([[True], seq[1:] != seq[:-1]]) & (seq != blank)
+    return [int(t) for t in seq[keep]]
+
+
+def _decode_all(ids: np.ndarray, owner: np.ndarray, n: int, blank: int) -> list[list[int]]:
+    bounds = np.searchsorted(owner, np.arange(n + 1))
+    return [ctc_collapse(ids[bounds[i] : bounds[i + 1]], blank) for i in range(n)]
+
+
+def _sequence(ref: Outputs, out: Outputs, spec: OutputSpec) -> dict[str, Any]:
+    r, owner = ref.positions()
+    o, _ = out.positions()
+    r, o = r.astype(np.float64), o.astype(np.float64)
+    a, b = tie_aware_argmax(r, o)
+    figures: dict[str, Any] = {
+        "position_agreement": float(np.mean(a == b)) if len(a) else 1.0,
+        "cosine": float(np.mean(_row_cosine(r, o))) if len(r) else 1.0,
+    }
+    if spec.ctc:
+        ref_text = _decode_all(a, owner, len(ref), spec.blank)
+        out_text = _decode_all(b, owner, len(ref), spec.blank)
+        exact = float(np.mean([x == y for x, y in zip(ref_text, out_text, strict=True)]))
+        figures["exact_match"] = exact
+        figures["exact_match_drop"] = 100.0 * (1.0 - exact)  # points vs fp32 reading itself
+    return {**figures, **_common(ref, out)}
+
+
+def _raw(ref: Outputs, out: Outputs, spec: OutputSpec) -> dict[str, Any]:
+    r = ref.real_values().astype(np.float64)
+    o = out.real_values().astype(np.float64)
+    cos = float(_row_cosine(r[None], o[None])[0]) if r.size else 1.0
+    return {"cosine": cos, **_common(ref, out)}
+
+
+# -------------------------------------------------------------------- task metrics
+def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def _sequence_metric(ref: Outputs, out: Outputs, labels: np.ndarray, spec: OutputSpec) -> dict[str, float]:
+    """Sequence accuracy (percent of exactly read samples) and character error rate vs labels
+    ``(N, L)`` padded with -1, after greedy CTC decoding."""
+    if not spec.ctc or labels.ndim != 2:
+        return {}
+    o, owner = out.positions()
+    texts = _decode_all(o.argmax(axis=1), owner, len(out), spec.blank)
+    truth = [[int(t) for t in row if t >= 0] for row in labels]
+    errors = sum(edit_distance(t, p) for t, p in zip(truth, texts, strict=True))
+    chars = max(sum(len(t) for t in truth), 1)
+    exact = np.mean([t == p for t, p in zip(truth, texts, strict=True)])
+    return {"sequence_accuracy": float(100.0 * exact), "cer": errors / chars}
+
+
+def _centroid_metric(ref: Outputs, out: Outputs, labels: np.ndarray, spec: OutputSpec) -> dict[str, float]:
+    """Nearest-centroid accuracy (percent) of ``out``'s pooled embeddings against class centroids
+    of the fp32 embeddings of the same evaluation set, leave-one-out: each sample's own fp32
+    embedding is removed from its class centroid, so no sample is scored against itself. Fixed
+    fp32 centroids measure whether a variant still places samples where the fp32 geometry expects
+    them; the calibration split is not used because it may be unlabelled."""
+    y = np.asarray(labels).reshape(-1)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(np.unique(y)) < 2:
+        return {}
+    r, o = pooled(ref), pooled(out)
+    classes = np.unique(y)
+    sums = np.stack([r[y == c].sum(axis=0) for c in classes])
+    counts = np.array([np.sum(y == c) for c in classes], dtype=np.float64)
+    own = np.searchsorted(classes, y)
+    scores = np.empty((len(y), len(classes)))
+    for k in range(len(classes)):
+        cent = np.repeat(sums[k][None], len(y), axis=0)
+        n = np.full(len(y), counts[k])
+        mine = own == k
+        cent[mine] -= r[mine]
+        n[mine] -= 1
+        cent /= np.maximum(n, 1.0)[:, None]
+        cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+        scores[:, k] = np.where(n > 0, np.sum(o * cent, axis=1), -np.inf)
+    return {"centroid_accuracy": float(100.0 * np.mean(classes[scores.argmax(axis=1)] == y))}
+
+
+def _top1_floor(budget: Any) -> float | None:
+    if budget.min_top1_agreement is not None:
+        return float(budget.min_top1_agreement)
+    return 1.0 - budget.max_drop / 100.0 if budget.max_drop is not None else None
+
+
+def _points_drop(budget: Any) -> float | None:
+    return budget.max_drop
+
+
+def _agreement_floor(budget: Any) -> float | None:
+    return 1.0 - budget.max_drop / 100.0 if budget.max_drop is not None else None
+
+
+def _min_cosine(budget: Any) -> float | None:
+    return budget.min_cosine
+
+
+def _min_sqnr(budget: Any) -> float | None:
+    return budget.min_sqnr_db
+
+
+KINDS: dict[str, OutputKind] = {
+    k.name: k
+    for k in (
+        OutputKind(
+            "classifier",
+            "class scores [B, C]: top-1 agreement and cosine of the scores",
+            _classifier,
+            (
+                Rule("top1_agreement", "top-1 agreement", 0.99, override=_top1_floor),
+                Rule("cosine", "cosine", 0.99, override=_min_cosine),
+            ),
+        ),
+        OutputKind(
+            "embedding",
+            "embeddings [B, D] or token states [B, T, D]: mask-aware mean-pooled, L2-normalised "
+            "cosine per sample (mean, min); nearest-neighbour agreement within the evaluation set",
+            _embedding,
+            (
+                Rule("cosine", "pooled cosine (mean)", 0.995, override=_min_cosine),
+                Rule("cosine_min", "pooled cosine (min)", 0.98),
+                Rule("nn_agreement", "nearest-neighbour agreement", None, override=_agreement_floor),
+            ),
+            _centroid_metric,
+            "centroid_accuracy",
+        ),
+        OutputKind(
+            "sequence",
+            "per-position class scores [B, T, C]: argmax agreement over real positions; exact "
+            "match after CTC collapse with decode ctc",
+            _sequence,
+            (
+                Rule("exact_match_drop", "exact-match drop", 1.0, False, _points_drop, unit=" points"),
+                Rule("position_agreement", "per-position agreement", 0.99, override=_top1_floor,
+                     unless="exact_match_drop"),
+            ),
+            _sequence_metric,
+            "sequence_accuracy",
+        ),
+        OutputKind(
+            "regression",
+            "values: relative error and SQNR",
+            _raw,
+            (Rule("sqnr_db", "SQNR", 30.0, override=_min_sqnr, unit=" dB"),),
+        ),
+        OutputKind(
+            "raw",
+            "any tensor: relative error and SQNR over real values",
+            _raw,
+            (Rule("sqnr_db", "SQNR", 30.0, override=_min_sqnr, unit=" dB"),),
+        ),
+    )
+}
+HIGHER_IS_BETTER.update({"sequence_accuracy": True, "cer": False, "centroid_accuracy": True})
+
+
+def figures(spec: OutputSpec, reference: Outputs | np.ndarray, outputs: Outputs | np.ndarray) -> dict[str, Any]:
+    """The fidelity figures of ``spec.kind`` (JSON-ready: infinity becomes 999 dB)."""
+    ref, out = as_outputs(reference), as_outputs(outputs)
+    if ref.values.shape != out.values.shape:
+        raise ValueError(f"output shapes differ: baseline {ref.values.shape}, variant {out.values.shape}")
+    fig = KINDS[spec.kind].figures(ref, out, spec)
+    if np.isinf(fig.get("sqnr_db", 0.0)):
+        fig["sqnr_db"] = 999.0  # JSON has no infinity; 999 dB means bit-identical
+    return {"kind": spec.kind, **fig}
+
+
+def kind_metrics(
+    spec: OutputSpec, reference: Outputs, outputs: Outputs, labels: np.ndarray | None, task: str
+) -> tuple[str | None, dict[str, float]]:
+    """The task metrics against ``labels`` and the name of the one that decides (None: no labels
+    usable by this kind, fidelity decides)."""
+    if labels is None:
+        return None, {}
+    entry = KINDS[spec.kind]
+    if entry.task_metric is not None:
+        values = entry.task_metric(reference, outputs, labels, spec)
+        return (entry.primary if entry.primary in values else None), values
+    if spec.kind in ("classifier", "regression") and task in PRIMARY:
+        return PRIMARY[task], task_metrics(task, outputs.values, labels)
+    return None, {}
+
+
+# ---------------------------------------------------------------------- detection
+def _meta_blank(meta: dict[str, Any], data_meta: dict[str, Any]) -> int:
+    for source in (meta, data_meta):
+        if source.get("blank") is not None:
+            try:
+                return int(source["blank"])
+            except (TypeError, ValueError):
+                pass
+    return 0
+
+
+def detect(
+    outputs: Outputs,
+    *,
+    has_mask: bool,
+    labels: np.ndarray | None,
+    meta: dict[str, Any] | None = None,
+    data_meta: dict[str, Any] | None = None,
+    output_dtype: str | None = None,
+) -> OutputSpec:
+    """The output kind of a model, from its metadata, its output's shape and the data.
+
+    Rules, in order: the model's metadata (``output_kind``; ``decode: "ctc"`` → sequence; ``task``);
+    a non-float output → raw; ``[B, T, D]`` with an attention-mask input whose positions the
+    output keeps → embedding (token states); other ``[B, T, C]`` → sequence; ``[B]`` or ``[B, 1]``
+    → regression; ``[B, D]`` with an attention mask, no class labels and D ≥ 64 → embedding; other
+    ``[B, D]`` → classifier; anything else → raw.
+    """
+    meta, data_meta = meta or {}, data_meta or {}
+    ctc = str(meta.get("decode", "")).lower() == "ctc" or bool(meta.get("ctc"))
+    blank = _meta_blank(meta, data_meta)
+    kind = meta.get("output_kind")
+    if kind in KIND_NAMES:
+        return OutputSpec(kind, "ctc" if ctc and kind == "sequence" else None, blank, source="model metadata",
+                          why=f"output_kind {kind}")
+    if ctc:
+        return OutputSpec("sequence", "ctc", blank, source="model metadata", why="decode ctc")
+    task = meta.get("task")
+    by_task = {"embedding": "embedding", "sequence": "sequence", "regression": "regression",
+               "classification": "classifier", "binary": "classifier"}
+    if task in by_task:
+        return OutputSpec(by_task[task], None, blank, source="model metadata", why=f"task {task}")
+    v = outputs.values
+    dims = ["B", *map(str, v.shape[1:])]
+    if outputs.valid is not None and v.ndim >= 3:
+        dims[1] = "T"
+    shape = "[" + ", ".join(dims) + "]"
+    if output_dtype is not None and not np.issubdtype(np.dtype(output_dtype), np.floating):
+        return OutputSpec("raw", why=f"{output_dtype} output {shape}")
+    class_labels = labels is not None and np.issubdtype(labels.dtype, np.integer)
+    if v.ndim == 3:
+        if has_mask and outputs.valid is not None:
+            return OutputSpec("embedding", why=f"token states {shape} with an attention mask")
+        return OutputSpec("sequence", why=f"per-position scores {shape}")
+    if v.ndim == 1 or (v.ndim == 2 and v.shape[1] == 1):
+        if class_labels and labels is not None and labels.ndim == 1:
+            return OutputSpec("classifier", why=f"one score per sample {shape} with integer labels")
+        return OutputSpec("regression", why=f"one value per sample {shape}")
+    if v.ndim == 2:
+        if has_mask and not class_labels and v.shape[1] >= 64:
+            return OutputSpec("embedding", why=f"vector {shape} of a masked text input, no class labels")
+        if has_mask and class_labels and labels is not None and labels.max(initial=0) >= v.shape[1]:
+            return OutputSpec("embedding", why=f"vector {shape}; labels exceed its width, so not class scores")
+        return OutputSpec("classifier", why=f"scores {shape}")
+    return OutputSpec("raw", why=f"output {shape}")
+
+
+def resolve(
+    detected: OutputSpec,
+    *,
+    kind: str | None = None,
+    decode: str | None = None,
+    blank: int | None = None,
+    metric: str | None = None,
+    source: str = "--output-kind",
+) -> OutputSpec:
+    """``detected`` with the user's choices applied (each None keeps the detected value)."""
+    new_kind = kind or ("sequence" if decode == "ctc" else detected.kind)
+    if decode is None:
+        new_decode = detected.decode if new_kind == "sequence" else None
+    else:
+        new_decode = None if decode == "none" else decode
+    return OutputSpec(
+        kind=new_kind,
+        decode=new_decode,
+        blank=detected.blank if blank is None else blank,
+        metric=metric or detected.metric,
+        source=source if kind else detected.source,
+        why="" if kind and kind != detected.kind else detected.why,
+    )
+
+
+# ------------------------------------------------------------------ user metric
+def load_metric(spec: str) -> Callable[..., Any]:
+    """Import the user's metric ``module:function`` (only because the user named it)."""
+    from edgekit.errors import BadInputError
+    from edgekit.registry import import_object
+
+    fn = import_object(spec)
+    if not callable(fn):
+        raise BadInputError(f"--metric {spec} is not a function")
+    return fn  # type: ignore[no-any-return]
+
+
+def user_metric(fn: Callable[..., Any], name: str, reference: Outputs, outputs: Outputs, data: Any) -> dict[str, Any]:
+    """Call the user's metric as ``fn(fp32_outputs, variant_outputs, data)``.
+
+    Both outputs are :class:`Outputs` (``.values`` padded ``(N, …)``, ``.valid`` real positions
+    or None, ``.samples()`` one array per sample without padding), in the order of ``data`` (the
+    evaluation :class:`~edgekit.io.data.Dataset`: ``.inputs``, ``.labels``). The function returns
+    a float, or a dict with ``"value"`` and optionally ``"passed"`` (bool, then it decides) and
+    ``"higher_is_better"`` (default True). Returns ``{"name", "value", "passed", "higher_is_better"}``.
+    """
+    from edgekit.errors import BadInputError
+
+    try:
+        result = fn(reference, outputs, data)
+    except Exception as exc:
+        raise BadInputError(f"--metric {name} raised {type(exc).__name__}: {exc}") from exc
+    if isinstance(result, dict):
+        value, passed, higher = result.get("value"), result.get("passed"), result.get("higher_is_better", True)
+    else:
+        value, passed, higher = result, None, True
+    try:
+        value = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise BadInputError(
+            f"--metric {name} returned {result!r}; return a float or a dict with a float 'value'"
+        ) from None
+    return {"name": name, "value": value, "passed": None if passed is None else bool(passed),
+            "higher_is_better": bool(higher)}

@@ -10,10 +10,20 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.benchmarks.accuracy import PRIMARY, fidelity, metric_drop, task_metrics
+from edgekit.benchmarks.accuracy import (
+    Outputs,
+    OutputSpec,
+    detect,
+    figures,
+    kind_metrics,
+    load_metric,
+    metric_drop,
+    user_metric,
+)
 from edgekit.benchmarks.gate import Budget, judge
 from edgekit.benchmarks.report import Report, VariantRow
 from edgekit.io.data import Dataset
+from edgekit.io.extents import Extents, find_extents
 
 EVAL_BATCH = 64
 # Medians within ±5 % of fp32 are reported as "same speed": closer than this machine's run-to-run noise.
@@ -50,14 +60,68 @@ def cannot_run(runtime: str) -> str | None:
     return None if status is True else str(status)
 
 
-def _outputs(runtime: Any, data: Dataset) -> np.ndarray:
+def dynamic_axes(runtime: Any) -> dict[str, list[int]]:
+    """The axes of each model input that are not fixed numbers (the batch axis included)."""
+    return {s.name: [i for i, d in enumerate(s.shape) if not isinstance(d, int)] for s in runtime.inputs}
+
+
+def extents_for(runtime: Any, data: Dataset) -> Extents | None:
+    """Each sample's real extent for ``runtime``'s inputs (attention mask or ``<input>_length``)."""
+    names = [s.name for s in runtime.inputs]
+    return find_extents(data.bind(names), data.bind_lengths(names), dynamic_axes(runtime))
+
+
+def _valid_positions(out: np.ndarray, feed: dict[str, np.ndarray], ext: Extents, rows: np.ndarray) -> np.ndarray:
+    """Real positions along axis 1 of a batch's output ``(B, T, …)``: the attention mask when the
+    output keeps the input's positions, else each sample's extent scaled to the output's T."""
+    t_out = out.shape[1]
+    width = ext.width(feed) or max(int(ext.lengths[rows].max(initial=1)), 1)
+    if ext.mask is not None and feed[ext.mask].shape[1] == t_out:
+        return feed[ext.mask] != 0
+    count = np.ceil(ext.lengths[rows] * t_out / width - 1e-9).astype(np.int64)
+    return np.arange(t_out)[None, :] < np.clip(count, 1, t_out)[:, None]
+
+
+def run_outputs(runtime: Any, data: Dataset, *, batch: int = EVAL_BATCH) -> Outputs:
+    """The first output of ``runtime`` on every sample of ``data``, in the data's order.
+
+    With variable-length samples (an attention mask or ``<input>_length``) the samples are sorted
+    by length and each batch is cropped to its longest real sample, so padding is not computed;
+    the outputs keep which of their positions are real (:class:`Outputs`)."""
     names = [s.name for s in runtime.inputs]
     arrays = data.bind(names)
-    parts = []
-    for i in range(0, len(data), EVAL_BATCH):
-        feed = {k: v[i : i + EVAL_BATCH] for k, v in arrays.items()}
-        parts.append(np.asarray(runtime.run(feed)[0]))
-    return np.concatenate(parts, axis=0)
+    ext = extents_for(runtime, data)
+    if ext is None:
+        parts = [np.asarray(runtime.run({k: v[i : i + batch] for k, v in arrays.items()})[0])
+                 for i in range(0, len(data), batch)]
+        return Outputs(np.concatenate(parts, axis=0))
+    order = np.argsort(ext.lengths, kind="stable")
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+    for i in range(0, len(order), batch):
+        rows = order[i : i + batch]
+        feed = ext.crop({k: v[rows] for k, v in arrays.items()}, rows)
+        out = np.asarray(runtime.run(feed)[0])
+        if out.ndim >= 3 and out.shape[0] != len(rows) and out.shape[1] == len(rows):
+            out = np.swapaxes(out, 0, 1)  # time-major (T, B, C) → (B, T, C)
+        valid = _valid_positions(out, feed, ext, rows) if out.ndim >= 3 else None
+        chunks.append((rows, out, valid))
+    first = chunks[0][1]
+    if first.ndim < 3:
+        values = np.empty((len(data), *first.shape[1:]), dtype=first.dtype)
+        for rows, out, _ in chunks:
+            values[rows] = out
+        return Outputs(values)
+    t_max = max(out.shape[1] for _, out, _ in chunks)
+    values = np.zeros((len(data), t_max, *first.shape[2:]), dtype=first.dtype)
+    valid_all = np.zeros((len(data), t_max), dtype=bool)
+    for rows, out, valid in chunks:
+        values[rows, : out.shape[1]] = out
+        valid_all[rows, : out.shape[1]] = valid
+    return Outputs(values, valid_all)
+
+
+def _shape_of(feed: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in feed.items()}
 
 
 def measure(
@@ -70,15 +134,17 @@ def measure(
     threads: int = 1,
     budget_s: float = 1.0,
     with_memory: bool = True,
+    output: OutputSpec | None = None,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> list[VariantRow]:
-    """Measure every candidate; ``baseline`` names the fp32 reference among them."""
+    """Measure every candidate; ``baseline`` names the fp32 reference among them. ``output`` says
+    how the output is used (detected from the baseline's output and the data when None)."""
     from edgekit.benchmarks import latency as lat
     from edgekit.runtimes import get_runtime
 
     rows: dict[str, VariantRow] = {}
     loaded: dict[str, Any] = {}
-    outputs: dict[str, np.ndarray] = {}
+    outputs: dict[str, Outputs] = {}
     for c in candidates:
         rows[c.name] = VariantRow(
             name=c.name,
@@ -99,23 +165,41 @@ def measure(
         progress(f"running {c.name} on {len(data)} held-out samples")
         rt = get_runtime(c.runtime, threads=threads).load(c.path)
         loaded[c.name] = rt
-        outputs[c.name] = _outputs(rt, data)
+        outputs[c.name] = run_outputs(rt, data)
         rows[c.name].describe = rt.describe()
 
     if baseline not in outputs:
         raise RuntimeError(f"the baseline {baseline} could not be run here")
     ref = outputs[baseline]
-    metric_name = PRIMARY.get(data.task) if data.labels is not None else None
-    base_metrics = task_metrics(data.task, ref, data.labels) if metric_name else {}
+    spec = output or detect_output(loaded[baseline], data, ref)
+    metric_name, base_metrics = kind_metrics(spec, ref, ref, data.labels, data.task)
+    custom_fn = load_metric(spec.metric) if spec.metric else None
+    base_custom = user_metric(custom_fn, spec.metric, ref, ref, data) if custom_fn and spec.metric else None
     for name, out in outputs.items():
         row = rows[name]
-        row.fidelity = fidelity(data.task, ref, out).as_dict()
-        if metric_name and data.labels is not None:
-            row.metrics = task_metrics(data.task, out, data.labels)
-            row.metric = {"name": metric_name, "value": row.metrics[metric_name]}
-            row.metric_drop = metric_drop(metric_name, base_metrics[metric_name], row.metrics[metric_name])
+        row.fidelity = figures(spec, ref, out)
+        name_m, values = kind_metrics(spec, ref, out, data.labels, data.task)
+        row.metrics = values
+        if metric_name and name_m:
+            row.metric = {"name": metric_name, "value": values[metric_name]}
+            row.metric_drop = metric_drop(metric_name, base_metrics[metric_name], values[metric_name])
+        custom = custom_drop = None
+        if custom_fn is not None and base_custom is not None and spec.metric:
+            custom = user_metric(custom_fn, spec.metric, ref, out, data)
+            sign = 1.0 if custom["higher_is_better"] else -1.0
+            custom_drop = sign * (base_custom["value"] - custom["value"])
+            row.metrics[spec.metric] = custom["value"]
+            row.fidelity["user_metric"] = custom
         if name != baseline:
-            reason = judge(budget, metric=metric_name, metric_drop=row.metric_drop, fidelity=row.fidelity)
+            reason = judge(
+                budget,
+                metric=metric_name,
+                metric_drop=row.metric_drop,
+                fidelity=row.fidelity,
+                kind=spec.kind,
+                custom=custom,
+                custom_drop=custom_drop,
+            )
             row.deployable = reason is None
             row.rejected_reason = reason
     for row in rows.values():
@@ -124,16 +208,22 @@ def measure(
             row.rejected_reason = f"not verified on this machine: {row.not_measured_reason}"
 
     for b in batches:
-        progress(f"timing {len(loaded)} variants at batch {b} (interleaved)")
-        fns = {}
+        fns, shapes = {}, {}
         for name, rt in loaded.items():
-            feeds = lat.feeds_from(data.bind([s.name for s in rt.inputs]), batch=b, n_feeds=8, seed=0)
+            bound = data.bind([s.name for s in rt.inputs])
+            feeds = lat.feeds_from(bound, batch=b, n_feeds=8, seed=0, extents=extents_for(rt, data))
             fns[name] = lat.cycle(rt, feeds)
+            shapes[name] = _shape_of(feeds[0])
+        ext = extents_for(loaded[baseline], data)
+        at = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes[baseline].items())
+        how = f"real samples cropped to the median length: {at}" if ext is not None else at
+        progress(f"timing {len(loaded)} variants at batch {b}, interleaved ({how})")
         stats = lat.measure(fns, batch=b, budget_s=budget_s)
         for name, s in stats.items():
-            rows[name].latency_by_batch[str(b)] = s.as_dict()
+            entry = {**s.as_dict(), "shape": shapes[name]}
+            rows[name].latency_by_batch[str(b)] = entry
             if rows[name].latency_ms is None:
-                rows[name].latency_ms = s.as_dict()
+                rows[name].latency_ms = entry
                 rows[name].throughput_ips = s.throughput_ips
     _speedups(rows, baseline)
 
@@ -145,8 +235,30 @@ def measure(
                 progress(f"peak memory of {c.name}")
                 rt = loaded[c.name]
                 feed = data.feed_for([s.name for s in rt.inputs], slice(0, 1))
+                ext = extents_for(rt, data.head(1))
+                if ext is not None:
+                    feed = ext.crop(feed, slice(0, 1))
                 rows[c.name].peak_rss_mb = peak_rss(c.runtime, c.path, feed, threads=threads)["peak_rss_mb"]
     return [rows[c.name] for c in candidates]
+
+
+def detect_output(
+    runtime: Any, data: Dataset, ref: Outputs | None = None, meta: dict[str, Any] | None = None
+) -> OutputSpec:
+    """The output kind of the model ``runtime`` runs, from its output on ``data`` (a few samples
+    suffice) and its metadata."""
+    ref = ref if ref is not None else run_outputs(runtime, data)
+    names = [s.name for s in runtime.inputs]
+    ext = extents_for(runtime, data)
+    out_spec = runtime.outputs[0] if runtime.outputs else None
+    return detect(
+        ref,
+        has_mask=ext is not None and ext.mask is not None,
+        labels=data.labels,
+        meta=meta,
+        data_meta=dict(data.meta),
+        output_dtype=out_spec.dtype if out_spec is not None and names else None,
+    )
 
 
 def _speedups(rows: dict[str, VariantRow], baseline: str) -> None:
@@ -168,22 +280,33 @@ def _speedups(rows: dict[str, VariantRow], baseline: str) -> None:
                 r.speed_verdict = "slower" if r.slower_than_fp32 else "faster" if ratio > 1.0 + SAME_SPEED else "same"
 
 
-def recommend(rows: Sequence[VariantRow], runtime: str | None) -> tuple[str | None, str]:
-    """The fastest deployable, measured variant on the target's runtime (smaller file on a tie)."""
-    pool = [
-        r for r in rows if r.deployable and r.measured and r.latency_ms and (runtime is None or r.runtime == runtime)
-    ]
+def recommend(
+    rows: Sequence[VariantRow], runtime: str | None, baseline: VariantRow | None = None
+) -> tuple[str | None, str]:
+    """The fastest deployable, measured variant on the target's runtime (smaller file on a tie).
+
+    fp32 is always a candidate: the ``baseline`` row competes too, so the answer is never empty
+    when the baseline was timed; when no compressed variant is both faithful and faster, the
+    fastest deployable fp32 row is recommended and the reason says why."""
+    timed = [r for r in rows if r.deployable and r.measured and r.latency_ms]
+    if baseline is not None and baseline.latency_ms and all(r is not baseline for r in timed):
+        timed.append(baseline)
+    pool = [r for r in timed if runtime is None or r.runtime == runtime] or timed
     if not pool:
-        pool_any = [r for r in rows if r.deployable and r.measured and r.latency_ms]
-        if not pool_any:
-            return None, "no variant passed the fidelity gate"
-        pool = pool_any
+        return None, "no variant could be timed on this machine"
     best = min(pool, key=lambda r: (round(r.latency_ms["p50"], 3), r.size_bytes or 0))  # type: ignore[index]
     reason = f"fastest variant that passed the gate on {best.runtime}: p50 {best.latency_ms['p50']:.3f} ms"  # type: ignore[index]
     if best.speedup_vs_fp32_same_runtime is not None and best.precision != "fp32":
         reason += f", {best.speedup_vs_fp32_same_runtime:.2f}× fp32 on the same runtime"
     if best.precision == "fp32" and not best.techniques:
-        reason += "; no compressed variant was both faithful and faster here"
+        compressed = [r for r in rows if r.measured and (r.techniques or r.precision != "fp32")]
+        passed = [r for r in compressed if r.deployable]
+        if not compressed:
+            reason += "; fp32 is the baseline candidate (no compressed variant could be measured here)"
+        elif not passed:
+            reason += "; fp32 recommended: no compressed variant passed the fidelity gate"
+        else:
+            reason += "; fp32 recommended: no compressed variant was both faithful and faster here"
     return best.name, reason
 
 
@@ -194,13 +317,24 @@ def fill(
     *,
     target_runtime: str | None,
     budget: Budget,
+    output: OutputSpec | None = None,
     **measure_options: Any,
 ) -> None:
     """Measure ``candidates`` (the first is the fp32 baseline) into ``report``: rows, the
-    recommendation for ``target_runtime``, and a warning for every variant slower than fp32."""
-    rows = measure(candidates, data, baseline=candidates[0].name, budget=budget, **measure_options)
+    output kind and the rules that judged them, the recommendation for ``target_runtime``, and a
+    warning for every variant slower than fp32."""
+    if output is None:
+        from edgekit.runtimes import get_runtime
+
+        probe = get_runtime(candidates[0].runtime, threads=1).load(candidates[0].path)
+        output = detect_output(probe, data.head(EVAL_BATCH))
+    rows = measure(candidates, data, baseline=candidates[0].name, budget=budget, output=output, **measure_options)
     report.baseline, report.variants = rows[0], rows[1:]
-    report.recommended, report.recommendation_reason = recommend(report.variants, target_runtime)
+    base_metric = rows[0].metric["name"] if rows[0].metric else None
+    report.model["output_kind"] = output.kind
+    report.model["output"] = output.as_dict()
+    report.budget = budget.describe(base_metric, output.kind, output.metric)
+    report.recommended, report.recommendation_reason = recommend(report.variants, target_runtime, report.baseline)
     for r in report.variants:
         if r.slower_than_fp32:
             report.warnings.append(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import BadInputError
+from edgekit.io.extents import Extents
 
 
 @dataclass(frozen=True)
@@ -134,11 +135,18 @@ def _timed(fn: Callable[[], object], calls: int, out: list[int]) -> None:
 
 
 def feeds_from(
-    dataset_arrays: Mapping[str, np.ndarray], batch: int, n_feeds: int, seed: int
+    dataset_arrays: Mapping[str, np.ndarray],
+    batch: int,
+    n_feeds: int,
+    seed: int,
+    extents: Extents | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """``n_feeds`` feeds of ``batch`` real samples each, drawn without replacement within a
     feed (seeded), as contiguous arrays keyed like ``dataset_arrays`` (the model's input names:
-    use ``Dataset.bind(runtime input names)``)."""
+    use ``Dataset.bind(runtime input names)``).
+
+    With variable-length samples (``extents``) the feeds are measured as deployed: samples at
+    least as long as the median real extent, cropped to it, so no padding is timed."""
     if not dataset_arrays:
         raise BadInputError("no input arrays to take latency samples from")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -154,12 +162,55 @@ def feeds_from(
             f"the data has {n} samples, fewer than the batch size {batch}; "
             "use more data or a smaller batch"
         )
+    pool = np.arange(n)
+    if extents is not None:
+        median = extents.median()
+        pool = np.nonzero(extents.lengths >= median)[0]
+        if len(pool) < batch:
+            pool = np.argsort(-extents.lengths, kind="stable")[:batch]
     rng = np.random.default_rng(seed)
     feeds = []
     for _ in range(n_feeds):
-        idx = np.sort(rng.choice(n, size=batch, replace=False))
-        feeds.append({k: np.ascontiguousarray(v[idx]) for k, v in dataset_arrays.items()})
+        idx = np.sort(rng.choice(pool, size=batch, replace=False))
+        feed = {k: v[idx] for k, v in dataset_arrays.items()}
+        if extents is not None:
+            feed = extents.crop_to(feed, extents.median())
+        feeds.append({k: np.ascontiguousarray(v) for k, v in feed.items()})
     return feeds
+
+
+def physical_cores() -> int:
+    """Physical CPU cores this process may use (SMT siblings counted once)."""
+    import os
+
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores: set[tuple[str, str]] = set()
+    try:
+        block: dict[str, str] = {}
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in [*f, ""]:
+                if not line.strip():
+                    if "core id" in block:
+                        cores.add((block.get("physical id", "0"), block["core id"]))
+                    block = {}
+                    continue
+                key, _, value = line.partition(":")
+                block[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return max(1, min(len(cores) or logical, logical))
+
+
+def default_threads() -> tuple[int, str]:
+    """Threads a runtime uses unless ``--threads`` says otherwise, and where that number comes
+    from: ``EDGEKIT_THREADS`` or ``OMP_NUM_THREADS`` when set, else the physical cores."""
+    import os
+
+    for var in ("EDGEKIT_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value), var
+    return physical_cores(), "physical cores"
 
 
 def cycle(runtime: Any, feeds: Sequence[Mapping[str, np.ndarray]]) -> Callable[[], object]:

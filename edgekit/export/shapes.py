@@ -3,9 +3,8 @@
 A graph input whose axes are symbolic (a dynamic batch, a sequence length, an image width) needs
 concrete ranges wherever an engine is built ahead of time (TensorRT optimization profiles) and
 wherever latency is timed. The data decide: for every dynamic axis, the smallest, median and
-largest real extent seen in calibration and evaluation. Real extents come from an attention mask
-(tokens that are 1) or from an ``<input>_length`` array (each sample's valid size along the
-input's last dynamic axis, as right-padded samples carry); otherwise the array's own size.
+largest real extent seen in calibration and evaluation (:mod:`edgekit.io.extents`: an attention
+mask, or an ``<input>_length`` array); otherwise the array's own size.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ Shape = tuple[int, ...]
 Profile = tuple[Shape, Shape, Shape]  # (min, opt, max)
 ProfileShapes = dict[str, Profile]
 
-LENGTH_SUFFIX = "_length"
 SHAPES_HELP = "NAME:MIN/OPT/MAX with shapes like 1x3x48x64, e.g. x:1x3x48x64/1x3x48x320/1x3x48x960"
 
 
@@ -64,29 +62,9 @@ def _parse_shape(text: str, item: str) -> Shape:
     return dims
 
 
-def valid_lengths(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each input's per-sample real extent along its last dynamic axis, where the data say it:
-    an ``<input>_length`` array, or an attention mask shared by the token inputs of its shape."""
-    lengths: dict[str, np.ndarray] = {}
-    for name, arr in arrays.items():
-        if name.endswith(LENGTH_SUFFIX) and name[: -len(LENGTH_SUFFIX)] in arrays:
-            lengths[name[: -len(LENGTH_SUFFIX)]] = np.asarray(arr).reshape(-1).astype(np.int64)
-    masks = [
-        a for n, a in arrays.items()
-        if "mask" in n.lower() and a.ndim == 2 and (a.dtype == bool or np.issubdtype(a.dtype, np.integer))
-    ]
-    if masks:
-        mask = masks[0]
-        per_sample = (mask != 0).sum(axis=1).astype(np.int64)
-        for name, arr in arrays.items():
-            if name not in lengths and arr.ndim == 2 and arr.shape == mask.shape:
-                lengths[name] = per_sample
-    return lengths
-
-
 def profile_from_data(
     inputs: Sequence[Any],
-    data: Sequence[Mapping[str, np.ndarray]],
+    data: Sequence[Any],
     *,
     batches: Sequence[int] = (1,),
     given: Mapping[str, Profile] | None = None,
@@ -94,7 +72,7 @@ def profile_from_data(
     """Min/opt/max for every input with a dynamic axis.
 
     ``inputs`` are the graph's input specs (``name``, ``shape`` with ints for static axes),
-    ``data`` the arrays the model will see (calibration and evaluation). A dynamic axis 0 is the
+    ``data`` the data sets the model will see (calibration and evaluation, bound to the inputs). A dynamic axis 0 is the
     batch: 1 / the smallest measured batch / at least 32. Other dynamic axes take the smallest,
     median and largest real extent in the data. ``given`` (``--shapes``) wins for its inputs.
     """
@@ -104,6 +82,7 @@ def profile_from_data(
     if unknown:
         raise BadInputError(f"--shapes names {unknown}, which are not model inputs; its inputs are {sorted(names)}")
     opt_batch, max_batch = min(batches), max(32, *batches)
+    axes = {s.name: [a for a, d in enumerate(s.shape) if not isinstance(d, int)] for s in inputs}
     out: ProfileShapes = {}
     for spec in inputs:
         dims = list(spec.shape)
@@ -113,7 +92,7 @@ def profile_from_data(
         dynamic = [a for a, d in enumerate(dims) if not isinstance(d, int)]
         if not dynamic:
             continue
-        extents = {a: _extents(spec.name, a, a == dynamic[-1], data) for a in dynamic if a != 0}
+        extents = {a: _extents(spec.name, a, data, axes) for a in dynamic if a != 0}
         per_axis: list[tuple[int, int, int]] = []
         for axis, d in enumerate(dims):
             if isinstance(d, int):
@@ -133,22 +112,25 @@ def profile_from_data(
 
 
 def _extents(
-    name: str, axis: int, last: bool, data: Sequence[Mapping[str, np.ndarray]]
+    name: str, axis: int, data: Sequence[Any], axes: Mapping[str, Sequence[int]]
 ) -> tuple[int, int, int] | None:
+    from edgekit.io.extents import find_extents
+
     seen: list[np.ndarray] = []
-    for arrays in data:
-        arr = arrays.get(name)
+    for ds in data:
+        arr = ds.inputs.get(name)
         if arr is None or arr.ndim <= axis or len(arr) == 0:
             continue
-        lengths = valid_lengths(arrays).get(name) if last else None
-        if lengths is not None and len(lengths) == len(arr):
-            seen.append(np.clip(lengths, 1, arr.shape[axis]))
+        ext = find_extents(ds.inputs, ds.lengths, axes)
+        crop = ext.crops.get(name) if ext is not None else None
+        if crop is not None and crop[0] == axis:
+            seen.append(np.clip(crop[1], 1, arr.shape[axis]))
         else:
             seen.append(np.full(len(arr), arr.shape[axis], dtype=np.int64))
     if not seen:
         return None
-    ext = np.concatenate(seen)
-    return int(ext.min()), int(math.ceil(float(np.median(ext)))), int(ext.max())
+    ext_all = np.concatenate(seen)
+    return int(ext_all.min()), int(math.ceil(float(np.median(ext_all)))), int(ext_all.max())
 
 
 def _checked(name: str, dims: list[Any], profile: Profile) -> Profile:
