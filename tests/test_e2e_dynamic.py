@@ -161,6 +161,7 @@ def test_transformer_token_states_use_embedding_fidelity(encoder, tmp_path) -> N
         assert r["fidelity"]["positions"] < 160 * 0.3 * T_MAX + 1  # only real tokens count
         lat = r["latency_ms"]
         assert lat["shape"]["input_ids"][1] < T_MAX and lat["shape"]["input_ids"] == lat["shape"]["attention_mask"]
+        assert lat["shape"]["input_ids"][1] == report["data"]["extents"]["median"]
     for r in report["variants"]:
         if not r["deployable"]:
             assert "pooled cosine" in r["rejected_reason"] or "nearest" in r["rejected_reason"]

@@ -328,12 +328,16 @@ def fill(
 
         probe = get_runtime(candidates[0].runtime, threads=1).load(candidates[0].path)
         output = detect_output(probe, data.head(EVAL_BATCH))
+        measure_options.get("progress", lambda _m: None)(f"output kind: {output.summary()}")
     rows = measure(candidates, data, baseline=candidates[0].name, budget=budget, output=output, **measure_options)
     report.baseline, report.variants = rows[0], rows[1:]
     base_metric = rows[0].metric["name"] if rows[0].metric else None
     report.model["output_kind"] = output.kind
     report.model["output"] = output.as_dict()
     report.budget = budget.describe(base_metric, output.kind, output.metric)
+    ext = find_extents(data.inputs, data.lengths)
+    if ext is not None:
+        report.data["extents"] = ext.describe()  # real lengths: min / median (timed) / max
     report.recommended, report.recommendation_reason = recommend(report.variants, target_runtime, report.baseline)
     for r in report.variants:
         if r.slower_than_fp32:
