@@ -182,6 +182,7 @@ def test_transformer_token_states_use_embedding_fidelity(encoder, tmp_path) -> N
                            "--metric", "fidelity_metric_example:mean_token_cosine", "--max-drop", "0.5"])
     assert code == 0, err
     custom = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert custom["model"]["output_kind"] == "embedding" and custom["model"]["output"]["source"] == "bundle manifest"
     assert custom["budget"]["metric"] == "fidelity_metric_example:mean_token_cosine"
     for r in custom["variants"]:
         value = r["fidelity"]["user_metric"]["value"]

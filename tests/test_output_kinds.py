@@ -276,3 +276,21 @@ def test_recommendation_is_never_empty() -> None:
     assert name == "ort-fp32" and "fp32 recommended" in reason
     rows[1].deployable = True
     assert recommend(rows, "openvino", base)[0] == "ov-int8"
+
+
+def test_library_warnings_do_not_reach_the_cli_stderr(monkeypatch, capsys) -> None:
+    import warnings
+
+    from edgekit.cli import main
+    from edgekit.devices import detect as detect_mod
+
+    real = detect_mod.runnable_targets
+
+    def noisy() -> dict:
+        warnings.warn("overflow encountered in multiply", RuntimeWarning, stacklevel=1)
+        return real()
+
+    monkeypatch.setattr(detect_mod, "runnable_targets", noisy)
+    assert main(["targets"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "x86-openvino" in captured.out
