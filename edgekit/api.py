@@ -288,7 +288,9 @@ def compress(
         sample = splits.eval.head(16).inputs
         exported = export_onnx(loaded, fp32_path, sample=sample)
         input_names = list(exported.input_names)
-        splits = splits.map(lambda ds: dataclasses.replace(ds, inputs=ds.bind(input_names)))
+        splits = splits.map(
+            lambda ds: dataclasses.replace(ds, inputs=ds.bind(input_names), lengths=ds.bind_lengths(input_names))
+        )
         from edgekit.runtimes import get_runtime
 
         probe_rt = get_runtime("onnxruntime", threads=threads).load(fp32_path)

@@ -188,6 +188,9 @@ def test_detection_rules() -> None:
     ctc = detect(Outputs(np.zeros((4, 9, 11), np.float32)), has_mask=False, labels=None,
                  meta={"decode": "ctc", "blank": 10})
     assert (ctc.kind, ctc.decode, ctc.blank, ctc.source) == ("sequence", "ctc", 10, "model metadata")
+    by_data = detect(Outputs(np.zeros((4, 9, 11), np.float32)), has_mask=False, labels=None,
+                     meta={"task": "sequence"}, data_meta={"blank": "10"})
+    assert (by_data.kind, by_data.decode, by_data.blank) == ("sequence", "ctc", 10)
     assert detect(Outputs(np.zeros((4, 10), np.float32)), has_mask=False, labels=None).kind == "classifier"
     assert detect(Outputs(np.zeros((4, 1), np.float32)), has_mask=False, labels=None).kind == "regression"
     assert detect(Outputs(np.zeros((4, 128), np.float32)), has_mask=True, labels=None).kind == "embedding"
