@@ -138,6 +138,7 @@ def test_padding_is_neither_computed_nor_counted(encoder) -> None:
     rt.run = run  # type: ignore[method-assign]
     lengths = ds.inputs["attention_mask"].sum(axis=1)
     assert out.valid is not None and (out.valid.sum(axis=1) == lengths).all()
+    assert not out.values[~out.valid].any()  # padded positions hold zeros, never a model's padding output
     assert seen == sorted(seen) and max(seen) == lengths.max() and min(seen) < T_MAX
     for i in range(0, 40, 7):
         n = int(lengths[i])

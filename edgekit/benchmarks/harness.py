@@ -87,7 +87,7 @@ def run_outputs(runtime: Any, data: Dataset, *, batch: int = EVAL_BATCH) -> Outp
 
     With variable-length samples (an attention mask or ``<input>_length``) the samples are sorted
     by length and each batch is cropped to its longest real sample, so padding is not computed;
-    the outputs keep which of their positions are real (:class:`Outputs`)."""
+    the outputs keep which of their positions are real (:class:`Outputs`; the others hold 0)."""
     names = [s.name for s in runtime.inputs]
     arrays = data.bind(names)
     ext = extents_for(runtime, data)
@@ -115,7 +115,7 @@ def run_outputs(runtime: Any, data: Dataset, *, batch: int = EVAL_BATCH) -> Outp
     values = np.zeros((len(data), t_max, *first.shape[2:]), dtype=first.dtype)
     valid_all = np.zeros((len(data), t_max), dtype=bool)
     for rows, out, valid in chunks:
-        values[rows, : out.shape[1]] = out
+        values[rows, : out.shape[1]] = np.where(valid.reshape(*valid.shape, *[1] * (out.ndim - 2)), out, 0)
         valid_all[rows, : out.shape[1]] = valid
     return Outputs(values, valid_all)
 
