@@ -720,6 +720,8 @@ def bench(
         data={"source": "bundle data/eval.npz", "eval_n": len(ds), "eval_sha256": ds.sha256()},
     )
     output = _bundle_output_spec(manifest.model, output_kind, decode, blank, metric)
+    if output is not None:
+        progress(f"output kind: {output.summary()}")
     if output is not None and manifest.model.get("user_metric") and not metric:
         report.warnings.append(
             f"compress judged with --metric {manifest.model['user_metric']}; bench does not import code named "

@@ -138,6 +138,7 @@ def test_padding_is_neither_computed_nor_counted(encoder) -> None:
     rt.run = run  # type: ignore[method-assign]
     lengths = ds.inputs["attention_mask"].sum(axis=1)
     assert out.valid is not None and (out.valid.sum(axis=1) == lengths).all()
+    assert not out.values[~out.valid].any()  # padded positions hold zeros, never a model's padding output
     assert seen == sorted(seen) and max(seen) == lengths.max() and min(seen) < T_MAX
     for i in range(0, 40, 7):
         n = int(lengths[i])
@@ -161,6 +162,7 @@ def test_transformer_token_states_use_embedding_fidelity(encoder, tmp_path) -> N
         assert r["fidelity"]["positions"] < 160 * 0.3 * T_MAX + 1  # only real tokens count
         lat = r["latency_ms"]
         assert lat["shape"]["input_ids"][1] < T_MAX and lat["shape"]["input_ids"] == lat["shape"]["attention_mask"]
+        assert lat["shape"]["input_ids"][1] == report["data"]["extents"]["median"]
     for r in report["variants"]:
         if not r["deployable"]:
             assert "pooled cosine" in r["rejected_reason"] or "nearest" in r["rejected_reason"]
@@ -181,6 +183,7 @@ def test_transformer_token_states_use_embedding_fidelity(encoder, tmp_path) -> N
                            "--metric", "fidelity_metric_example:mean_token_cosine", "--max-drop", "0.5"])
     assert code == 0, err
     custom = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert custom["model"]["output_kind"] == "embedding" and custom["model"]["output"]["source"] == "bundle manifest"
     assert custom["budget"]["metric"] == "fidelity_metric_example:mean_token_cosine"
     for r in custom["variants"]:
         value = r["fidelity"]["user_metric"]["value"]

@@ -188,6 +188,9 @@ def test_detection_rules() -> None:
     ctc = detect(Outputs(np.zeros((4, 9, 11), np.float32)), has_mask=False, labels=None,
                  meta={"decode": "ctc", "blank": 10})
     assert (ctc.kind, ctc.decode, ctc.blank, ctc.source) == ("sequence", "ctc", 10, "model metadata")
+    by_data = detect(Outputs(np.zeros((4, 9, 11), np.float32)), has_mask=False, labels=None,
+                     meta={"task": "sequence"}, data_meta={"blank": "10"})
+    assert (by_data.kind, by_data.decode, by_data.blank) == ("sequence", "ctc", 10)
     assert detect(Outputs(np.zeros((4, 10), np.float32)), has_mask=False, labels=None).kind == "classifier"
     assert detect(Outputs(np.zeros((4, 1), np.float32)), has_mask=False, labels=None).kind == "regression"
     assert detect(Outputs(np.zeros((4, 128), np.float32)), has_mask=True, labels=None).kind == "embedding"
@@ -276,3 +279,21 @@ def test_recommendation_is_never_empty() -> None:
     assert name == "ort-fp32" and "fp32 recommended" in reason
     rows[1].deployable = True
     assert recommend(rows, "openvino", base)[0] == "ov-int8"
+
+
+def test_library_warnings_do_not_reach_the_cli_stderr(monkeypatch, capsys) -> None:
+    import warnings
+
+    from edgekit.cli import main
+    from edgekit.devices import detect as detect_mod
+
+    real = detect_mod.runnable_targets
+
+    def noisy() -> dict:
+        warnings.warn("overflow encountered in multiply", RuntimeWarning, stacklevel=1)
+        return real()
+
+    monkeypatch.setattr(detect_mod, "runnable_targets", noisy)
+    assert main(["targets"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "x86-openvino" in captured.out

@@ -533,27 +533,31 @@ def detect(
 ) -> OutputSpec:
     """The output kind of a model, from its metadata, its output's shape and the data.
 
-    Rules, in order: the model's metadata (``output_kind``; ``decode: "ctc"`` → sequence; ``task``);
+    Rules, in order: the model's metadata (``output_kind``; ``decode: "ctc"``, or a ``blank``
+    class named by the model or its data set with ``[B, T, C]`` scores → sequence read by CTC; ``task``);
     a non-float output → raw; ``[B, T, D]`` with an attention-mask input whose positions the
     output keeps → embedding (token states); other ``[B, T, C]`` → sequence; ``[B]`` or ``[B, 1]``
     → regression; ``[B, D]`` with an attention mask, no class labels and D ≥ 64 → embedding; other
     ``[B, D]`` → classifier; anything else → raw.
     """
     meta, data_meta = meta or {}, data_meta or {}
+    v = outputs.values
     ctc = str(meta.get("decode", "")).lower() == "ctc" or bool(meta.get("ctc"))
+    # a CTC blank class named by the model or its data set means CTC decoding of [B, T, C] scores
+    blank_named = v.ndim == 3 and ("blank" in meta or "blank" in data_meta)
     blank = _meta_blank(meta, data_meta)
     kind = meta.get("output_kind")
     if kind in KIND_NAMES:
-        return OutputSpec(kind, "ctc" if ctc and kind == "sequence" else None, blank, source="model metadata",
-                          why=f"output_kind {kind}")
-    if ctc:
-        return OutputSpec("sequence", "ctc", blank, source="model metadata", why="decode ctc")
+        decoder = "ctc" if (ctc or blank_named) and kind == "sequence" else None
+        return OutputSpec(kind, decoder, blank, source="model metadata", why=f"output_kind {kind}")
+    if ctc or blank_named:
+        why = "decode ctc" if ctc else f"CTC blank {blank}"
+        return OutputSpec("sequence", "ctc", blank, source="model metadata", why=why)
     task = meta.get("task")
     by_task = {"embedding": "embedding", "sequence": "sequence", "regression": "regression",
                "classification": "classifier", "binary": "classifier"}
     if task in by_task:
         return OutputSpec(by_task[task], None, blank, source="model metadata", why=f"task {task}")
-    v = outputs.values
     dims = ["B", *map(str, v.shape[1:])]
     if outputs.valid is not None and v.ndim >= 3:
         dims[1] = "T"

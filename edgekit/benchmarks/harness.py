@@ -87,7 +87,7 @@ def run_outputs(runtime: Any, data: Dataset, *, batch: int = EVAL_BATCH) -> Outp
 
     With variable-length samples (an attention mask or ``<input>_length``) the samples are sorted
     by length and each batch is cropped to its longest real sample, so padding is not computed;
-    the outputs keep which of their positions are real (:class:`Outputs`)."""
+    the outputs keep which of their positions are real (:class:`Outputs`; the others hold 0)."""
     names = [s.name for s in runtime.inputs]
     arrays = data.bind(names)
     ext = extents_for(runtime, data)
@@ -115,7 +115,7 @@ def run_outputs(runtime: Any, data: Dataset, *, batch: int = EVAL_BATCH) -> Outp
     values = np.zeros((len(data), t_max, *first.shape[2:]), dtype=first.dtype)
     valid_all = np.zeros((len(data), t_max), dtype=bool)
     for rows, out, valid in chunks:
-        values[rows, : out.shape[1]] = out
+        values[rows, : out.shape[1]] = np.where(valid.reshape(*valid.shape, *[1] * (out.ndim - 2)), out, 0)
         valid_all[rows, : out.shape[1]] = valid
     return Outputs(values, valid_all)
 
@@ -328,12 +328,16 @@ def fill(
 
         probe = get_runtime(candidates[0].runtime, threads=1).load(candidates[0].path)
         output = detect_output(probe, data.head(EVAL_BATCH))
+        measure_options.get("progress", lambda _m: None)(f"output kind: {output.summary()}")
     rows = measure(candidates, data, baseline=candidates[0].name, budget=budget, output=output, **measure_options)
     report.baseline, report.variants = rows[0], rows[1:]
     base_metric = rows[0].metric["name"] if rows[0].metric else None
     report.model["output_kind"] = output.kind
     report.model["output"] = output.as_dict()
     report.budget = budget.describe(base_metric, output.kind, output.metric)
+    ext = find_extents(data.inputs, data.lengths)
+    if ext is not None:
+        report.data["extents"] = ext.describe()  # real lengths: min / median (timed) / max
     report.recommended, report.recommendation_reason = recommend(report.variants, target_runtime, report.baseline)
     for r in report.variants:
         if r.slower_than_fp32:
