@@ -63,14 +63,14 @@ RANKED_OPS = (
 SCORE_UNIT = "dB output SQNR vs fp32 with only this layer quantized (lower = more sensitive)"
 RANKING_METHOD = (
     "one pass: the float graph and the fully quantized Q/DQ graph run once on held-out samples; "
-    "each node scores the SQNR (vs float) lost between its input and its output; the variant's "
+    "each node scores the SQNR of the error it adds (output noise minus inherited noise); the variant's "
     "own Q/DQ graph ranks for ort-int8-static, the placement on weighted-layer inputs "
     "(TensorRT's, NNCF's) for ov-int8 and trt-int8-qdq; then bisection on how many top-ranked "
     "layers stay float, every step measured on the variant's runtime"
 )
 ONE_PASS_UNIT = (
-    "dB change of SQNR vs float across this node in the fully quantized graph "
-    "(lower = more sensitive)"
+    "dB SQNR of the error this node adds in the fully quantized graph: output noise minus the "
+    "noise inherited from its inputs, relative to its output (lower = more sensitive)"
 )
 SQNR_CAP_DB = 100.0
 SPEED_MARGIN = 0.95  # a variant is "faster" than fp32 when its p50 is below 95 % of fp32's
@@ -278,9 +278,10 @@ def rank_layers(
     """Rank the quantized nodes of ``qdq_onnx`` in one pass, most sensitive first.
 
     ``float_onnx`` is the float graph ``qdq_onnx`` was made from (same tensor names). Both run
-    once on the first ``max_samples`` samples of ``data``; every node scores the SQNR (vs float)
-    of its output minus the lowest SQNR of its activation inputs: the error the node itself adds
-    once its inputs and weights are quantized. Cost: two inferences, whatever the layer count.
+    once on the first ``max_samples`` samples of ``data``; every node scores, in dB, its output's
+    signal power over the noise it adds itself (relative noise of its output minus that of its
+    noisiest activation input) once its inputs and weights are quantized. Cost: two inferences,
+    whatever the layer count.
     """
     import onnx
 
@@ -314,15 +315,21 @@ def rank_layers(
                 signal[name] += float(np.sum(f64**2))
                 noise[name] += float(np.sum((f64 - np.asarray(q, dtype=np.float64)) ** 2))
 
-    def sqnr(tensor: str) -> float:
-        if tensor not in signal or noise[tensor] <= 0 or signal[tensor] <= 0:
-            return SQNR_CAP_DB
-        return min(SQNR_CAP_DB, 10.0 * float(np.log10(signal[tensor] / noise[tensor])))
+    def noise_ratio(tensor: str) -> float:
+        """Noise power / signal power of ``tensor`` in the quantized graph (0 = exact)."""
+        if tensor not in signal or signal[tensor] <= 0:
+            return 0.0
+        return noise[tensor] / signal[tensor]
+
+    def db(ratio: float) -> float:
+        return SQNR_CAP_DB if ratio <= 10 ** (-SQNR_CAP_DB / 10) else -10.0 * float(np.log10(ratio))
 
     scores = []
     for name, (op_type, ins, out) in plan.items():
-        before = min((sqnr(t) for t in ins), default=SQNR_CAP_DB)
-        scores.append(LayerScore(name, op_type, sqnr(out) - before, ONE_PASS_UNIT))
+        # The error the node itself adds: its output's relative noise minus the relative noise
+        # it inherits from its noisiest activation input.
+        inherited = max((noise_ratio(t) for t in ins), default=0.0)
+        scores.append(LayerScore(name, op_type, db(noise_ratio(out) - inherited), ONE_PASS_UNIT))
     return sorted(scores, key=lambda s: s.score)  # stable: ties keep graph order
 
 
