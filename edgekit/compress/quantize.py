@@ -54,6 +54,10 @@ CNN_SCHEME = (
     "scheme: default (every quantizable op, activations uint8 asymmetric, weights int8 "
     "per-channel)"
 )
+TRT_SCHEME = (
+    "scheme: TensorRT explicit Q/DQ (symmetric int8 on the inputs of weighted layers; TensorRT "
+    "chooses the precision of everything else)"
+)
 
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -75,7 +79,9 @@ class Int8Config:
     ``"cnn"`` and ``"transformer"`` force one. The transformer scheme is SmoothQuant
     (``smooth_alpha``) plus MatMul/Gemm-only symmetric QDQ on ONNX Runtime, NNCF
     ``ModelType.TRANSFORMER`` on OpenVINO, and adds ``ort-int8-dynamic-matmul`` as a candidate.
-    ``search_minutes`` bounds the accuracy-budget search (all runtimes together).
+    ``search_minutes`` bounds the accuracy-budget search (all runtimes together);
+    ``stop_when_no_faster`` stops it from keeping more layers in float once a variant is no
+    faster than fp32 on this machine (turn it off when the target is another device).
 
     ``reduce_range`` defaults to True: ONNX Runtime's guidance for x86 CPUs without VNNI (AVX2
     only) is uint8 activations, int8 weights and 7-bit weights, because the u8×s8 multiply-add
@@ -93,6 +99,7 @@ class Int8Config:
     scheme: str = "auto"
     smooth_alpha: float = 0.5
     search_minutes: float = 10.0
+    stop_when_no_faster: bool = True
 
     def __post_init__(self) -> None:
         # Recipes (TOML) give lists; keep the frozen config hashable.
@@ -293,10 +300,9 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
         if search is not None and search.kept(v.name):
             used = {**settings, "exclude": (*config.exclude, *search.kept(v.name))}
         scheme = next((n for n in v.notes if n.startswith("scheme: ")), None)
-        if scheme is None and v.precision in ("int8", "mixed"):
-            scheme = CNN_SCHEME if v.runtime == "onnxruntime" else None
-            if scheme is not None:
-                v.notes.insert(0, scheme)
+        if scheme is None and v.precision in ("int8", "mixed") and v.runtime != "openvino":
+            scheme = CNN_SCHEME if v.runtime == "onnxruntime" else TRT_SCHEME
+            v.notes.insert(0, scheme)
         record["variants"][v.name] = {"config": used, "summary": summary, "scheme": scheme}
     return variants
 

@@ -8,6 +8,7 @@ Also :func:`quantization_summary`, which says what a quantized ONNX really conta
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -193,7 +194,8 @@ def _quantize_static(
     # of collected outputs without merging its ranges, so only the last partial chunk would count
     # (and a feed count that is a multiple of the chunk fails with "No data is collected.").
     options = dict(extra_options)
-    with _in_temp_cwd(), _quiet_root_logger():
+    # The histogram calibrators (percentile, entropy) print their progress on stdout.
+    with _in_temp_cwd(), _quiet_root_logger(), contextlib.redirect_stdout(io.StringIO()):
         quantize_static(
             str(src),
             str(out),

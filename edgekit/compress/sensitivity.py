@@ -1,8 +1,9 @@
 """Per-layer quantization sensitivity, and the accuracy-budget search built on it.
 
-The budget search ranks layers once with :func:`rank_layers` (one run of the float graph and one
-of the fully quantized graph, SQNR lost across each node); :func:`layer_sensitivity` (one
-quantization per node) is the slower, more isolated measure ``edgekit doctor`` shows.
+The budget search ranks layers once with :func:`rank_layers` (one run of a model holding the float
+graph and each quantized node fed from float tensors: every node's local SQNR when quantized
+alone); :func:`layer_sensitivity` (one quantization per node, SQNR at the model output) is the
+slower measure ``edgekit doctor`` shows.
 
 :func:`layer_sensitivity` ranks the quantizable nodes of an fp32 ONNX by how much quantizing
 each one *alone* hurts the model's output ("leave one in"): ONNX Runtime's quantizer, with the
@@ -62,15 +63,16 @@ RANKED_OPS = (
 )  # fmt: skip
 SCORE_UNIT = "dB output SQNR vs fp32 with only this layer quantized (lower = more sensitive)"
 RANKING_METHOD = (
-    "one pass: the float graph and the fully quantized Q/DQ graph run once on held-out samples; "
-    "each node scores the SQNR of the error it adds (output noise minus inherited noise); the variant's "
+    "one pass: beside each quantized node of the fully quantized Q/DQ graph, a copy fed through "
+    "its own Q/DQ from the float tensors; one run on held-out samples scores every node's output "
+    "SQNR when quantized alone; the variant's "
     "own Q/DQ graph ranks for ort-int8-static, the placement on weighted-layer inputs "
     "(TensorRT's, NNCF's) for ov-int8 and trt-int8-qdq; then bisection on how many top-ranked "
     "layers stay float, every step measured on the variant's runtime"
 )
 ONE_PASS_UNIT = (
-    "dB SQNR of the error this node adds in the fully quantized graph: output noise minus the "
-    "noise inherited from its inputs, relative to its output (lower = more sensitive)"
+    "dB output SQNR of this node quantized alone (its own Q/DQ and int8 weights from the fully "
+    "quantized graph) on float inputs (lower = more sensitive)"
 )
 SQNR_CAP_DB = 100.0
 SPEED_MARGIN = 0.95  # a variant is "faster" than fp32 when its p50 is below 95 % of fp32's
@@ -244,27 +246,97 @@ def layer_sensitivity(
     return sorted(scores, key=lambda s: s.score)  # stable: ties keep graph order
 
 
-def _with_outputs(onnx_path: Path, tensors: Sequence[str]) -> Any:
-    """An ONNX Runtime session over ``onnx_path`` that also returns ``tensors``."""
-    import onnx
-    import onnxruntime as ort
-
-    model = onnx.load(str(onnx_path))
-    known = {o.name for o in model.graph.output}
-    for name in tensors:
-        if name not in known:
-            model.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+SHADOW = "edgekit-shadow/"
 
 
-def _produced(onnx_path: Path) -> set[str]:
+def _copy_node(node: Any, inputs: Sequence[str], outputs: Sequence[str]) -> Any:
     import onnx
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    return {o for n in graph.node for o in n.output}
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    del new.input[:]
+    new.input.extend(inputs)
+    del new.output[:]
+    new.output.extend(outputs)
+    new.name = outputs[0]
+    return new
+
+
+ShadowPlan = dict[str, tuple[str, str, str, bool]]  # node → (op type, float out, shadow out, ReLU)
+
+
+def _shadow_model(float_onnx: Path, qdq_onnx: Path, skip: Sequence[str]) -> tuple[Any, ShadowPlan]:
+    """The float model plus, for every quantized node of ``qdq_onnx``, a copy of that node with
+    its Q/DQ inputs computed from the *float* tensors: its output is the node quantized alone.
+    Returns the model and node → (op type, float output, shadow output, apply ReLU)."""
+    import onnx
+
+    fmodel, qmodel = onnx.load(str(float_onnx)), onnx.load(str(qdq_onnx))
+    qinits = {t.name: t for t in qmodel.graph.initializer}
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    float_op = {o: n.op_type for n in fmodel.graph.node for o in n.output}
+    float_tensors = set(float_op) | {i.name for i in fmodel.graph.input}
+    needed: set[str] = set()
+    nodes: list[Any] = []
+
+    def mapped(tensor: str, tag: str) -> str | None:
+        """``tensor`` of the quantized graph, rebuilt in the shadow model from float tensors."""
+        if not tensor:
+            return ""
+        if tensor in qinits:
+            needed.add(tensor)
+            return SHADOW + tensor
+        node = producer.get(tensor)
+        if node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
+            ins = [mapped(i, tag) for i in node.input]
+            if any(i is None for i in ins):
+                return None
+            out = f"{SHADOW}{tag}/{tensor}"
+            nodes.append(_copy_node(node, [i or "" for i in ins], [out]))
+            return out
+        return tensor if tensor in float_tensors else None  # a float activation
+
+    consumers: dict[str, list[Any]] = {}
+    for n in qmodel.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def float_name(out: str) -> str | None:
+        """The float graph's name of a node output (a quantized graph output is renamed and
+        reaches its name through Q → DQ)."""
+        if out in float_op:
+            return out
+        for q in consumers.get(out, []):
+            for dq in consumers.get(q.output[0], []) if q.op_type == "QuantizeLinear" else []:
+                if dq.op_type == "DequantizeLinear" and dq.output[0] in float_op:
+                    return str(dq.output[0])
+        return None
+
+    plan: ShadowPlan = {}
+    for name, op_type in quantized_nodes(qdq_onnx):
+        node = next(n for n in qmodel.graph.node if n.name == name)
+        out = float_name(node.output[0])
+        if name in set(skip) or out is None:
+            continue
+        ins = [mapped(i, name) for i in node.input]
+        if any(i is None for i in ins):
+            continue
+        outs = [f"{SHADOW}{name}/out{j}" for j in range(len(node.output))]
+        nodes.append(_copy_node(node, [i or "" for i in ins], outs))
+        # A Conv+Relu fused by the quantizer writes the Relu's output name, unclamped.
+        plan[name] = (op_type, out, outs[0], float_op[out] == "Relu" and node.op_type != "Relu")
+    for t in needed:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(qinits[t])
+        copy.name = SHADOW + t
+        fmodel.graph.initializer.append(copy)
+    fmodel.graph.node.extend(nodes)
+    known = {o.name for o in fmodel.graph.output}
+    for tensor in sorted({t for _, f, sh, _ in plan.values() for t in (f, sh)} - known):
+        fmodel.graph.output.append(onnx.ValueInfoProto(name=tensor))
+    domains = {o.domain for o in fmodel.opset_import}
+    fmodel.opset_import.extend(o for o in qmodel.opset_import if o.domain not in domains)
+    return fmodel, plan
 
 
 def rank_layers(
@@ -277,59 +349,45 @@ def rank_layers(
 ) -> list[LayerScore]:
     """Rank the quantized nodes of ``qdq_onnx`` in one pass, most sensitive first.
 
-    ``float_onnx`` is the float graph ``qdq_onnx`` was made from (same tensor names). Both run
-    once on the first ``max_samples`` samples of ``data``; every node scores, in dB, its output's
-    signal power over the noise it adds itself (relative noise of its output minus that of its
-    noisiest activation input) once its inputs and weights are quantized. Cost: two inferences,
-    whatever the layer count.
+    ``float_onnx`` is the float graph ``qdq_onnx`` was made from (same tensor names). One model
+    holds the float graph and, beside each quantized node, a copy fed through that node's own
+    Q/DQ (same scales and int8 weights) from the float tensors; one run on the first
+    ``max_samples`` samples of ``data`` gives every node's output SQNR when it alone is quantized,
+    with float inputs. Cost: one inference, whatever the layer count.
     """
-    import onnx
+    import onnxruntime as ort
 
     from edgekit.compress.quantize import model_inputs
 
-    fgraph = onnx.load(str(float_onnx), load_external_data=False).graph
-    fixed = {t.name for t in fgraph.initializer}
-    fixed |= {o for n in fgraph.node if n.op_type == "Constant" for o in n.output}
-    by_name = {n.name: n for n in fgraph.node}
-    in_qdq = _produced(qdq_onnx)
-    plan: dict[str, tuple[str, list[str], str]] = {}
-    for name, op_type in quantized_nodes(qdq_onnx):
-        node = by_name.get(name)
-        if name in set(skip) or node is None or node.output[0] not in in_qdq:
-            continue
-        plan[name] = (op_type, [i for i in node.input if i and i not in fixed], node.output[0])
-    produced = _produced(float_onnx) & in_qdq
-    fetch = sorted({t for _, ins, out in plan.values() for t in (*ins, out)} & produced)
-    signal = dict.fromkeys(fetch, 0.0)
-    noise = dict.fromkeys(fetch, 0.0)
-    if fetch:
-        specs = model_inputs(float_onnx)
-        arrays = data.head(max_samples).bind(list(specs))
-        sessions = [_with_outputs(p, fetch) for p in (float_onnx, qdq_onnx)]
-        n = len(next(iter(arrays.values())))
-        for i in range(0, n, 16):
-            feed = {k: np.asarray(v[i : i + 16], dtype=specs[k][1]) for k, v in arrays.items()}
-            ref, got = (s.run(fetch, feed) for s in sessions)
-            for name, f, q in zip(fetch, ref, got, strict=True):
-                f64 = np.asarray(f, dtype=np.float64)
-                signal[name] += float(np.sum(f64**2))
-                noise[name] += float(np.sum((f64 - np.asarray(q, dtype=np.float64)) ** 2))
+    model, plan = _shadow_model(Path(float_onnx), Path(qdq_onnx), skip)
+    if not plan:
+        return []
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    fetch = sorted({t for _, f, sh, _ in plan.values() for t in (f, sh)})
+    signal = dict.fromkeys(plan, 0.0)
+    noise = dict.fromkeys(plan, 0.0)
+    specs = model_inputs(float_onnx)
+    arrays = data.head(max_samples).bind(list(specs))
+    n = len(next(iter(arrays.values())))
+    for i in range(0, n, 16):
+        feed = {k: np.asarray(v[i : i + 16], dtype=specs[k][1]) for k, v in arrays.items()}
+        got = dict(zip(fetch, session.run(fetch, feed), strict=True))
+        for name, (_, f, sh, relu) in plan.items():
+            ref = np.asarray(got[f], dtype=np.float64)
+            q = np.asarray(got[sh], dtype=np.float64)
+            q = np.maximum(q, 0.0) if relu else q
+            signal[name] += float(np.sum(ref**2))
+            noise[name] += float(np.sum((ref - q) ** 2))
 
-    def noise_ratio(tensor: str) -> float:
-        """Noise power / signal power of ``tensor`` in the quantized graph (0 = exact)."""
-        if tensor not in signal or signal[tensor] <= 0:
-            return 0.0
-        return noise[tensor] / signal[tensor]
+    def db(name: str) -> float:
+        if noise[name] <= 0 or signal[name] <= 0:
+            return SQNR_CAP_DB
+        return min(SQNR_CAP_DB, 10.0 * float(np.log10(signal[name] / noise[name])))
 
-    def db(ratio: float) -> float:
-        return SQNR_CAP_DB if ratio <= 10 ** (-SQNR_CAP_DB / 10) else -10.0 * float(np.log10(ratio))
-
-    scores = []
-    for name, (op_type, ins, out) in plan.items():
-        # The error the node itself adds: its output's relative noise minus the relative noise
-        # it inherits from its noisiest activation input.
-        inherited = max((noise_ratio(t) for t in ins), default=0.0)
-        scores.append(LayerScore(name, op_type, db(noise_ratio(out) - inherited), ONE_PASS_UNIT))
+    scores = [LayerScore(name, op_type, db(name), ONE_PASS_UNIT) for name, (op_type, *_) in plan.items()]
     return sorted(scores, key=lambda s: s.score)  # stable: ties keep graph order
 
 
@@ -592,7 +650,7 @@ class BudgetSearch:
 
     def _speed(self, runtime: str) -> Callable[[Variant], float | None] | None:
         """p50 latency of a variant / ONNX Runtime fp32's, batch 1 on real samples, interleaved."""
-        if runtime == "tensorrt":
+        if runtime == "tensorrt" or not self.config.stop_when_no_faster:
             return None
         from edgekit.benchmarks.latency import cycle, feeds_from, measure
         from edgekit.runtimes import get_runtime
