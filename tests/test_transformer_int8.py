@@ -370,3 +370,28 @@ def test_budget_search_finishes_in_its_limit_and_prints_the_kept_layers(encoder,
     row = next(v for v in report["variants"] if v["name"] == "ort-int8-static")
     assert any(n.startswith(f"kept in float: {ort['kept_in_float']}") for n in row["notes"])
     assert report["machine"]["bf16_flags"] == cpu_bf16_flags()
+
+
+def test_ov_bf16_variant_runs_the_fp32_ir_with_the_bf16_hint(encoder, tmp_path: Path) -> None:
+    """The variant builds anywhere; OpenVINO computes bf16 only on a CPU that has it (elsewhere it
+    falls back to f32, which is why edgekit offers ov-bf16 only there)."""
+    from edgekit.compress.quantize_ov import ov_bf16_ir
+
+    v = ov_bf16_ir(encoder["dir"] / "planted.onnx", tmp_path / "m.xml")
+    assert (v.name, v.precision, v.runtime) == ("ov-bf16", "bf16", "openvino") and v.extra_files[0].is_file()
+    described = get_runtime("openvino", threads=1, precision_hint="bf16").load(v.path).describe()
+    assert described["precision_hint"] == "bf16"
+    assert described["inference_precision"] == ("bf16" if bf16_support()[0] else "fp32")
+
+
+def test_search_minutes_must_be_positive(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    with CliRunner().isolation() as streams:
+        code = main(["compress", str(tmp_path / "m.onnx"), "--int8", "--search-minutes", "0"])
+        err = streams[1].getvalue().decode()
+    assert code == 2
+    assert err.strip().splitlines() == ["edgekit: error: --search-minutes must be a positive number of minutes (got 0)"]
+    assert not (tmp_path / "m.bundle").exists()
