@@ -5,6 +5,13 @@
 - OpenVINO: IR quantized by NNCF, see :mod:`edgekit.compress.quantize_ov`.
 - TensorRT: an explicit, symmetric Q/DQ ONNX that the device turns into an engine.
 
+A graph with attention blocks (:mod:`edgekit.export.patterns`) gets the transformer scheme:
+SmoothQuant + MatMul/Gemm-only symmetric QDQ on ONNX Runtime, NNCF ``ModelType.TRANSFORMER`` on
+OpenVINO, and ``ort-int8-dynamic-matmul`` as an extra candidate; every other model is quantized
+exactly as before (same bytes). Each variant's notes start with ``scheme: …`` (also in
+``ctx.records["quantize:int8"]["variants"][name]["scheme"]``). On a CPU with native bf16 the
+OpenVINO fp32 IR is also offered as ``ov-bf16``.
+
 Calibration uses the first ``calib_size`` samples of ``ctx.calib`` in order, one sample per
 feed, so the same data set always gives byte-identical files.
 
