@@ -258,6 +258,17 @@ def _steps_from_flags(
     return steps
 
 
+def _with_search_minutes(steps: list[object], minutes: float) -> list[object]:
+    """The INT8 steps of ``steps`` with the budget search limited to ``minutes``."""
+    import dataclasses
+
+    from edgekit.compress.quantize import Int8Config
+
+    if minutes <= 0:
+        raise BadInputError(f"--search-minutes must be a positive number of minutes (got {minutes:g})")
+    return [dataclasses.replace(s, search_minutes=minutes) if isinstance(s, Int8Config) else s for s in steps]
+
+
 def _budget(max_drop: float | None, min_top1: float | None, min_cosine: float | None, min_sqnr: float | None) -> Any:
     from edgekit.benchmarks.gate import Budget
 
@@ -325,6 +336,12 @@ def _budget(max_drop: float | None, min_top1: float | None, min_cosine: float | 
 @click.option("--min-top1", type=float, default=None, help="Fidelity budget without labels: top-1 agreement (0-1).")
 @click.option("--min-cosine", type=float, default=None, help="Fidelity budget without labels: cosine similarity.")
 @click.option("--min-sqnr", type=float, default=None, help="Fidelity budget: SQNR in dB vs fp32.")
+@click.option(
+    "--search-minutes",
+    type=float,
+    default=None,
+    help="Time limit of the accuracy-budget search, all runtimes together (default 10).",
+)
 @click.option("--arch", default=None, help="module:factory for a state_dict model file.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a whole pickled module (runs code from the file).")
 @click.option("--input-shape", default=None, help="Per-sample input shape(s) when the model file has none.")
@@ -361,6 +378,7 @@ def compress(
     min_top1: float | None,
     min_cosine: float | None,
     min_sqnr: float | None,
+    search_minutes: float | None,
     batch: str,
     time_budget: float,
     arch: str | None,
@@ -394,6 +412,8 @@ def compress(
         if not flag_steps:
             raise BadInputError("nothing to do: pass --int8 (or --fp16, --prune KIND:AMOUNT, --recipe FILE)")
         plan = Recipe(steps=flag_steps, seed=seed or 0, target=target, max_drop=max_drop)
+    if search_minutes is not None:
+        plan.steps = _with_search_minutes(plan.steps, search_minutes)
     with _progress(not as_json) as step:
         result = api.compress(
             model,

@@ -247,7 +247,8 @@ def tight(trained, loose, tmp_path_factory) -> tuple[Any, dict[str, Any], float]
     _, model = trained("digits-cnn")
     result = api.compress(
         model,
-        steps=[Int8Config(runtimes=("onnxruntime", "openvino", "tensorrt"))],
+        # INT8 is no faster than fp32 on some CPUs: search for fidelity alone here.
+        steps=[Int8Config(runtimes=("onnxruntime", "openvino", "tensorrt"), stop_when_no_faster=False)],
         budget=Budget(max_drop=0.0, min_sqnr_db=min_sqnr),
         out=tmp_path_factory.mktemp("tight") / "bundle",
         time_budget_s=0.05,
@@ -357,7 +358,11 @@ def test_impossible_budget_without_labels_exits_3_with_the_bundle(impossible) ->
     for runtime, name in (("onnxruntime", "ort-int8-static"), ("openvino", "ov-int8")):
         r, row = record["runtimes"][runtime], rows[name]
         assert not r["within_budget"] and r["rounds"] == len(r["trials"]) >= 2
-        assert r["ranked_layers"] == 3 and len(r["kept_in_float"]) == 2  # all but one: too little
+        assert r["ranked_layers"] == 3
+        if "no faster than fp32" in r["note"]:  # the search stops once INT8 cannot pay here
+            assert 1 <= len(r["kept_in_float"]) <= 2 and r["note"].startswith("stopped"), r["note"]
+        else:
+            assert len(r["kept_in_float"]) == 2  # all but one: too little
         assert row["metric_drop"] is None and row["deployable"] is False
         assert "SQNR" in row["rejected_reason"]
         assert any("NOT within budget" in n for n in row["notes"]), row["notes"]

@@ -89,6 +89,7 @@ def _json_default(obj: object) -> object:
 
 def machine_info(threads: int) -> dict[str, Any]:
     from edgekit.devices.detect import cpu_name, machine
+    from edgekit.runtimes.openvino import bf16_support, cpu_bf16_flags
 
     info = machine()
     return {
@@ -98,6 +99,8 @@ def machine_info(threads: int) -> dict[str, Any]:
         "arch": platform.machine(),
         "isa": info["isa"],
         "python": platform.python_version(),
+        "bf16_flags": cpu_bf16_flags(),
+        "bf16": bf16_support()[1],
     }
 
 

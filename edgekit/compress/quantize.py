@@ -5,6 +5,13 @@
 - OpenVINO: IR quantized by NNCF, see :mod:`edgekit.compress.quantize_ov`.
 - TensorRT: an explicit, symmetric Q/DQ ONNX that the device turns into an engine.
 
+A graph with attention blocks (:mod:`edgekit.export.patterns`) gets the transformer scheme:
+SmoothQuant + MatMul/Gemm-only symmetric QDQ on ONNX Runtime, NNCF ``ModelType.TRANSFORMER`` on
+OpenVINO, and ``ort-int8-dynamic-matmul`` as an extra candidate; every other model is quantized
+exactly as before (same bytes). Each variant's notes start with ``scheme: …`` (also in
+``ctx.records["quantize:int8"]["variants"][name]["scheme"]``). On a CPU with native bf16 the
+OpenVINO fp32 IR is also offered as ``ov-bf16``.
+
 Calibration uses the first ``calib_size`` samples of ``ctx.calib`` in order, one sample per
 feed, so the same data set always gives byte-identical files.
 
@@ -28,10 +35,11 @@ from edgekit.compress.quantize_ort import (
     check_trt_qdq,
     ort_int8_dynamic,
     ort_int8_static,
+    ort_int8_static_transformer,
     quantization_summary,
     trt_int8_qdq,
 )
-from edgekit.compress.quantize_ov import ov_fp32_ir, ov_int8, ov_quantized_ops
+from edgekit.compress.quantize_ov import ov_bf16_ir, ov_fp32_ir, ov_int8, ov_quantized_ops
 from edgekit.errors import BadInputError
 from edgekit.io.data import Dataset
 
@@ -48,6 +56,15 @@ __all__ = [
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 MODES = ("static", "dynamic")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+INT8_SCHEMES = ("auto", "cnn", "transformer")
+CNN_SCHEME = (
+    "scheme: default (every quantizable op, activations uint8 asymmetric, weights int8 "
+    "per-channel)"
+)
+TRT_SCHEME = (
+    "scheme: TensorRT explicit Q/DQ (symmetric int8 on the inputs of weighted layers; TensorRT "
+    "chooses the precision of everything else)"
+)
 
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -64,6 +81,15 @@ class Int8Config:
     variants; NNCF uses its own range estimators and preset, TensorRT is always symmetric with
     full-range weights. ``exclude`` names ONNX nodes kept in float on every runtime.
 
+    ``scheme`` picks how: ``"auto"`` (the default) uses the transformer scheme when the graph has
+    attention blocks (:func:`edgekit.export.patterns.detect`) and the default scheme otherwise;
+    ``"cnn"`` and ``"transformer"`` force one. The transformer scheme is SmoothQuant
+    (``smooth_alpha``) plus MatMul/Gemm-only symmetric QDQ on ONNX Runtime, NNCF
+    ``ModelType.TRANSFORMER`` on OpenVINO, and adds ``ort-int8-dynamic-matmul`` as a candidate.
+    ``search_minutes`` bounds the accuracy-budget search (all runtimes together);
+    ``stop_when_no_faster`` stops it from keeping more layers in float once a variant is no
+    faster than fp32 on this machine (turn it off when the target is another device).
+
     ``reduce_range`` defaults to True: ONNX Runtime's guidance for x86 CPUs without VNNI (AVX2
     only) is uint8 activations, int8 weights and 7-bit weights, because the u8×s8 multiply-add
     there saturates 16-bit intermediates. A VNNI or ARM target can pass False for 1 more bit.
@@ -77,6 +103,10 @@ class Int8Config:
     exclude: tuple[str, ...] = ()
     symmetric_activations: bool = False
     reduce_range: bool = True
+    scheme: str = "auto"
+    smooth_alpha: float = 0.5
+    search_minutes: float = 10.0
+    stop_when_no_faster: bool = True
 
     def __post_init__(self) -> None:
         # Recipes (TOML) give lists; keep the frozen config hashable.
@@ -92,6 +122,13 @@ class Int8Config:
             raise BadInputError(f"runtimes {self.runtimes} lists a runtime twice")
         _check_choice("mode", self.mode, MODES)
         _check_choice("calib_method", self.calib_method, CALIB_METHODS)
+        _check_choice("scheme", self.scheme, INT8_SCHEMES)
+        if not isinstance(self.smooth_alpha, int | float) or not 0.0 <= self.smooth_alpha <= 1.0:
+            raise BadInputError(f"smooth_alpha={self.smooth_alpha!r} must be between 0 and 1 (e.g. 0.5)")
+        if not isinstance(self.search_minutes, int | float) or self.search_minutes <= 0:
+            raise BadInputError(
+                f"search_minutes={self.search_minutes!r} must be a positive number of minutes (e.g. 10)"
+            )
         if not isinstance(self.calib_size, int) or self.calib_size < 1:
             raise BadInputError(
                 f"calib_size={self.calib_size!r} must be a positive integer (e.g. 300)"
@@ -194,13 +231,22 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
                 "calibrated on generated (random) samples: accuracy figures are indicative only"
             )
 
+    from edgekit.export.patterns import detect
+
+    patterns = detect(onnx_path)
+    record["patterns"] = patterns.as_dict()
+    transformer = _transformer_reason(config, patterns.describe(), patterns.transformer)
+    record["scheme"] = "transformer" if transformer else "default"
+    if transformer:
+        ctx.progress(f"transformer scheme: {transformer}")
+
     # Under an accuracy budget the static variants come from a search that keeps the most
     # sensitive layers in float (edgekit.compress.sensitivity); without one, nothing changes.
     search = None
     if ctx.budget is not None and feeds:
         from edgekit.compress.sensitivity import BudgetSearch
 
-        search = BudgetSearch(config, onnx_path, feeds, ctx)
+        search = BudgetSearch(config, onnx_path, feeds, ctx, transformer=transformer)
     ort_static_out = workdir / "model.ort-int8-static.onnx"
     variants: list[Variant] = []
     for runtime in config.runtimes:
@@ -208,6 +254,10 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
             ctx.progress(f"INT8 static (ONNX Runtime), calibrating on {len(feeds)} feeds")
             if search is not None:
                 variant = search.ort_static(ort_static_out)
+            elif transformer:
+                variant = ort_int8_static_transformer(
+                    config, onnx_path, feeds, ort_static_out, why=transformer
+                )
             else:
                 variant = ort_int8_static(config, onnx_path, feeds, ort_static_out)
         elif runtime == "onnxruntime":
@@ -221,7 +271,10 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
         elif runtime == "openvino":
             ctx.progress(f"INT8 (OpenVINO via NNCF), calibrating on {len(feeds)} feeds")
             out = workdir / "openvino" / "model.ov-int8.xml"
-            variant = search.openvino(out) if search else ov_int8(config, onnx_path, feeds, out)
+            if search is not None:
+                variant = search.openvino(out)
+            else:
+                variant = ov_int8(config, onnx_path, feeds, out, transformer=transformer)
         else:
             ctx.progress(f"INT8 explicit Q/DQ (TensorRT), calibrating on {len(feeds)} feeds")
             out = workdir / "tensorrt" / "model.trt-int8-qdq.onnx"
@@ -232,6 +285,16 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
         if variant.name != "ort-int8-dynamic":
             variant.notes.extend(calib_notes)
         variants.append(variant)
+    if transformer and "onnxruntime" in config.runtimes and config.mode == "static":
+        ctx.progress("INT8 dynamic (ONNX Runtime), MatMul/Gemm only: a transformer candidate")
+        dynamic = ort_int8_dynamic(
+            config, onnx_path, workdir / "model.ort-int8-dynamic-matmul.onnx",
+            name="ort-int8-dynamic-matmul",
+        )  # fmt: skip
+        dynamic.notes.insert(0, f"scheme: transformer candidate (dynamic INT8, MatMul/Gemm only) — {transformer}")
+        variants.append(dynamic)
+    if "openvino" in config.runtimes:
+        variants.extend(_bf16_variant(onnx_path, workdir, record, ctx))
     if search is not None:
         search.record()
 
@@ -243,5 +306,30 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
         used = settings
         if search is not None and search.kept(v.name):
             used = {**settings, "exclude": (*config.exclude, *search.kept(v.name))}
-        record["variants"][v.name] = {"config": used, "summary": summary}
+        scheme = next((n for n in v.notes if n.startswith("scheme: ")), None)
+        if scheme is None and v.precision in ("int8", "mixed") and v.runtime != "openvino":
+            scheme = CNN_SCHEME if v.runtime == "onnxruntime" else TRT_SCHEME
+            v.notes.insert(0, scheme)
+        record["variants"][v.name] = {"config": used, "summary": summary, "scheme": scheme}
     return variants
+
+
+def _transformer_reason(config: Int8Config, found: str, is_transformer: bool) -> str | None:
+    """Why the transformer scheme applies (None when it does not)."""
+    if config.scheme == "cnn":
+        return None
+    if config.scheme == "transformer":
+        return f"requested (scheme='transformer'); {found}"
+    return found if is_transformer else None
+
+
+def _bf16_variant(onnx_path: Path, workdir: Path, record: dict[str, Any], ctx: Context) -> list[Variant]:
+    """``ov-bf16`` when the CPU computes bf16 natively; otherwise none, and the record says why."""
+    from edgekit.runtimes.openvino import bf16_support
+
+    ok, why = bf16_support()
+    record["bf16"] = why
+    if not ok:
+        return []
+    ctx.progress("OpenVINO bf16 (same IR, INFERENCE_PRECISION_HINT=bf16)")
+    return [ov_bf16_ir(onnx_path, workdir / "openvino" / "model.ov-bf16.xml")]

@@ -8,8 +8,10 @@ Also :func:`quantization_summary`, which says what a quantized ONNX really conta
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -178,6 +180,7 @@ def _quantize_static(
     extra_options: dict[str, Any],
     only: tuple[str, ...] = (),
     calibration_cache: Path | None = None,
+    op_types: tuple[str, ...] = (),
 ) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -191,7 +194,8 @@ def _quantize_static(
     # of collected outputs without merging its ranges, so only the last partial chunk would count
     # (and a feed count that is a multiple of the chunk fails with "No data is collected.").
     options = dict(extra_options)
-    with _in_temp_cwd(), _quiet_root_logger():
+    # The histogram calibrators (percentile, entropy) print their progress on stdout.
+    with _in_temp_cwd(), _quiet_root_logger(), contextlib.redirect_stdout(io.StringIO()):
         quantize_static(
             str(src),
             str(out),
@@ -203,6 +207,7 @@ def _quantize_static(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(exclude),
             nodes_to_quantize=list(only),
+            op_types_to_quantize=list(op_types) or None,
             calibrate_method=methods[calib_method],
             calibration_providers=["CPUExecutionProvider"],
             use_external_data_format=_has_external_data(src),
@@ -272,6 +277,84 @@ def ort_int8_static(
     )
 
 
+TRANSFORMER_OPS = ("MatMul", "Gemm")
+
+
+def _transformer_options(config: Int8Config) -> dict[str, Any]:
+    return {
+        "activation_type": "uint8",
+        "per_channel": config.per_channel,
+        "reduce_range": config.reduce_range,
+        "calib_method": config.calib_method,
+        "op_types": TRANSFORMER_OPS,
+        "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True},
+    }
+
+
+def transformer_scheme_text(config: Int8Config, why: str) -> str:
+    """The ``scheme:`` note of a transformer-scheme variant."""
+    return (
+        f"scheme: transformer (SmoothQuant alpha {config.smooth_alpha:g}, MatMul/Gemm only, "
+        f"per-channel symmetric weights, symmetric activations, {config.calib_method} "
+        f"calibration) — {why}"
+    )
+
+
+def ort_int8_static_transformer(
+    config: Int8Config,
+    onnx_path: Path,
+    feeds: Feeds,
+    out: Path,
+    *,
+    why: str = "transformer scheme requested",
+    calibration_cache: Path | None = None,
+    float_copy: Path | None = None,
+) -> Variant:
+    """Static QDQ INT8 for transformers on ONNX Runtime: SmoothQuant first (activation outliers
+    folded into the LayerNorms and the weights, :mod:`edgekit.compress.smoothquant`), then only
+    MatMul/Gemm quantized, weights int8 per channel, activations symmetric. Softmax, LayerNorm,
+    GELU, residual Adds and the attention mask stay float: quantizing them is what makes the
+    CNN scheme collapse on transformers. ``float_copy`` receives the smoothed float model (the
+    float graph with the quantized graph's tensor names and scales)."""
+    from edgekit.compress.smoothquant import smooth
+
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _preprocessed(onnx_path, config.exclude) as (pre, pre_notes):
+        smoothed = pre.with_name("smoothed.onnx")
+        sq = smooth(pre, smoothed, feeds, config.smooth_alpha)
+        if float_copy is not None:
+            shutil.copyfile(smoothed, float_copy)
+        _quantize_static(
+            smoothed,
+            out,
+            feeds,
+            exclude=config.exclude,
+            calibration_cache=calibration_cache,
+            **_transformer_options(config),
+        )
+    notes = [
+        transformer_scheme_text(config, why),
+        sq.note(),
+        "QDQ format; activations uint8 symmetric, weights int8 symmetric per-channel on "
+        "MatMul/Gemm; Softmax, LayerNorm, GELU and residual Adds stay float",
+        _NO_SATURATION if config.reduce_range else _MAY_SATURATE,
+        f"calibration: {_count(feeds)} samples, method {config.calib_method}",
+        *pre_notes,
+    ]
+    if config.exclude:
+        notes.append(f"kept in float (exclude): {', '.join(config.exclude)}")
+    return Variant(
+        name="ort-int8-static",
+        runtime="onnxruntime",
+        precision="int8",
+        path=out,
+        techniques=["quantize:int8-static"],
+        notes=notes,
+        extra_files=_external_files(out),
+    )
+
+
 SCHEMES = ("onnxruntime", "tensorrt")
 
 
@@ -308,7 +391,9 @@ def quantize_only(
     )
 
 
-def ort_int8_dynamic(config: Int8Config, onnx_path: Path, out: Path) -> Variant:
+def ort_int8_dynamic(
+    config: Int8Config, onnx_path: Path, out: Path, *, name: str = "ort-int8-dynamic"
+) -> Variant:
     """Dynamic INT8 for ONNX Runtime, restricted to MatMul/Gemm.
 
     Dynamic Conv becomes ConvInteger, several times slower than fp32 on CPU: Conv stays float.
@@ -347,7 +432,7 @@ def ort_int8_dynamic(config: Int8Config, onnx_path: Path, out: Path) -> Variant:
     if config.exclude:
         notes.append(f"kept in float (exclude): {', '.join(config.exclude)}")
     return Variant(
-        name="ort-int8-dynamic",
+        name=name,
         runtime="onnxruntime",
         precision="int8",
         path=out,

@@ -130,6 +130,18 @@ def ov_fp16_ir(onnx_path: Path | str, out_xml: Path | str) -> Variant:
     )
 
 
+def ov_bf16_ir(onnx_path: Path | str, out_xml: Path | str) -> Variant:
+    """The fp32 IR again, run with ``INFERENCE_PRECISION_HINT=bf16``: variant ``ov-bf16``. Offer
+    it only on a CPU with native bf16 (:func:`edgekit.runtimes.openvino.bf16_support`)."""
+    variant = ov_fp32_ir(onnx_path, out_xml)
+    variant.name, variant.precision, variant.techniques = "ov-bf16", "bf16", ["quantize:bf16"]
+    variant.notes = [
+        "same IR as ov-fp32 (fp32 weights), compiled with INFERENCE_PRECISION_HINT=bf16: "
+        "OpenVINO's own default on this CPU; ov-fp32 is forced to f32",
+    ]
+    return variant
+
+
 def _ov_names_for(exclude: tuple[str, ...], model: Any) -> list[str]:
     """OpenVINO operations that came from the named ONNX nodes (a Conv with bias becomes
     ``<name>/WithoutBiases`` + an Add named ``<name>``)."""
@@ -180,28 +192,61 @@ def _quiet_nncf() -> Iterator[None]:
         nncf_logger.setLevel(level)
 
 
+NNCF_SMOOTH_ALPHA = 0.95  # NNCF's own default for MatMul in AdvancedSmoothQuantParameters
+
+
 def ov_int8(
-    config: Int8Config, onnx_path: Path, feeds: list[dict[str, np.ndarray]], out_xml: Path
+    config: Int8Config,
+    onnx_path: Path,
+    feeds: list[dict[str, np.ndarray]],
+    out_xml: Path,
+    *,
+    transformer: str | None = None,
 ) -> Variant:
     """INT8 OpenVINO IR: ``openvino.convert_model`` then ``nncf.quantize`` (default preset:
-    symmetric int8 weights per channel and activations, fast bias correction)."""
+    symmetric int8 weights per channel and activations, fast bias correction).
+
+    ``transformer`` (the reason, e.g. "attention blocks detected") switches NNCF to
+    ``model_type=nncf.ModelType.TRANSFORMER`` with SmoothQuant on MatMul inputs: NNCF then
+    leaves Softmax, LayerNorm and the residual path in float and migrates activation outliers
+    into the weights."""
     require("nncf")
     import nncf
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
 
     model = _convert(onnx_path)
     ignored = None
     if config.exclude:
         ignored = nncf.IgnoredScope(names=_ov_names_for(config.exclude, model))
+    extra: dict[str, Any] = {}
+    if transformer is not None:
+        extra = {
+            "model_type": nncf.ModelType.TRANSFORMER,
+            "advanced_parameters": AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=NNCF_SMOOTH_ALPHA)
+            ),
+        }
     with _quiet_nncf():
         quantized = nncf.quantize(
             model,
             nncf.Dataset(feeds),
             subset_size=len(feeds),
             ignored_scope=ignored,
+            **extra,
         )
     bin_path = _save(quantized, onnx_path, out_xml, compress_to_fp16=False)
     n = sum(len(next(iter(f.values()))) for f in feeds)
+    scheme = (
+        f"scheme: transformer (NNCF model_type=TRANSFORMER, SmoothQuant alpha "
+        f"{NNCF_SMOOTH_ALPHA:g} on MatMul) — {transformer}"
+        if transformer is not None
+        else "scheme: default (NNCF default preset, every weighted layer and its inputs)"
+    )
     notes = [
+        scheme,
         "NNCF post-training quantization, default preset (symmetric int8 weights and activations), "
         "fast bias correction",
         f"calibration: {n} samples with NNCF's own range estimators "

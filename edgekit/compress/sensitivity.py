@@ -1,5 +1,10 @@
 """Per-layer quantization sensitivity, and the accuracy-budget search built on it.
 
+The budget search ranks layers once with :func:`rank_layers` (one run of a model holding the float
+graph and each quantized node fed from float tensors: every node's local SQNR when quantized
+alone); :func:`layer_sensitivity` (one quantization per node, SQNR at the model output) is the
+slower measure ``edgekit doctor`` shows.
+
 :func:`layer_sensitivity` ranks the quantizable nodes of an fp32 ONNX by how much quantizing
 each one *alone* hurts the model's output ("leave one in"): ONNX Runtime's quantizer, with the
 calibrated ranges of the full INT8 model (computed once, then cached), quantizes one node at a
@@ -58,12 +63,19 @@ RANKED_OPS = (
 )  # fmt: skip
 SCORE_UNIT = "dB output SQNR vs fp32 with only this layer quantized (lower = more sensitive)"
 RANKING_METHOD = (
-    "leave-one-in: one node at a time quantized by ONNX Runtime's QDQ quantizer with the "
-    "calibrated ranges of the full INT8 model, output SQNR vs fp32 on held-out samples; ONNX "
-    "Runtime's Q/DQ placement ranks for ort-int8-static, the placement on weighted-layer inputs "
-    "(TensorRT's, NNCF's) for ov-int8 and trt-int8-qdq; every search step is measured on the "
-    "variant's runtime"
+    "one pass: beside each quantized node of the fully quantized Q/DQ graph, a copy fed through "
+    "its own Q/DQ from the float tensors; one run on held-out samples scores every node's output "
+    "SQNR when quantized alone; the variant's "
+    "own Q/DQ graph ranks for ort-int8-static, the placement on weighted-layer inputs "
+    "(TensorRT's, NNCF's) for ov-int8 and trt-int8-qdq; then bisection on how many top-ranked "
+    "layers stay float, every step measured on the variant's runtime"
 )
+ONE_PASS_UNIT = (
+    "dB output SQNR of this node quantized alone (its own Q/DQ and int8 weights from the fully "
+    "quantized graph) on float inputs (lower = more sensitive)"
+)
+SQNR_CAP_DB = 100.0
+SPEED_MARGIN = 0.95  # a variant is "faster" than fp32 when its p50 is below 95 % of fp32's
 SENSITIVITY_SAMPLES = 64
 EVAL_BATCH = 64
 
@@ -234,6 +246,151 @@ def layer_sensitivity(
     return sorted(scores, key=lambda s: s.score)  # stable: ties keep graph order
 
 
+SHADOW = "edgekit-shadow/"
+
+
+def _copy_node(node: Any, inputs: Sequence[str], outputs: Sequence[str]) -> Any:
+    import onnx
+
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    del new.input[:]
+    new.input.extend(inputs)
+    del new.output[:]
+    new.output.extend(outputs)
+    new.name = outputs[0]
+    return new
+
+
+ShadowPlan = dict[str, tuple[str, str, str, bool]]  # node → (op type, float out, shadow out, ReLU)
+
+
+def _shadow_model(float_onnx: Path, qdq_onnx: Path, skip: Sequence[str]) -> tuple[Any, ShadowPlan]:
+    """The float model plus, for every quantized node of ``qdq_onnx``, a copy of that node with
+    its Q/DQ inputs computed from the *float* tensors: its output is the node quantized alone.
+    Returns the model and node → (op type, float output, shadow output, apply ReLU)."""
+    import onnx
+
+    fmodel, qmodel = onnx.load(str(float_onnx)), onnx.load(str(qdq_onnx))
+    qinits = {t.name: t for t in qmodel.graph.initializer}
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    float_op = {o: n.op_type for n in fmodel.graph.node for o in n.output}
+    float_tensors = set(float_op) | {i.name for i in fmodel.graph.input}
+    needed: set[str] = set()
+    nodes: list[Any] = []
+
+    def mapped(tensor: str, tag: str) -> str | None:
+        """``tensor`` of the quantized graph, rebuilt in the shadow model from float tensors."""
+        if not tensor:
+            return ""
+        if tensor in qinits:
+            needed.add(tensor)
+            return SHADOW + tensor
+        node = producer.get(tensor)
+        if node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
+            ins = [mapped(i, tag) for i in node.input]
+            if any(i is None for i in ins):
+                return None
+            out = f"{SHADOW}{tag}/{tensor}"
+            nodes.append(_copy_node(node, [i or "" for i in ins], [out]))
+            return out
+        return tensor if tensor in float_tensors else None  # a float activation
+
+    consumers: dict[str, list[Any]] = {}
+    for n in qmodel.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def float_name(out: str) -> str | None:
+        """The float graph's name of a node output (a quantized graph output is renamed and
+        reaches its name through Q → DQ)."""
+        if out in float_op:
+            return out
+        for q in consumers.get(out, []):
+            for dq in consumers.get(q.output[0], []) if q.op_type == "QuantizeLinear" else []:
+                if dq.op_type == "DequantizeLinear" and dq.output[0] in float_op:
+                    return str(dq.output[0])
+        return None
+
+    plan: ShadowPlan = {}
+    for name, op_type in quantized_nodes(qdq_onnx):
+        node = next(n for n in qmodel.graph.node if n.name == name)
+        out = float_name(node.output[0])
+        if name in set(skip) or out is None:
+            continue
+        ins = [mapped(i, name) for i in node.input]
+        if any(i is None for i in ins):
+            continue
+        outs = [f"{SHADOW}{name}/out{j}" for j in range(len(node.output))]
+        nodes.append(_copy_node(node, [i or "" for i in ins], outs))
+        # A Conv+Relu fused by the quantizer writes the Relu's output name, unclamped.
+        plan[name] = (op_type, out, outs[0], float_op[out] == "Relu" and node.op_type != "Relu")
+    for t in needed:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(qinits[t])
+        copy.name = SHADOW + t
+        fmodel.graph.initializer.append(copy)
+    fmodel.graph.node.extend(nodes)
+    known = {o.name for o in fmodel.graph.output}
+    for tensor in sorted({t for _, f, sh, _ in plan.values() for t in (f, sh)} - known):
+        fmodel.graph.output.append(onnx.ValueInfoProto(name=tensor))
+    domains = {o.domain for o in fmodel.opset_import}
+    fmodel.opset_import.extend(o for o in qmodel.opset_import if o.domain not in domains)
+    return fmodel, plan
+
+
+def rank_layers(
+    float_onnx: Path,
+    qdq_onnx: Path,
+    data: Dataset,
+    *,
+    max_samples: int = SENSITIVITY_SAMPLES,
+    skip: Sequence[str] = (),
+) -> list[LayerScore]:
+    """Rank the quantized nodes of ``qdq_onnx`` in one pass, most sensitive first.
+
+    ``float_onnx`` is the float graph ``qdq_onnx`` was made from (same tensor names). One model
+    holds the float graph and, beside each quantized node, a copy fed through that node's own
+    Q/DQ (same scales and int8 weights) from the float tensors; one run on the first
+    ``max_samples`` samples of ``data`` gives every node's output SQNR when it alone is quantized,
+    with float inputs. Cost: one inference, whatever the layer count.
+    """
+    import onnxruntime as ort
+
+    from edgekit.compress.quantize import model_inputs
+
+    model, plan = _shadow_model(Path(float_onnx), Path(qdq_onnx), skip)
+    if not plan:
+        return []
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    fetch = sorted({t for _, f, sh, _ in plan.values() for t in (f, sh)})
+    signal = dict.fromkeys(plan, 0.0)
+    noise = dict.fromkeys(plan, 0.0)
+    specs = model_inputs(float_onnx)
+    arrays = data.head(max_samples).bind(list(specs))
+    n = len(next(iter(arrays.values())))
+    for i in range(0, n, 16):
+        feed = {k: np.asarray(v[i : i + 16], dtype=specs[k][1]) for k, v in arrays.items()}
+        got = dict(zip(fetch, session.run(fetch, feed), strict=True))
+        for name, (_, f, sh, relu) in plan.items():
+            ref = np.asarray(got[f], dtype=np.float64)
+            q = np.asarray(got[sh], dtype=np.float64)
+            q = np.maximum(q, 0.0) if relu else q
+            signal[name] += float(np.sum(ref**2))
+            noise[name] += float(np.sum((ref - q) ** 2))
+
+    def db(name: str) -> float:
+        if noise[name] <= 0 or signal[name] <= 0:
+            return SQNR_CAP_DB
+        return min(SQNR_CAP_DB, 10.0 * float(np.log10(signal[name] / noise[name])))
+
+    scores = [LayerScore(name, op_type, db(name), ONE_PASS_UNIT) for name, (op_type, *_) in plan.items()]
+    return sorted(scores, key=lambda s: s.score)  # stable: ties keep graph order
+
+
 # --------------------------------------------------------------------------------- search
 @dataclass
 class FitResult:
@@ -290,19 +447,33 @@ def fit_budget(
     scratch: Path,
     progress: Callable[[str], None] = lambda _m: None,
     label: str = "INT8",
+    deadline: float | None = None,
+    speed: Callable[[Variant], float | None] | None = None,
 ) -> FitResult:
     """Quantize within the budget by keeping the most sensitive layers in float.
 
     ``build(kept, folder)`` quantizes with the nodes ``kept`` in float and writes the variant
     into ``folder``; ``measure(variant, kept)`` runs it on the held-out data and judges it;
-    ``ranking()`` (called only when plain INT8 fails) gives the candidates, most sensitive
+    ``ranking()`` (called once, only when plain INT8 fails) gives the candidates, most sensitive
     first. Tries k = 0, then 1, 2, 4, … (at most all layers but one), then bisects to the
     smallest k that passes. The chosen variant's files end up in ``out_dir``; when no k passes,
     the closest variant is returned with ``within_budget=False``.
+
+    The search also stops at ``deadline`` (a ``time.perf_counter()`` value; plain INT8 is always
+    tried) and, when ``speed(variant)`` (p50 latency / fp32's) says a variant with layers in float
+    is no faster than fp32, before keeping more layers in float: that cannot make it faster.
     """
     start = time.perf_counter()
     trials: list[Trial] = []
     made: list[Variant] = []
+    stops: list[str] = []
+
+    def best() -> str:
+        passing = [t for t in trials if t.passed]
+        if passing:
+            return f"best so far: {min(len(t.kept) for t in passing)} layer(s) in float, within budget"
+        closest = max(trials, key=lambda t: t.closeness())
+        return f"best so far: {len(closest.kept)} layer(s) in float ({closest.reason})"
 
     def attempt(kept: tuple[str, ...]) -> Trial:
         variant = build(kept, scratch / f"round-{len(trials)}")
@@ -310,30 +481,48 @@ def fit_budget(
         trials.append(trial)
         made.append(variant)
         verdict = "within budget" if trial.passed else trial.reason
-        progress(f"{label}: {len(kept)} layer(s) kept in float → {verdict}")
+        ratio = speed(variant) if speed is not None and kept else None
+        timing = "" if ratio is None else f", {ratio:.2f}× fp32 latency"
+        progress(f"{label}: {len(kept)} layer(s) kept in float → {verdict}{timing}; {best()}; "
+                 f"{time.perf_counter() - start:.0f} s")  # fmt: skip
+        if ratio is not None and ratio >= SPEED_MARGIN:
+            stops.append(
+                f"stopped: with {len(kept)} layer(s) in float the variant is no faster than fp32 "
+                f"({ratio:.2f}× its latency), so keeping more layers in float cannot pay"
+            )
         return trial
+
+    def may_continue() -> bool:
+        if stops:
+            return False
+        if deadline is not None and time.perf_counter() >= deadline:
+            stops.append("stopped at the search time limit (--search-minutes)")
+            return False
+        return True
 
     ranked: list[LayerScore] = []
     note = ""
-    if not attempt(()).passed:
+    if not attempt(()).passed and may_continue():
         ranked = list(ranking())
         names = tuple(s.node for s in ranked)
         max_k = len(names) - 1
         failed, k = 0, 1
         passed_k: int | None = None
-        while k <= max_k:
+        while k <= max_k and may_continue():
             if attempt(names[:k]).passed:
                 passed_k = k
                 break
             failed = k
             k = max_k if k < max_k < 2 * k else 2 * k
         if passed_k is not None:
-            while passed_k - failed > 1:
+            while passed_k - failed > 1 and (deadline is None or time.perf_counter() < deadline):
                 mid = (failed + passed_k) // 2
                 if attempt(names[:mid]).passed:
                     passed_k = mid
                 else:
                     failed = mid
+        elif stops:
+            pass
         elif max_k < 1:
             note = f"{len(names)} quantizable layer(s): none can stay float in an INT8 variant"
         else:
@@ -346,11 +535,15 @@ def fit_budget(
         chosen = min(passing, key=lambda i: len(trials[i].kept))
     else:
         chosen = max(range(len(trials)), key=lambda i: trials[i].closeness())
+    note = "; ".join(x for x in [*stops, note] if x)
     variant = _move(made[chosen], out_dir)
     shutil.rmtree(scratch, ignore_errors=True)
+    kept = trials[chosen].kept
+    progress(f"{label}: kept in float: {list(kept)} ({len(trials)} round(s), "
+             f"{time.perf_counter() - start:.0f} s)")  # fmt: skip
     return FitResult(
         variant=variant,
-        kept=trials[chosen].kept,
+        kept=kept,
         within_budget=trials[chosen].passed,
         trials=trials,
         ranking=ranked,
@@ -387,15 +580,27 @@ def budget_note(result: FitResult, user_excluded: Sequence[str] = ()) -> str:
 class BudgetSearch:
     """The accuracy-budget search for the static INT8 variants of one INT8 step.
 
-    Rankings are computed only when a plain INT8 variant misses the budget, at most once per
-    Q/DQ scheme: ONNX Runtime's placement for ``ort-int8-static``; the placement on
-    weighted-layer inputs (TensorRT's, and NNCF's default) for ``ov-int8`` and ``trt-int8-qdq``.
-    Each search measures on its own runtime (the TensorRT Q/DQ graph on ONNX Runtime: no GPU).
+    Rankings are computed only when a plain INT8 variant misses the budget, once per Q/DQ
+    scheme, in one pass (:func:`rank_layers`): ONNX Runtime's placement (or the transformer
+    scheme's) for ``ort-int8-static``; the placement on weighted-layer inputs (TensorRT's, and
+    NNCF's default) for ``ov-int8`` and ``trt-int8-qdq``. Each search measures on its own runtime
+    (the TensorRT Q/DQ graph on ONNX Runtime: no GPU). All runtimes share one time limit,
+    ``config.search_minutes``.
     """
 
-    def __init__(self, config: Int8Config, onnx_path: Path, feeds: Feeds, ctx: Context) -> None:
+    def __init__(
+        self,
+        config: Int8Config,
+        onnx_path: Path,
+        feeds: Feeds,
+        ctx: Context,
+        *,
+        transformer: str | None = None,
+    ) -> None:
         self.config, self.onnx, self.feeds, self.ctx = config, Path(onnx_path), feeds, ctx
+        self.transformer = transformer
         self.budget: Budget = ctx.budget
+        self.deadline = time.perf_counter() + 60.0 * config.search_minutes
         self.scratch = Path(ctx.workdir).resolve() / "budget-search"
         self.scratch.mkdir(parents=True, exist_ok=True)
         # Judge against what the final gate compares with: the source model's fp32 (before any
@@ -417,16 +622,54 @@ class BudgetSearch:
         return self.scratch / f"{scheme}-ranges.json"
 
     def ranking(self, scheme: str) -> list[LayerScore]:
-        """The sensitivity ranking for ``scheme``, computed once."""
+        """The one-pass ranking for ``scheme`` ("onnxruntime", "transformer" or "tensorrt"),
+        computed once."""
+        from edgekit.compress.quantize_ort import ort_int8_static_transformer
+
         if scheme not in self._rankings:
-            self.ctx.progress(f"measuring per-layer sensitivity ({scheme} Q/DQ placement)")
+            self.ctx.progress(f"ranking layers in one pass ({scheme} Q/DQ placement)")
             start = time.perf_counter()
-            self._rankings[scheme] = layer_sensitivity(
-                self.onnx, None, self.feeds, self.ctx.eval, self.ctx.task, config=self.config,
-                scheme=scheme, calibration_cache=self._cache(scheme), skip=self.config.exclude,
-            )  # fmt: skip
+            folder = self.scratch / f"rank-{scheme}"
+            folder.mkdir(parents=True, exist_ok=True)
+            full = dataclasses.replace(self.config, exclude=())
+            qdq, reference = folder / "all.onnx", folder / "float.onnx"
+            cache = self._cache(scheme)
+            if scheme == "transformer":
+                ort_int8_static_transformer(full, self.onnx, self.feeds, qdq, calibration_cache=cache,
+                                            float_copy=reference)  # fmt: skip
+            else:
+                build = ort_int8_static if scheme == "onnxruntime" else trt_int8_qdq
+                build(full, self.onnx, self.feeds, qdq, calibration_cache=cache)
+                preprocess(self.onnx, reference)
+            self._rankings[scheme] = rank_layers(
+                reference, qdq, self.ctx.eval, skip=self.config.exclude
+            )
+            shutil.rmtree(folder, ignore_errors=True)
             self._ranking_seconds[scheme] = time.perf_counter() - start
         return self._rankings[scheme]
+
+    def _speed(self, runtime: str) -> Callable[[Variant], float | None] | None:
+        """p50 latency of a variant / ONNX Runtime fp32's, batch 1 on real samples, interleaved."""
+        if runtime == "tensorrt" or not self.config.stop_when_no_faster:
+            return None
+        from edgekit.benchmarks.latency import cycle, feeds_from, measure
+        from edgekit.runtimes import get_runtime
+
+        baseline = self.ctx.baseline or self.onnx
+
+        def ratio(variant: Variant) -> float | None:
+            rts = {
+                "fp32": get_runtime("onnxruntime", threads=self.ctx.threads).load(baseline),
+                "variant": get_runtime(runtime, threads=self.ctx.threads).load(variant.path),
+            }
+            fns = {}
+            for key, rt in rts.items():
+                arrays = self.ctx.eval.bind([spec.name for spec in rt.inputs])
+                fns[key] = cycle(rt, feeds_from(arrays, 1, 8, seed=0))
+            stats = measure(fns, warmup=3, budget_s=0.3, min_iters=10, rounds=4)
+            return stats["variant"].p50 / max(stats["fp32"].p50, 1e-9)
+
+        return ratio
 
     def _finish(self, result: FitResult) -> Variant:
         v = result.variant
@@ -447,21 +690,29 @@ class BudgetSearch:
             scratch=self.scratch / runtime,
             progress=self.ctx.progress,
             label=f"budget search ({label})",
+            deadline=self.deadline,
+            speed=self._speed(runtime),
         )
         self.results[runtime] = result
         return result
 
     def ort_static(self, out: Path) -> Variant:
         """``ort-int8-static`` within budget (``nodes_to_exclude``), measured in ONNX Runtime."""
-        cache = self._cache("onnxruntime")
+        from edgekit.compress.quantize_ort import ort_int8_static_transformer
+
+        scheme = "transformer" if self.transformer else "onnxruntime"
+        cache = self._cache(scheme)
 
         def build(kept: tuple[str, ...], folder: Path) -> Variant:
             config = self._config(kept)
+            if self.transformer:
+                return ort_int8_static_transformer(config, self.onnx, self.feeds, folder / out.name,
+                                                   why=self.transformer, calibration_cache=cache)  # fmt: skip
             return ort_int8_static(config, self.onnx, self.feeds, folder / out.name,
                                    calibration_cache=cache)  # fmt: skip
 
         def ranking() -> list[LayerScore]:
-            return self.ranking("onnxruntime")
+            return self.ranking(scheme)
 
         result = self._search("onnxruntime", build, ranking, out, "ONNX Runtime")
         return self._finish(result)
@@ -471,10 +722,11 @@ class BudgetSearch:
         from edgekit.compress.quantize_ov import ov_int8, ov_mappable
 
         def build(kept: tuple[str, ...], folder: Path) -> Variant:
-            return ov_int8(self._config(kept), self.onnx, self.feeds, folder / out_xml.name)
+            return ov_int8(self._config(kept), self.onnx, self.feeds, folder / out_xml.name,
+                           transformer=self.transformer)  # fmt: skip
 
         def ranking() -> list[LayerScore]:
-            ranked = self.ranking("tensorrt")
+            ranked = self.ranking("transformer" if self.transformer else "tensorrt")
             mappable = set(ov_mappable(self.onnx, [s.node for s in ranked]))
             return [s for s in ranked if s.node in mappable]
 
@@ -511,11 +763,12 @@ class BudgetSearch:
         rec = self.ctx.records.setdefault("budget", {})
         rec["budget"] = self.budget.describe(self.evaluator.metric_name)
         rec["ranking_method"] = RANKING_METHOD
+        rec["search_minutes"] = self.config.search_minutes
         rec["sensitivity"] = {
             scheme: {
                 "layers": len(ranked),
                 "seconds": round(self._ranking_seconds[scheme], 2),
-                "unit": SCORE_UNIT,
+                "unit": ONE_PASS_UNIT,
             }
             for scheme, ranked in self._rankings.items()
         }

@@ -136,3 +136,35 @@ def _spec(port: Any, fallback: str) -> TensorSpec:
 
 def _precision_name(ov_type: Any) -> str:
     return precision_name(ov_type.get_type_name())
+
+
+# CPU flags (as /proc/cpuinfo spells them) that give OpenVINO native bf16 arithmetic.
+BF16_COMPUTE_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The BF16 and AMX flags of this CPU (from ``cpuinfo``, the text of /proc/cpuinfo, read
+    from the system when None), sorted. Empty when there are none or the file is unreadable."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(f for f in value.split() if "bf16" in f or f.startswith("amx"))
+    return sorted(flags)
+
+
+def bf16_support(cpuinfo: str | None = None) -> tuple[bool, str]:
+    """Whether OpenVINO can compute in bf16 on this CPU, and why (one line for the report)."""
+    flags = cpu_bf16_flags(cpuinfo)
+    found = [f for f in BF16_COMPUTE_FLAGS if f in flags]
+    if found:
+        return True, f"CPU has {', '.join(found)}: OpenVINO computes bf16 natively (ov-bf16 offered)"
+    return False, (
+        f"no ov-bf16 variant: the CPU has neither {' nor '.join(BF16_COMPUTE_FLAGS)} "
+        "(bf16 would be emulated, slower than fp32)"
+    )
