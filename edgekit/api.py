@@ -321,6 +321,7 @@ def compress(
             progress=progress,
             baseline=fp32_path,
             threads=threads,
+            output=output,
         )
 
         model_labels: list[str] = []

@@ -124,6 +124,59 @@ def _shape_of(feed: dict[str, np.ndarray]) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in feed.items()}
 
 
+@dataclass
+class Verdict:
+    """What the gate measured of one variant's outputs, and its decision (``reason`` None = pass)."""
+
+    fidelity: dict[str, Any]
+    metrics: dict[str, float]
+    metric: dict[str, Any] | None
+    metric_drop: float | None
+    reason: str | None
+
+
+class OutputJudge:
+    """Judges a variant's outputs against the fp32 reference the way the output is used: the
+    kind's fidelity figures, the task metric with labels, the user's ``--metric``, then
+    :func:`~edgekit.benchmarks.gate.judge`. The final measurement and the budget search share it."""
+
+    def __init__(self, spec: OutputSpec, reference: Outputs, data: Dataset, budget: Budget) -> None:
+        self.spec, self.ref, self.data, self.budget = spec, reference, data, budget
+        self.metric_name, self.base_metrics = kind_metrics(spec, reference, reference, data.labels, data.task)
+        self.custom_fn = load_metric(spec.metric) if spec.metric else None
+        self.base_custom = (
+            user_metric(self.custom_fn, spec.metric, reference, reference, data)
+            if self.custom_fn and spec.metric
+            else None
+        )
+
+    def __call__(self, out: Outputs) -> Verdict:
+        spec, data = self.spec, self.data
+        fid = figures(spec, self.ref, out)
+        name_m, values = kind_metrics(spec, self.ref, out, data.labels, data.task)
+        metric = drop = None
+        if self.metric_name and name_m:
+            metric = {"name": self.metric_name, "value": values[self.metric_name]}
+            drop = metric_drop(self.metric_name, self.base_metrics[self.metric_name], values[self.metric_name])
+        custom = custom_drop = None
+        if self.custom_fn is not None and self.base_custom is not None and spec.metric:
+            custom = user_metric(self.custom_fn, spec.metric, self.ref, out, data)
+            sign = 1.0 if custom["higher_is_better"] else -1.0
+            custom_drop = sign * (self.base_custom["value"] - custom["value"])
+            values[spec.metric] = custom["value"]
+            fid["user_metric"] = custom
+        reason = judge(
+            self.budget,
+            metric=self.metric_name,
+            metric_drop=drop,
+            fidelity=fid,
+            kind=spec.kind,
+            custom=custom,
+            custom_drop=custom_drop,
+        )
+        return Verdict(fid, values, metric, drop, reason)
+
+
 def measure(
     candidates: Sequence[Candidate],
     data: Dataset,
@@ -172,36 +225,14 @@ def measure(
         raise RuntimeError(f"the baseline {baseline} could not be run here")
     ref = outputs[baseline]
     spec = output or detect_output(loaded[baseline], data, ref)
-    metric_name, base_metrics = kind_metrics(spec, ref, ref, data.labels, data.task)
-    custom_fn = load_metric(spec.metric) if spec.metric else None
-    base_custom = user_metric(custom_fn, spec.metric, ref, ref, data) if custom_fn and spec.metric else None
+    gate = OutputJudge(spec, ref, data, budget)
     for name, out in outputs.items():
+        v = gate(out)
         row = rows[name]
-        row.fidelity = figures(spec, ref, out)
-        name_m, values = kind_metrics(spec, ref, out, data.labels, data.task)
-        row.metrics = values
-        if metric_name and name_m:
-            row.metric = {"name": metric_name, "value": values[metric_name]}
-            row.metric_drop = metric_drop(metric_name, base_metrics[metric_name], values[metric_name])
-        custom = custom_drop = None
-        if custom_fn is not None and base_custom is not None and spec.metric:
-            custom = user_metric(custom_fn, spec.metric, ref, out, data)
-            sign = 1.0 if custom["higher_is_better"] else -1.0
-            custom_drop = sign * (base_custom["value"] - custom["value"])
-            row.metrics[spec.metric] = custom["value"]
-            row.fidelity["user_metric"] = custom
+        row.fidelity, row.metrics, row.metric, row.metric_drop = v.fidelity, v.metrics, v.metric, v.metric_drop
         if name != baseline:
-            reason = judge(
-                budget,
-                metric=metric_name,
-                metric_drop=row.metric_drop,
-                fidelity=row.fidelity,
-                kind=spec.kind,
-                custom=custom,
-                custom_drop=custom_drop,
-            )
-            row.deployable = reason is None
-            row.rejected_reason = reason
+            row.deployable = v.reason is None
+            row.rejected_reason = v.reason
     for row in rows.values():
         if not row.measured:
             row.deployable = False

@@ -46,6 +46,7 @@ class Context:
     threads: int = 1  # the threads the final measurement uses
     budget: Any = None  # edgekit.benchmarks.gate.Budget when the user set one (--max-drop …): techniques may
     # use it to search for a variant within budget (e.g. keep sensitive layers in float)
+    output: Any = None  # edgekit.benchmarks.accuracy.OutputSpec: how the output is used (the gate's yardstick)
     records: dict[str, Any] = field(default_factory=dict)  # technique → measured facts for the report
     progress: Callable[[str], None] = lambda _msg: None
 

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.benchmarks.accuracy import PRIMARY, fidelity, metric_drop, task_metrics
-from edgekit.benchmarks.gate import Budget, judge
+from edgekit.benchmarks.accuracy import fidelity
+from edgekit.benchmarks.gate import Budget
 from edgekit.compress.base import Context, Variant
 from edgekit.compress.quantize_ort import (
     WEIGHTED_OPS,
@@ -154,29 +154,28 @@ class Evaluator:
     model's outputs (ONNX Runtime), with the task metric when there are labels."""
 
     def __init__(
-        self, fp32_onnx: Path, data: Dataset, budget: Budget, *, threads: int = 1
+        self, fp32_onnx: Path, data: Dataset, budget: Budget, *, threads: int = 1, output: Any = None
     ) -> None:
+        from edgekit.benchmarks.harness import OutputJudge, detect_output
+        from edgekit.benchmarks.harness import run_outputs as outputs_of
+        from edgekit.runtimes import get_runtime
+
         self.data, self.budget, self.threads = data, budget, threads
-        self.reference = run_outputs("onnxruntime", fp32_onnx, data, threads=threads)
-        self.metric_name = PRIMARY.get(data.task) if data.labels is not None else None
-        self.baseline: float | None = None
-        if self.metric_name and data.labels is not None:
-            self.baseline = task_metrics(data.task, self.reference, data.labels)[self.metric_name]
+        rt = get_runtime("onnxruntime", threads=threads).load(fp32_onnx)
+        reference = outputs_of(rt, data)
+        self.judge = OutputJudge(output or detect_output(rt, data, reference), reference, data, budget)
+        self.metric_name = self.judge.metric_name
 
     def measure(
         self, variant: Variant, kept: tuple[str, ...], runtime: str | None = None
     ) -> Trial:
-        """Run ``variant`` (in ``runtime``, default its own) and judge it against the budget."""
-        data = self.data
-        out = run_outputs(runtime or variant.runtime, variant.path, data, threads=self.threads)
-        fid = fidelity(data.task, self.reference[: len(out)], out).as_dict()
-        metric = drop = None
-        if self.metric_name and self.baseline is not None and data.labels is not None:
-            value = task_metrics(data.task, out, data.labels[: len(out)])[self.metric_name]
-            metric = {"name": self.metric_name, "value": value}
-            drop = metric_drop(self.metric_name, self.baseline, value)
-        reason = judge(self.budget, metric=self.metric_name, metric_drop=drop, fidelity=fid)
-        return Trial(kept=kept, reason=reason, metric=metric, metric_drop=drop, fidelity=fid)
+        """Run ``variant`` (in ``runtime``, default its own) and judge it as the final gate does."""
+        from edgekit.benchmarks.harness import run_outputs as outputs_of
+        from edgekit.runtimes import get_runtime
+
+        rt = get_runtime(runtime or variant.runtime, threads=self.threads).load(variant.path)
+        v = self.judge(outputs_of(rt, self.data))
+        return Trial(kept=kept, reason=v.reason, metric=v.metric, metric_drop=v.metric_drop, fidelity=v.fidelity)
 
 
 # ---------------------------------------------------------------------------- sensitivity
@@ -605,7 +604,9 @@ class BudgetSearch:
         self.scratch.mkdir(parents=True, exist_ok=True)
         # Judge against what the final gate compares with: the source model's fp32 (before any
         # pruning or distillation), with the same threads.
-        self.evaluator = Evaluator(ctx.baseline or self.onnx, ctx.eval, self.budget, threads=ctx.threads)
+        self.evaluator = Evaluator(
+            ctx.baseline or self.onnx, ctx.eval, self.budget, threads=ctx.threads, output=ctx.output
+        )
         self.results: dict[str, FitResult] = {}
         self._rankings: dict[str, list[LayerScore]] = {}
         self._ranking_seconds: dict[str, float] = {}
