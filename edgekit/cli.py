@@ -490,6 +490,11 @@ def devices() -> None:
     click.echo(f"this machine: {info['cpu']}, {info['cores']} cores, ISA {', '.join(info['isa'])}")  # type: ignore[arg-type]
 
 
+from edgekit.cli_search import search as _search  # noqa: E402
+
+cli.add_command(_search)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn :class:`EdgekitError` into a one-line message and exit code."""
     try:

@@ -16,8 +16,7 @@ def front(points: Sequence[tuple[str, float, float]]) -> list[str]:
     out = []
     for name, lat, score in points:
         dominated = any(
-            (o_lat <= lat and o_score >= score) and (o_lat < lat or o_score > score)
-            for _, o_lat, o_score in points
+            (o_lat <= lat and o_score >= score) and (o_lat < lat or o_score > score) for _, o_lat, o_score in points
         )
         if not dominated:
             out.append((lat, -score, name))
@@ -50,11 +49,18 @@ def plot(
     by_name = {p["name"]: p for p in points}
     on_front = [by_name[n] for n in front_names if n in by_name]
     if on_front:
-        ax.step([p["latency"] for p in on_front], [p["score"] for p in on_front], where="post", color="tab:green",
-                label="Pareto front")
+        ax.step(
+            [p["latency"] for p in on_front],
+            [p["score"] for p in on_front],
+            where="post",
+            color="tab:green",
+            label="Pareto front",
+        )
     if winner in by_name:
         w = by_name[winner]
-        ax.scatter([w["latency"]], [w["score"]], s=250, facecolors="none", edgecolors="black", label=f"winner: {winner}")
+        ax.scatter(
+            [w["latency"]], [w["score"]], s=250, facecolors="none", edgecolors="black", label=f"winner: {winner}"
+        )
     ax.set_xscale("log")
     ax.set_xlabel("latency p50, batch 1 (ms, log scale)")
     ax.set_ylabel(score_label)

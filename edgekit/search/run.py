@@ -179,9 +179,7 @@ def search(
         prune_ratios = DEFAULT_PRUNE if trainable else ()
         if not trainable:
             notes.append("structured pruning skipped: it needs the torch module and labelled training data")
-    level0, level1 = space(
-        runtimes, prune_ratios=tuple(prune_ratios), fp16=fp16, mixed=budget.explicit, peers=peers
-    )
+    level0, level1 = space(runtimes, prune_ratios=tuple(prune_ratios), fp16=fp16, mixed=budget.explicit, peers=peers)
     if graphs is not None:
         keep_graphs = set(graphs) | {"fp32"}
         level0 = [s for s in level0 if s.peer or s.graph in keep_graphs]
@@ -453,8 +451,25 @@ def _peer_rows(outcomes: dict[str, Outcome], winner: str | None, metric_name: st
                 d["metric_difference"] = round(ws - ps, 6)  # > 0: the winner scores higher
             d["metric"] = metric_name or "fidelity"
             d["peer_deployable"] = o.row.deployable
+            if ps is not None:
+                same = _fastest_at_least(outcomes, ps, metric_name)
+                if same is not None:  # edgekit's fastest candidate that scores no lower than this peer
+                    ratio = round(_p50(same) / _p50(o), 4)
+                    d["at_equal_or_better_metric"] = {"candidate": same.spec.name, "latency_ratio": ratio}
         rows.append(d)
     return rows
+
+
+def _fastest_at_least(outcomes: dict[str, Outcome], score: float, metric_name: str | None) -> Outcome | None:
+    pool = [
+        o
+        for o in outcomes.values()
+        if o.status == "measured"
+        and not o.spec.peer
+        and o.row.latency_ms
+        and (_score(o.row, metric_name) or -np.inf) >= score - 1e-9
+    ]
+    return min(pool, key=_p50) if pool else None
 
 
 def steps_for(spec: Spec) -> list[object]:

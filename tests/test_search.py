@@ -1,0 +1,176 @@
+"""``edgekit search`` on a real trained model (digits-cnn) with a small candidate space: every
+candidate in the report with its status, the gate stops extensions of failures, peers measured in
+the same run, the winner bundled, the Pareto front, resume from the journal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgekit.benchmarks.gate import Budget
+from edgekit.search import pareto
+
+STATUSES = {"measured", "rejected", "build_failed", "not_extended", "out_of_time", "not_runnable"}
+
+
+def test_pareto_front_on_synthetic_points() -> None:
+    pts = [
+        ("a", 1.0, 0.90),  # fastest
+        ("b", 2.0, 0.95),
+        ("c", 2.5, 0.94),  # dominated by b (slower, worse)
+        ("d", 3.0, 0.99),  # best score
+        ("e", 3.0, 0.98),  # dominated by d (same speed, worse)
+        ("f", 1.0, 0.85),  # dominated by a (same speed, worse)
+        ("g", 4.0, 0.99),  # dominated by d (slower, same score)
+    ]
+    assert pareto.front(pts) == ["a", "b", "d"]
+    assert pareto.front([("x", 1.0, 1.0), ("y", 1.0, 1.0)]) == ["x", "y"]  # ties both stay
+    assert pareto.front([]) == []
+
+
+@pytest.fixture(scope="module")
+def searched(trained, tmp_path_factory):
+    from edgekit.search import search
+
+    _, model = trained("digits-cnn")
+    out = tmp_path_factory.mktemp("search") / "digits.search"
+    # max_drop 0: the 0.7 structured pruning loses accuracy, so its INT8 extension must not be built.
+    result = search(
+        model,
+        out=out,
+        budget=Budget(max_drop=0.0),
+        graphs=("int8-static",),
+        prune_ratios=(0.7,),
+        peers=True,
+        minutes=5,
+        time_budget_s=0.05,
+    )
+    return result
+
+
+def test_every_candidate_is_reported_with_a_status(searched) -> None:
+    report = json.loads(searched.report_path.read_text())
+    names = {c["name"]: c for c in report["candidates"]}
+    expected = {
+        "fp32@ort",
+        "fp32@ov",
+        "int8-static@ort",
+        "int8-static@ov",
+        "prune0.7+fp32@ort",
+        "prune0.7+fp32@ov",
+        "prune0.7+int8-static@ort",
+        "prune0.7+int8-static@ov",
+        "peer:ort-quantize_static",
+        "peer:ort-quantize_dynamic",
+        "peer:nncf-quantize-openvino",
+        "peer:torch-eager-fp32",
+    }
+    assert set(names) == expected
+    for c in names.values():
+        assert c["status"] in STATUSES, c
+        if c["status"] != "measured":
+            assert c["reason"], c  # every non-winner-eligible candidate says why
+        if c["status"] in ("measured", "rejected"):
+            assert c["latency_ms"]["p50"] > 0 and c["metric"]["name"] == "accuracy"
+    assert (searched.out / report["plot"]).stat().st_size > 10_000  # a real PNG
+    assert report["pareto_front"] and set(report["pareto_front"]) <= set(names)
+
+
+def test_a_gate_failure_is_never_extended(searched) -> None:
+    report = json.loads(searched.report_path.read_text())
+    names = {c["name"]: c for c in report["candidates"]}
+    assert names["prune0.7+fp32@ort"]["status"] == "rejected", names["prune0.7+fp32@ort"]
+    for c in names.values():
+        failed_parent = [p for p in c["parents"] if names[p]["status"] != "measured"]
+        if failed_parent:
+            assert c["status"] == "not_extended" and "artifact" not in c, c
+        elif c["parents"]:
+            assert c["status"] != "not_extended", c
+    journal = [json.loads(line) for line in (searched.out / "journal.jsonl").read_text().splitlines()]
+    built = {e["candidate"] for e in journal if e["event"] == "built"}
+    assert "prune0.7+int8-static@ort" not in built and "prune0.7+fp32@ort" in built
+
+
+def test_winner_is_the_fastest_deployable_and_is_bundled(searched) -> None:
+    from edgekit.bundle import manifest as mf
+
+    report = searched.report
+    rows = [c for c in report["candidates"] if c["status"] == "measured" and not c["peer"]]
+    assert report["winner"] == min(rows, key=lambda c: c["latency_ms"]["p50"])["name"]
+    winner = next(c for c in rows if c["name"] == report["winner"])
+    assert winner["deployable"] and winner["metric_drop"] <= 0.0 + 1e-9
+    assert report["winner"] in report["why"]
+    assert searched.bundles == [searched.out / "winner"]
+    manifest = mf.read(searched.out / "winner", verify=True)  # hashes checked
+    assert report["bundles"][0]["variant"] in {v["name"] for v in manifest.variants}
+
+
+def test_peers_are_measured_against_the_winner(searched) -> None:
+    peers = {p["peer"]: p for p in searched.report["peers"]}
+    assert set(peers) == {
+        "peer:ort-quantize_static",
+        "peer:ort-quantize_dynamic",
+        "peer:nncf-quantize-openvino",
+        "peer:torch-eager-fp32",
+    }
+    for p in peers.values():
+        assert p["status"] in ("measured", "rejected"), p
+        assert p["latency_ratio"] == pytest.approx(p["winner_p50_ms"] / p["peer_p50_ms"], rel=1e-3)
+        assert "metric_difference" in p
+
+
+def test_resume_skips_what_the_journal_lists(searched) -> None:
+    from edgekit.search import search
+
+    journal = searched.out / "journal.jsonl"
+    before = [json.loads(line) for line in journal.read_text().splitlines()]
+    again = search(
+        searched.report["model"]["source"],
+        out=searched.out,
+        budget=Budget(max_drop=0.0),
+        graphs=("int8-static",),
+        prune_ratios=(0.7,),
+        peers=True,
+        minutes=5,
+        time_budget_s=0.02,
+        resume=True,
+        bundle=False,
+    )
+    after = [json.loads(line) for line in journal.read_text().splitlines()]
+    new_builds = [e for e in after[len(before) :] if e["event"] == "built"]
+    assert new_builds == []
+    built = [c for c in again.report["candidates"] if c.get("artifact") and c["name"] != "fp32@ort"]
+    assert built and all(c["resumed"] for c in built)
+    assert {c["name"]: c["status"] for c in again.report["candidates"]}.keys() == {
+        c["name"] for c in searched.report["candidates"]
+    }
+
+
+def test_cli_refuses_to_overwrite_a_search_without_resume(searched) -> None:
+    from edgekit.cli import main
+
+    code = main(["search", searched.report["model"]["source"], "-o", str(searched.out)])
+    assert code == 2
+
+
+def test_cli_search_help() -> None:
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    result = CliRunner().invoke(cli, ["search", "--help"])
+    assert result.exit_code == 0 and "--peers" in result.output and "--resume" in result.output
+
+
+def test_steps_rebuild_each_candidate_kind(tmp_path: Path) -> None:
+    from edgekit.compress.prune import PruneConfig
+    from edgekit.compress.quantize import Int8Config
+    from edgekit.search.run import steps_for
+    from edgekit.search.space import Spec
+
+    assert steps_for(Spec("fp32", "openvino")) == []
+    steps = steps_for(Spec("int8-static", "openvino", 0.5))
+    assert steps == [PruneConfig(kind="structured", amount=0.5), Int8Config(runtimes=("openvino",))]
+    assert steps_for(Spec("int8-dynamic", "onnxruntime")) == [Int8Config(runtimes=("onnxruntime",), mode="dynamic")]
