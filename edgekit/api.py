@@ -247,8 +247,9 @@ def compress(
     from edgekit.io.models import load_model
 
     budget = budget or Budget()
+    # Without --target, recommend the fastest deployable variant on any runtime this machine runs.
+    target_rt = target_runtime(target) if target else None
     target = target or default_target()
-    target_rt = target_runtime(target)
     src = Path(model)
     bundle = Path(out) if out else src.with_name(src.stem + ".bundle")
     if bundle.resolve() == src.resolve() or src.resolve() in bundle.resolve().parents:
@@ -594,3 +595,12 @@ def _artifact_size(path: Path) -> int | None:
     if path.suffix == ".xml" and path.with_suffix(".bin").exists():
         size += path.with_suffix(".bin").stat().st_size
     return size
+
+
+# ------------------------------------------------------------------------------------- search
+def search(model: str | Path, **options: Any) -> Any:
+    """Build and measure candidate variants of ``model`` and bundle the fastest faithful one;
+    see :func:`edgekit.search.search` for the options. Returns a ``SearchResult``."""
+    from edgekit.search import search as run
+
+    return run(model, **options)

@@ -174,3 +174,21 @@ def test_steps_rebuild_each_candidate_kind(tmp_path: Path) -> None:
     steps = steps_for(Spec("int8-static", "openvino", 0.5))
     assert steps == [PruneConfig(kind="structured", amount=0.5), Int8Config(runtimes=("openvino",))]
     assert steps_for(Spec("int8-dynamic", "onnxruntime")) == [Int8Config(runtimes=("onnxruntime",), mode="dynamic")]
+
+
+def test_compress_without_target_recommends_the_fastest_on_any_runtime(trained, tmp_path: Path) -> None:
+    from edgekit import api
+    from edgekit.compress.quantize import Int8Config
+
+    _, model = trained("digits-cnn")
+    result = api.compress(
+        model,
+        steps=[Int8Config(runtimes=("onnxruntime", "openvino"))],
+        out=tmp_path / "b",
+        time_budget_s=0.05,
+        with_memory=False,
+    )
+    ok = [r for r in result.report.variants if r.deployable and r.measured and r.latency_ms]
+    assert {r.runtime for r in ok} == {"onnxruntime", "openvino"}
+    fastest = min(ok, key=lambda r: (round(r.latency_ms["p50"], 3), r.size_bytes or 0))
+    assert result.report.recommended == fastest.name
