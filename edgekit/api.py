@@ -517,6 +517,7 @@ def bench(
     with_memory: bool = True,
     command: str = "edgekit bench",
     progress: Progress = _quiet,
+    calibrate_timer: bool = False,
 ) -> tuple[Report, Path]:
     """Verify a bundle's hashes, then measure its variants (all, or those on ``runtimes``)."""
     from edgekit.benchmarks import harness
@@ -580,6 +581,12 @@ def bench(
         with_memory=with_memory,
         progress=progress,
     )
+    if calibrate_timer:
+        from edgekit.benchmarks.calibrate import calibrate
+
+        progress("calibrating the timer against benchmark_app / onnxruntime_perf_test")
+        chosen = [v for v in variants if v["name"] in {c.name for c in candidates}]
+        report.timer_calibration = calibrate(chosen, root, ds, threads=threads, seconds=time_budget_s)
     out_dir = Path(out) if out else root / "bench"
     from edgekit.io.atomic import atomic_dir
 

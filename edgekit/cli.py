@@ -392,10 +392,16 @@ def compress(
     default=None,
     help="Report directory. Default: BUNDLE/bench.",
 )
+@click.option(
+    "--calibrate-timer",
+    is_flag=True,
+    help="Also time each OpenVINO IR with benchmark_app (and ONNX with onnxruntime_perf_test) and report the ratio.",
+)
 @measuring_options(time_budget=2.0)
 def bench(
     bundle: Path,
     runtimes: str | None,
+    calibrate_timer: bool,
     batch: str,
     threads: int,
     time_budget: float,
@@ -427,8 +433,13 @@ def bench(
             with_memory=not no_memory,
             command=_command_line(),
             progress=step,
+            calibrate_timer=calibrate_timer,
         )
     _emit(report, path, as_json)
+    for name, cal in report.timer_calibration.get("variants", {}).items():
+        if not as_json:
+            detail = f"edgekit/{cal['tool']} p50 ratio {cal['ratio']:.2f}" if "ratio" in cal else cal["reason"]
+            click.echo(f"timer calibration, {name}: {detail}")
 
 
 @cli.command()
