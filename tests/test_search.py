@@ -192,3 +192,45 @@ def test_compress_without_target_recommends_the_fastest_on_any_runtime(trained, 
     assert {r.runtime for r in ok} == {"onnxruntime", "openvino"}
     fastest = min(ok, key=lambda r: (round(r.latency_ms["p50"], 3), r.size_bytes or 0))
     assert result.report.recommended == fastest.name
+
+
+def test_ray_executor_finds_the_same_candidates_and_winner_as_the_pool(trained, tmp_path: Path) -> None:
+    import ray
+
+    from edgekit.search import search
+
+    _, model = trained("digits-cnn")
+    # fp32 on ONNX Runtime vs OpenVINO: two candidates whose latencies differ by far more than noise.
+    small = dict(graphs=(), prune_ratios=(), fp16=False, minutes=5, time_budget_s=0.1, bundle=False)
+    pool = search(model, out=tmp_path / "pool", executor="local", **small)
+    remote = search(model, out=tmp_path / "ray", executor="ray", **small)
+    assert not ray.is_initialized()  # the executor shuts down the instance it started
+    statuses = {c["name"]: c["status"] for c in pool.report["candidates"]}
+    assert statuses == {c["name"]: c["status"] for c in remote.report["candidates"]}
+    assert set(statuses) == {"fp32@ort", "fp32@ov"}
+    assert pool.winner == remote.winner is not None
+    assert remote.report["executor"] == "ray"
+
+
+def test_openvino_runs_read_only_and_strided_inputs(trained, tmp_path: Path) -> None:
+    """Arrays from a Ray object store are read-only; a bound-tensor cache must not break them."""
+    import numpy as np
+
+    from edgekit.compress.quantize_ov import ov_fp32_ir
+    from edgekit.export.onnx import export_onnx
+    from edgekit.runtimes import get_runtime
+
+    result, _ = trained("digits-cnn")
+    x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(result.module, onnx_path, sample={"input": x})
+    rt = get_runtime("openvino").load(ov_fp32_ir(onnx_path, tmp_path / "m.xml").path)
+    name = rt.inputs[0].name
+    ref = rt.run({name: x.copy()})[0]
+    ro = x.copy()
+    ro.flags.writeable = False
+    strided = np.repeat(x, 2, axis=0)[::2]
+    for feed in (ro, strided, x, x):  # x twice: the second call reuses the cached tensor
+        np.testing.assert_allclose(rt.run({name: feed})[0], ref, rtol=1e-5, atol=1e-5)
+    x[:] = 0  # the cached tensor shares x's memory: new contents must be seen
+    np.testing.assert_allclose(rt.run({name: x})[0], rt.run({name: x.copy()})[0], rtol=1e-5, atol=1e-5)

@@ -84,10 +84,10 @@ class OpenVINORuntime(Runtime):
             return hit[1]
         if len(self._tensors) >= _TENSOR_CACHE:
             self._tensors.clear()
-        contiguous = np.ascontiguousarray(arr)
-        tensor = ov.Tensor(contiguous, shared_memory=True)
-        if contiguous is arr:  # the cache holds a reference, so the id cannot be reused meanwhile
-            self._tensors[id(arr)] = (arr, tensor)
+        if not (arr.flags.c_contiguous and arr.flags.writeable):  # OpenVINO shares only writeable memory
+            return ov.Tensor(np.array(arr, order="C"), shared_memory=True)
+        tensor = ov.Tensor(arr, shared_memory=True)
+        self._tensors[id(arr)] = (arr, tensor)  # holding arr keeps its id from being reused meanwhile
         return tensor
 
     def layers(self) -> list[dict[str, str]]:
