@@ -126,9 +126,12 @@ def _print(report: dict) -> None:
     click.echo("* Pareto front (latency vs " + report["score"] + "): " + " → ".join(report["pareto_front"]))
     for p in report["peers"]:
         if "latency_ratio" in p:
-            click.echo(
-                f"vs {p['peer']}: latency ×{p['latency_ratio']:.2f}, {p['metric']} {p.get('metric_difference', 0):+.3f}"
-            )
+            diff = p.get("metric_difference", 0)
+            line = f"vs {p['peer']}: latency ×{p['latency_ratio']:.2f}, {p['metric']} {diff:+.3f}"
+            same = p.get("at_equal_or_better_metric")
+            if same:
+                line += f"; at equal or better {p['metric']}: {same['candidate']} ×{same['latency_ratio']:.2f}"
+            click.echo(line)
         else:
             click.echo(f"vs {p['peer']}: {p['status']} ({p['reason']})")
     click.echo(report["why"])

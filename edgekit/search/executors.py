@@ -20,11 +20,21 @@ from edgekit.errors import BadInputError
 from edgekit.search.space import Job, build
 
 
+def _worker_setup() -> None:
+    import os
+
+    # torch.export warms up a pool of compile workers in the background; started while a build
+    # works in a temporary directory, they fail once it is gone. A build needs none of them.
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+
 class LocalExecutor:
     name = "local"
 
     def __init__(self, jobs: int = 1) -> None:
-        self._pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(
+            max_workers=max(1, jobs), mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup
+        )
 
     def builds(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, dict[str, Any]]]:
         futures = {self._pool.submit(build, j): j for j in jobs}
