@@ -63,6 +63,12 @@ class OpenVINORuntime(Runtime):
         self._index = {s.name: i for i, s in enumerate(inputs)}
         self._n_outputs = len(outputs)
         self._tensors: dict[int, tuple[np.ndarray, Any]] = {}
+        try:
+            from openvino._pyopenvino import InferRequest as _Raw
+
+            self._raw_infer: Any = _Raw.infer
+        except ImportError:
+            self._raw_infer = None
         return inputs, outputs
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -71,10 +77,24 @@ class OpenVINORuntime(Runtime):
         # (compared with OpenVINO's benchmark_app on the same IR). Outputs are copied out.
         request = self._request
         if len(feed) == 1:
-            request.infer(self._tensor(next(iter(feed.values()))), share_outputs=True)
+            inputs: Any = self._tensor(next(iter(feed.values())))
         else:
-            request.infer({self._index[k]: self._tensor(v) for k, v in feed.items()}, share_outputs=True)
+            inputs = {self._index[k]: self._tensor(v) for k, v in feed.items()}
+        self._infer(inputs)
         return [request.get_output_tensor(i).data.copy() for i in range(self._n_outputs)]
+
+    def _infer(self, inputs: Any) -> None:
+        # The compiled extension's infer() takes tensors as they are; the Python wrapper around it
+        # adds input checks and a result dict (~10 µs a call, 10 % of a 0.1 ms model). The outputs
+        # are read from the request, so nothing of the wrapper is lost; any mismatch (another
+        # OpenVINO version) falls back to the public call for good.
+        if self._raw_infer is not None:
+            try:
+                self._raw_infer(self._request, inputs, True, False)
+                return
+            except TypeError:
+                self._raw_infer = None
+        self._request.infer(inputs, share_outputs=True)
 
     def _tensor(self, arr: np.ndarray) -> Any:
         import openvino as ov
