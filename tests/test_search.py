@@ -105,6 +105,7 @@ def test_winner_is_the_fastest_deployable_and_is_bundled(searched) -> None:
     assert searched.bundles == [searched.out / "winner"]
     manifest = mf.read(searched.out / "winner", verify=True)  # hashes checked
     assert report["bundles"][0]["variant"] in {v["name"] for v in manifest.variants}
+    assert isinstance(report["bundles"][0]["identical_to_candidate"], bool)
 
 
 def test_peers_are_measured_against_the_winner(searched) -> None:
@@ -234,3 +235,29 @@ def test_openvino_runs_read_only_and_strided_inputs(trained, tmp_path: Path) -> 
         np.testing.assert_allclose(rt.run({name: feed})[0], ref, rtol=1e-5, atol=1e-5)
     x[:] = 0  # the cached tensor shares x's memory: new contents must be seen
     np.testing.assert_allclose(rt.run({name: x})[0], rt.run({name: x.copy()})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_fp32_wins_and_says_so_when_int8_is_slower() -> None:
+    from edgekit.benchmarks.report import VariantRow
+    from edgekit.search.run import Outcome, _choose
+    from edgekit.search.space import Spec
+
+    def outcome(spec: Spec, p50: float, status: str = "measured") -> Outcome:
+        row = VariantRow(spec.name, spec.runtime, spec.precision, spec.techniques, None, 100)
+        row.latency_ms = {"p50": p50}
+        row.deployable = status == "measured"
+        return Outcome(spec, status=status, row=row)
+
+    specs = {
+        "fp32@ort": (Spec("fp32", "onnxruntime"), 0.10, "measured"),
+        "int8-static@ort": (Spec("int8-static", "onnxruntime"), 0.13, "measured"),
+        "int8-dynamic@ort": (Spec("int8-dynamic", "onnxruntime"), 0.05, "rejected"),
+        "fp32@ov": (Spec("fp32", "openvino"), 0.09, "measured"),  # not in the target's runtimes
+    }
+    outcomes = {name: outcome(*args) for name, args in specs.items()}
+    winner, ranked, why = _choose(outcomes, ("onnxruntime",))
+    assert winner == "fp32@ort" and ranked == ["fp32@ort", "int8-static@ort"]
+    assert "INT8 was slower than fp32" in why and "int8-static@ort" in why
+    assert "Faster but rejected by the gate: int8-dynamic@ort" in why
+    winner, _, why = _choose(outcomes, ("onnxruntime", "openvino"))
+    assert winner == "fp32@ov" and "INT8 was slower" not in why  # no INT8 on OpenVINO was measured

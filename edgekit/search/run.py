@@ -320,7 +320,10 @@ def search(
         for rank, name in enumerate(ranked[: 1 + keep]):
             dest = root / ("winner" if rank == 0 else f"keep-{rank + 1}")
             progress(f"writing the bundle of {name} to {dest}")
-            info = _bundle(outcomes[name].spec, src, dest, data, target, budget, seed, threads, load_options, progress)
+            o = outcomes[name]
+            info = _bundle(
+                o.spec, src, dest, data, target, budget, seed, threads, load_options, progress, Path(o.build["path"])
+            )
             bundles.append(dest)
             report.setdefault("bundles", []).append({"candidate": name, "path": dest.name, **info})
     report_path = root / "report.json"
@@ -423,8 +426,16 @@ def _choose(outcomes: dict[str, Outcome], runtimes: Sequence[str]) -> tuple[str 
     ]
     if faster_rejected:
         why += f" Faster but rejected by the gate: {', '.join(faster_rejected)}."
-    if best.spec.precision == "fp32" and not best.spec.prune:
-        int8 = [o for o in pool if o.spec.precision in ("int8", "mixed") and o.spec.runtime == best.spec.runtime]
+    if best.spec.precision == "fp32":
+        int8 = [
+            o
+            for o in outcomes.values()
+            if o.status in ("measured", "rejected")
+            and o.spec.precision in ("int8", "mixed")
+            and not o.spec.peer
+            and (o.spec.runtime, o.spec.prune) == (best.spec.runtime, best.spec.prune)
+            and _p50(o) >= p50
+        ]
         if int8:
             o = min(int8, key=_p50)
             why += (
@@ -512,6 +523,7 @@ def _bundle(
     threads: int,
     load_options: dict[str, Any],
     progress: Progress,
+    candidate_file: Path | None = None,
 ) -> dict[str, Any]:
     """Rebuild the candidate through ``compress`` (same handlers, same seed) into a verified bundle."""
     from edgekit import api
@@ -540,4 +552,12 @@ def _bundle(
         and bool(spec.prune) == any(t.startswith("prune") for t in r.techniques)
         and (spec.graph != "fp32" or r.precision == "fp32")
     ]
-    return {"variant": match[-1] if match else None, "recommended": result.report.recommended}
+    variant = match[-1] if match else None
+    info: dict[str, Any] = {"variant": variant, "recommended": result.report.recommended}
+    if variant is not None and candidate_file is not None:
+        from edgekit.io.atomic import sha256_file
+
+        row = result.report.row(variant)
+        # Same handlers, same seed: the bundle's file should be the searched file, byte for byte.
+        info["identical_to_candidate"] = sha256_file(dest / str(row.artifact)) == sha256_file(candidate_file)
+    return info
