@@ -46,6 +46,7 @@ def searched(trained, tmp_path_factory):
         peers=True,
         minutes=5,
         time_budget_s=0.05,
+        keep=1,
     )
     return result
 
@@ -102,10 +103,12 @@ def test_winner_is_the_fastest_deployable_and_is_bundled(searched) -> None:
     winner = next(c for c in rows if c["name"] == report["winner"])
     assert winner["deployable"] and winner["metric_drop"] <= 0.0 + 1e-9
     assert report["winner"] in report["why"]
-    assert searched.bundles == [searched.out / "winner"]
-    manifest = mf.read(searched.out / "winner", verify=True)  # hashes checked
-    assert report["bundles"][0]["variant"] in {v["name"] for v in manifest.variants}
-    assert isinstance(report["bundles"][0]["identical_to_candidate"], bool)
+    assert searched.bundles == [searched.out / "winner", searched.out / "keep-2"]  # --keep 1: the runner-up too
+    assert [b["candidate"] for b in report["bundles"]] == [report["winner"], report["kept"][0]]
+    for path, info in zip(searched.bundles, report["bundles"], strict=True):
+        manifest = mf.read(path, verify=True)  # hashes checked
+        assert info["variant"] in {v["name"] for v in manifest.variants}
+        assert isinstance(info["identical_to_candidate"], bool)
 
 
 def test_peers_are_measured_against_the_winner(searched) -> None:

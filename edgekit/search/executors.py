@@ -21,11 +21,11 @@ from edgekit.search.space import Job, build
 
 
 def _worker_setup() -> None:
-    import os
-
-    # torch.export warms up a pool of compile workers in the background; started while a build
-    # works in a temporary directory, they fail once it is gone. A build needs none of them.
-    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+    # A spawned worker inherits "spawn" as its default start method; libraries that start a helper
+    # process (OpenVINO's telemetry sender does, on every send) would then boot a new interpreter
+    # in the current directory, which a quantization step may have made a temporary one and removed.
+    # Builds behave as in any Linux process: helpers fork.
+    multiprocessing.set_start_method("fork", force=True)
 
 
 class LocalExecutor:
