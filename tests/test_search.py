@@ -264,3 +264,16 @@ def test_fp32_wins_and_says_so_when_int8_is_slower() -> None:
     assert "Faster but rejected by the gate: int8-dynamic@ort" in why
     winner, _, why = _choose(outcomes, ("onnxruntime", "openvino"))
     assert winner == "fp32@ov" and "INT8 was slower" not in why  # no INT8 on OpenVINO was measured
+
+
+def test_space_keeps_the_reference_and_orders_cheap_first() -> None:
+    from edgekit.search.space import space
+
+    level0, level1 = space(("openvino",), prune_ratios=(0.5,), fp16=True, mixed=False, peers=False)
+    names0 = [s.name for s in level0]
+    assert names0[0] == "fp32@ort"  # the gate's reference, even for an OpenVINO-only target
+    assert names0 == ["fp32@ort", "fp32@ov", "fp16@ov", "int8-static@ov", "prune0.5+fp32@ort"]
+    assert [s.name for s in level1] == ["prune0.5+fp32@ov", "prune0.5+fp16@ov", "prune0.5+int8-static@ov"]
+    assert level1[2].parents == ("prune0.5+fp32@ort", "int8-static@ov")
+    level0, _ = space(("onnxruntime",), prune_ratios=(), fp16=False, mixed=True, peers=True)
+    assert "int8-mixed@ort" in [s.name for s in level0] and sum(s.peer for s in level0) == 4

@@ -93,7 +93,9 @@ def space(
     """(level 0, level 1) specs. Level 0 needs only the source model (cheap first); level 1 combines
     a pruned model with each graph technique and is built only for parents that passed the gate."""
     graphs = [g for g in GRAPH if (g != "fp16" or fp16) and (g != "int8-mixed" or mixed)]
-    base = [Spec(g, rt) for g in graphs for rt in RUNTIMES_OF[g] if rt in runtimes]
+    # fp32 on ONNX Runtime is the gate's reference (and the source of every pruned graph), so it is
+    # built whatever the target; the winner is chosen among the target's runtimes only.
+    base = [Spec(g, rt) for g in graphs for rt in RUNTIMES_OF[g] if rt in runtimes or Spec(g, rt).root]
     roots = [Spec("fp32", "onnxruntime", r) for r in prune_ratios]
     level0 = base + roots
     if peers:
