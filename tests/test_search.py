@@ -277,3 +277,24 @@ def test_space_keeps_the_reference_and_orders_cheap_first() -> None:
     assert level1[2].parents == ("prune0.5+fp32@ort", "int8-static@ov")
     level0, _ = space(("onnxruntime",), prune_ratios=(), fp16=False, mixed=True, peers=True)
     assert "int8-mixed@ort" in [s.name for s in level0] and sum(s.peer for s in level0) == 4
+
+
+def test_bench_calibrate_timer_against_benchmark_app(searched, tmp_path: Path) -> None:
+    from edgekit import api
+
+    report, path = api.bench(
+        searched.out / "winner",
+        runtimes=["openvino"],
+        time_budget_s=1.0,
+        with_memory=False,
+        out=tmp_path / "bench",
+        calibrate_timer=True,
+    )
+    cal = json.loads(path.read_text())["timer_calibration"]
+    ov = cal["variants"]["ov-fp32"]
+    assert ov["tool"] == "benchmark_app" and ov["status"] == "measured", ov
+    assert len(ov["edgekit_runs_ms"]) == len(ov["tool_runs_ms"]) == cal["rounds"]
+    assert ov["ratio"] == pytest.approx(ov["edgekit_p50_ms"] / ov["tool_p50_ms"], rel=1e-3)
+    assert 0.01 < ov["tool_p50_ms"] < 1000  # parsed from benchmark_app's "Median: … us|ms"
+    ort = cal["variants"]["ort-fp32"]
+    assert ort["tool"] == "onnxruntime_perf_test" and ort["status"] in ("not available", "measured", "failed")
