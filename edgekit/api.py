@@ -262,8 +262,9 @@ def compress(
     budget = budget or Budget()
     threads, threads_source = _threads(threads)
     _check_output_options(output_kind, decode, metric)
+    # Without --target, recommend the fastest deployable variant on any runtime this machine runs.
+    target_rt = target_runtime(target) if target else None
     target = target or default_target()
-    target_rt = target_runtime(target)
     src = Path(model)
     bundle = Path(out) if out else src.with_name(src.stem + ".bundle")
     if bundle.resolve() == src.resolve() or src.resolve() in bundle.resolve().parents:
@@ -664,6 +665,7 @@ def bench(
     with_memory: bool = True,
     command: str = "edgekit bench",
     progress: Progress = _quiet,
+    calibrate_timer: bool = False,
 ) -> tuple[Report, Path]:
     """Verify a bundle's hashes, then measure its variants (all, or those on ``runtimes``)."""
     from edgekit.benchmarks import harness
@@ -741,6 +743,12 @@ def bench(
         output=output,
         progress=progress,
     )
+    if calibrate_timer:
+        from edgekit.benchmarks.calibrate import calibrate
+
+        progress("calibrating the timer against benchmark_app / onnxruntime_perf_test")
+        chosen = [v for v in variants if v["name"] in {c.name for c in candidates}]
+        report.timer_calibration = calibrate(chosen, root, ds, threads=threads, seconds=time_budget_s)
     out_dir = Path(out) if out else root / "bench"
     from edgekit.io.atomic import atomic_dir
 
@@ -810,3 +818,10 @@ def _bundle_output_spec(
         source="bundle manifest",
     )
     return resolve(recorded, kind=kind, decode=decode, blank=blank, metric=metric)
+# ------------------------------------------------------------------------------------- search
+def search(model: str | Path, **options: Any) -> Any:
+    """Build and measure candidate variants of ``model`` and bundle the fastest faithful one;
+    see :func:`edgekit.search.search` for the options. Returns a ``SearchResult``."""
+    from edgekit.search import search as run
+
+    return run(model, **options)

@@ -466,10 +466,16 @@ def compress(
     help="Report directory. Default: BUNDLE/bench.",
 )
 @output_options
+@click.option(
+    "--calibrate-timer",
+    is_flag=True,
+    help="Also time each OpenVINO IR with benchmark_app (and ONNX with onnxruntime_perf_test) and report the ratio.",
+)
 @measuring_options(time_budget=2.0)
 def bench(
     bundle: Path,
     runtimes: str | None,
+    calibrate_timer: bool,
     batch: str,
     threads: int | None,
     time_budget: float,
@@ -509,8 +515,13 @@ def bench(
             with_memory=not no_memory,
             command=_command_line(),
             progress=step,
+            calibrate_timer=calibrate_timer,
         )
     _emit(report, path, as_json)
+    for name, cal in report.timer_calibration.get("variants", {}).items():
+        if not as_json:
+            detail = f"edgekit/{cal['tool']} p50 ratio {cal['ratio']:.2f}" if "ratio" in cal else cal["reason"]
+            click.echo(f"timer calibration, {name}: {detail}")
 
 
 @cli.command()
@@ -579,6 +590,11 @@ def devices() -> None:
         click.echo(f"{mark} {p.name:<18} {p.arch:<8} {','.join(p.runtimes):<24} {','.join(p.precisions)}")
     info = machine()
     click.echo(f"this machine: {info['cpu']}, {info['cores']} cores, ISA {', '.join(info['isa'])}")  # type: ignore[arg-type]
+
+
+from edgekit.cli_search import search as _search  # noqa: E402
+
+cli.add_command(_search)
 
 
 def main(argv: list[str] | None = None) -> int:

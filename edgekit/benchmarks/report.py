@@ -60,6 +60,7 @@ class Report:
     data: dict[str, Any] = field(default_factory=dict)  # which data the figures come from
     techniques: dict[str, Any] = field(default_factory=dict)  # per-technique measured facts
     warnings: list[str] = field(default_factory=list)
+    timer_calibration: dict[str, Any] = field(default_factory=dict)  # bench --calibrate-timer: vs the runtimes' tools
     schema: int = SCHEMA
     edgekit_version: str = __version__
 

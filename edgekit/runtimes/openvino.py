@@ -21,6 +21,7 @@ from edgekit.runtimes.base import (
 DEVICE = "CPU"
 # The CPU plugin runs in bf16 by default on CPUs with bf16 support, so an "fp32" variant would
 # not really be fp32; edgekit always says which precision it wants.
+_TENSOR_CACHE = 64  # input arrays whose bound tensors are kept (the latency loop cycles 8 feeds)
 _HINTS = {None: "f32", "fp32": "f32", "int8": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
@@ -60,13 +61,54 @@ class OpenVINORuntime(Runtime):
         inputs = [_spec(p, f"input_{i}") for i, p in enumerate(self._compiled.inputs)]
         outputs = [_spec(p, f"output_{i}") for i, p in enumerate(self._compiled.outputs)]
         self._index = {s.name: i for i, s in enumerate(inputs)}
+        self._n_outputs = len(outputs)
+        self._tensors: dict[int, tuple[np.ndarray, Any]] = {}
+        try:
+            from openvino._pyopenvino import InferRequest as _Raw
+
+            self._raw_infer: Any = _Raw.infer
+        except ImportError:
+            self._raw_infer = None
         return inputs, outputs
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        # share_outputs=False (the default) hands back copies, not the request's own buffers.
-        by_index = {self._index[k]: v for k, v in feed.items()}
-        result = self._request.infer(by_index, share_inputs=True)
-        return [np.asarray(result[port]) for port in self._compiled.outputs]
+        # Inputs are bound as tensors over the caller's arrays, cached per array: the latency loop
+        # cycles a few feeds, and wrapping an array on every call cost ~25 % of a 0.1 ms model
+        # (compared with OpenVINO's benchmark_app on the same IR). Outputs are copied out.
+        request = self._request
+        if len(feed) == 1:
+            inputs: Any = self._tensor(next(iter(feed.values())))
+        else:
+            inputs = {self._index[k]: self._tensor(v) for k, v in feed.items()}
+        self._infer(inputs)
+        return [request.get_output_tensor(i).data.copy() for i in range(self._n_outputs)]
+
+    def _infer(self, inputs: Any) -> None:
+        # The compiled extension's infer() takes tensors as they are; the Python wrapper around it
+        # adds input checks and a result dict (~10 µs a call, 10 % of a 0.1 ms model). The outputs
+        # are read from the request, so nothing of the wrapper is lost; any mismatch (another
+        # OpenVINO version) falls back to the public call for good.
+        if self._raw_infer is not None:
+            try:
+                self._raw_infer(self._request, inputs, True, False)
+                return
+            except TypeError:
+                self._raw_infer = None
+        self._request.infer(inputs, share_outputs=True)
+
+    def _tensor(self, arr: np.ndarray) -> Any:
+        import openvino as ov
+
+        hit = self._tensors.get(id(arr))
+        if hit is not None and hit[0] is arr:
+            return hit[1]
+        if len(self._tensors) >= _TENSOR_CACHE:
+            self._tensors.clear()
+        if not (arr.flags.c_contiguous and arr.flags.writeable):  # OpenVINO shares only writeable memory
+            return ov.Tensor(np.array(arr, order="C"), shared_memory=True)
+        tensor = ov.Tensor(arr, shared_memory=True)
+        self._tensors[id(arr)] = (arr, tensor)  # holding arr keeps its id from being reused meanwhile
+        return tensor
 
     def layers(self) -> list[dict[str, str]]:
         """Every layer of the compiled (runtime) graph: name, type and the precision it runs in."""

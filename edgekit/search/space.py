@@ -1,0 +1,240 @@
+"""The candidates a search can build, and how one candidate is built.
+
+A candidate is a :class:`Spec`: an optional torch-level step (structured pruning at a ratio), a
+graph-level technique (fp32, fp16, INT8 static, INT8 dynamic, the budget-search mixed INT8) and a
+runtime. Peer pipelines (what a user would run by hand with the stock tools' defaults) are specs
+too, so they are built and measured in the same run. :func:`build` runs in a worker process (a
+process pool or a Ray task): it takes only picklable inputs and returns a plain dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.io.data import Dataset
+
+SHORT = {"onnxruntime": "ort", "openvino": "ov", "torch": "torch"}
+GRAPH = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-mixed")  # cheapest first
+RUNTIMES_OF = {
+    "fp32": ("onnxruntime", "openvino"),
+    "fp16": ("onnxruntime", "openvino"),
+    "int8-dynamic": ("onnxruntime",),
+    "int8-static": ("onnxruntime", "openvino"),
+    "int8-mixed": ("onnxruntime", "openvino"),
+}
+PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8", "int8-mixed": "mixed"}
+PEERS = {
+    "peer:ort-quantize_static": "onnxruntime",
+    "peer:ort-quantize_dynamic": "onnxruntime",
+    "peer:nncf-quantize-openvino": "openvino",
+    "peer:torch-eager-fp32": "torch",
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    graph: str  # one of GRAPH, or a PEERS key
+    runtime: str
+    prune: float | None = None  # structured channel-pruning ratio applied before export
+
+    @property
+    def peer(self) -> bool:
+        return self.graph in PEERS
+
+    @property
+    def name(self) -> str:
+        if self.peer:
+            return self.graph
+        prefix = f"prune{self.prune:g}+" if self.prune else ""
+        return f"{prefix}{self.graph}@{SHORT.get(self.runtime, self.runtime)}"
+
+    @property
+    def root(self) -> bool:
+        """The fp32 ONNX Runtime candidate of a (pruned or not) model: the source of its graph variants."""
+        return self.graph == "fp32" and self.runtime == "onnxruntime"
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        """Candidates that must pass the gate before this one is built ("never extend a failure")."""
+        if self.peer or self.prune is None:
+            return ()
+        pruned_root = Spec("fp32", "onnxruntime", self.prune).name
+        if self.root:
+            return ()
+        return (pruned_root, Spec(self.graph, self.runtime).name)
+
+    @property
+    def precision(self) -> str:
+        if self.peer:
+            return "fp32" if self.runtime == "torch" else "int8"
+        return PRECISION[self.graph]
+
+    @property
+    def techniques(self) -> list[str]:
+        out = [f"prune:structured:{self.prune:g}"] if self.prune else []
+        if self.peer:
+            return [self.graph]
+        if self.graph != "fp32":
+            out.append("quantize:" + ("int8-static" if self.graph == "int8-mixed" else self.graph))
+        return out
+
+
+def space(
+    runtimes: tuple[str, ...], *, prune_ratios: tuple[float, ...], fp16: bool, mixed: bool, peers: bool
+) -> tuple[list[Spec], list[Spec]]:
+    """(level 0, level 1) specs. Level 0 needs only the source model (cheap first); level 1 combines
+    a pruned model with each graph technique and is built only for parents that passed the gate."""
+    graphs = [g for g in GRAPH if (g != "fp16" or fp16) and (g != "int8-mixed" or mixed)]
+    # fp32 on ONNX Runtime is the gate's reference (and the source of every pruned graph), so it is
+    # built whatever the target; the winner is chosen among the target's runtimes only.
+    base = [Spec(g, rt) for g in graphs for rt in RUNTIMES_OF[g] if rt in runtimes or Spec(g, rt).root]
+    roots = [Spec("fp32", "onnxruntime", r) for r in prune_ratios]
+    level0 = base + roots
+    if peers:
+        level0 += [Spec(p, rt) for p, rt in PEERS.items()]
+    level1 = [Spec(s.graph, s.runtime, r) for r in prune_ratios for s in base if not s.root]
+    return level0, level1
+
+
+@dataclass
+class Job:
+    """Everything a worker needs to build one candidate (all picklable)."""
+
+    spec: Spec
+    out_dir: Path
+    source_onnx: Path  # the fp32 ONNX this candidate starts from (pruned roots: the unpruned one)
+    baseline_onnx: Path
+    calib: Dataset
+    eval: Dataset
+    train: Dataset | None
+    task: str
+    budget: Any
+    seed: int
+    threads: int
+    model_path: Path
+    load_options: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _in_temp_cwd() -> Iterator[None]:
+    old = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            yield
+        finally:
+            os.chdir(old)
+
+
+def build(job: Job) -> dict[str, Any]:
+    """Build ``job.spec`` into ``job.out_dir``; ``{"ok": True, "path", "extra_files", "notes",
+    "build_s"}`` or ``{"ok": False, "error"}``. Never raises: a failure is a result of the search."""
+    start = time.perf_counter()
+    try:
+        import torch
+
+        torch.set_num_threads(job.threads)
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        path, extra, notes = _build(job)
+        return {
+            "ok": True,
+            "path": str(path),
+            "extra_files": [str(p) for p in extra],
+            "notes": notes,
+            "build_s": round(time.perf_counter() - start, 2),
+        }
+    except Exception as exc:  # noqa: BLE001 — recorded in the report with its reason
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return {
+            "ok": False,
+            "error": f"{type(exc).__name__}: {first}"[:400],
+            "trace": traceback.format_exc(limit=4)[-1500:],
+            "build_s": round(time.perf_counter() - start, 2),
+        }
+
+
+def _context(job: Job, budget: Any) -> Any:
+    from edgekit.compress.base import Context
+
+    return Context(
+        workdir=job.out_dir,
+        calib=job.calib,
+        eval=job.eval,
+        train=job.train,
+        seed=job.seed,
+        task=job.task,
+        budget=budget,
+        baseline=job.baseline_onnx,
+        threads=job.threads,
+    )
+
+
+def _build(job: Job) -> tuple[Path, list[Path], list[str]]:
+    spec = job.spec
+    if spec.peer:
+        from edgekit.search import peers
+
+        return peers.build(spec.graph, job)
+    if spec.root and spec.prune:
+        return _pruned_root(job)
+    if spec.graph == "fp32" and spec.runtime == "onnxruntime":
+        return job.source_onnx, [], []
+    if spec.graph == "fp32":
+        from edgekit.compress.quantize_ov import ov_fp32_ir
+
+        v = ov_fp32_ir(job.source_onnx, job.out_dir / "model.xml")
+        return v.path, list(v.extra_files), list(v.notes)
+    from edgekit.compress.base import handler_for
+
+    if spec.graph == "fp16":
+        from edgekit.compress.fp16 import Fp16Config
+
+        config: Any = Fp16Config(runtimes=(spec.runtime,))
+    else:
+        from edgekit.compress.quantize import Int8Config
+
+        mode = "dynamic" if spec.graph == "int8-dynamic" else "static"
+        config = Int8Config(runtimes=(spec.runtime,), mode=mode)
+    ctx = _context(job, job.budget if spec.graph == "int8-mixed" else None)
+    _, fn = handler_for(config)
+    (variant,) = fn(config, job.source_onnx, ctx)
+    notes = list(variant.notes)
+    if spec.graph == "int8-mixed":
+        kept = (ctx.records.get("budget") or {}).get("variants", {})
+        if kept:
+            notes.append(f"accuracy-budget search: {kept}")
+    return variant.path, list(variant.extra_files), notes
+
+
+def _pruned_root(job: Job) -> tuple[Path, list[Path], list[str]]:
+    """Structured pruning (with its fine-tuning) of the torch model, exported to fp32 ONNX."""
+    import copy
+
+    import torch
+
+    from edgekit.compress.base import handler_for
+    from edgekit.compress.prune import PruneConfig
+    from edgekit.export.onnx import export_onnx
+    from edgekit.io.models import load_model
+
+    loaded = load_model(job.model_path, **job.load_options)
+    if loaded.module is None or not loaded.eager:
+        raise ValueError("structured pruning needs the model as a torch module (reference model, --arch, pickle)")
+    config = PruneConfig(kind="structured", amount=float(job.spec.prune or 0))
+    ctx = _context(job, None)
+    _, fn = handler_for(config)
+    torch.manual_seed(job.seed)
+    module = fn(config, copy.deepcopy(loaded.module), ctx)
+    out = job.out_dir / "model.fp32.onnx"
+    export_onnx(module, out, sample=job.eval.head(16).inputs)
+    record = ctx.records.get("prune") or {}
+    notes = [f"pruning: {record['runtime_benefit']}"] if record.get("runtime_benefit") else []
+    return out, [], notes

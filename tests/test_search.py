@@ -1,0 +1,300 @@
+"""``edgekit search`` on a real trained model (digits-cnn) with a small candidate space: every
+candidate in the report with its status, the gate stops extensions of failures, peers measured in
+the same run, the winner bundled, the Pareto front, resume from the journal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgekit.benchmarks.gate import Budget
+from edgekit.search import pareto
+
+STATUSES = {"measured", "rejected", "build_failed", "not_extended", "out_of_time", "not_runnable"}
+
+
+def test_pareto_front_on_synthetic_points() -> None:
+    pts = [
+        ("a", 1.0, 0.90),  # fastest
+        ("b", 2.0, 0.95),
+        ("c", 2.5, 0.94),  # dominated by b (slower, worse)
+        ("d", 3.0, 0.99),  # best score
+        ("e", 3.0, 0.98),  # dominated by d (same speed, worse)
+        ("f", 1.0, 0.85),  # dominated by a (same speed, worse)
+        ("g", 4.0, 0.99),  # dominated by d (slower, same score)
+    ]
+    assert pareto.front(pts) == ["a", "b", "d"]
+    assert pareto.front([("x", 1.0, 1.0), ("y", 1.0, 1.0)]) == ["x", "y"]  # ties both stay
+    assert pareto.front([]) == []
+
+
+@pytest.fixture(scope="module")
+def searched(trained, tmp_path_factory):
+    from edgekit.search import search
+
+    _, model = trained("digits-cnn")
+    out = tmp_path_factory.mktemp("search") / "digits.search"
+    # max_drop 0: the 0.7 structured pruning loses accuracy, so its INT8 extension must not be built.
+    result = search(
+        model,
+        out=out,
+        budget=Budget(max_drop=0.0),
+        graphs=("int8-static",),
+        prune_ratios=(0.7,),
+        peers=True,
+        minutes=5,
+        time_budget_s=0.05,
+        keep=1,
+    )
+    return result
+
+
+def test_every_candidate_is_reported_with_a_status(searched) -> None:
+    report = json.loads(searched.report_path.read_text())
+    names = {c["name"]: c for c in report["candidates"]}
+    expected = {
+        "fp32@ort",
+        "fp32@ov",
+        "int8-static@ort",
+        "int8-static@ov",
+        "prune0.7+fp32@ort",
+        "prune0.7+fp32@ov",
+        "prune0.7+int8-static@ort",
+        "prune0.7+int8-static@ov",
+        "peer:ort-quantize_static",
+        "peer:ort-quantize_dynamic",
+        "peer:nncf-quantize-openvino",
+        "peer:torch-eager-fp32",
+    }
+    assert set(names) == expected
+    for c in names.values():
+        assert c["status"] in STATUSES, c
+        if c["status"] != "measured":
+            assert c["reason"], c  # every non-winner-eligible candidate says why
+        if c["status"] in ("measured", "rejected"):
+            assert c["latency_ms"]["p50"] > 0 and c["metric"]["name"] == "accuracy"
+    assert (searched.out / report["plot"]).stat().st_size > 10_000  # a real PNG
+    assert report["pareto_front"] and set(report["pareto_front"]) <= set(names)
+
+
+def test_a_gate_failure_is_never_extended(searched) -> None:
+    report = json.loads(searched.report_path.read_text())
+    names = {c["name"]: c for c in report["candidates"]}
+    assert names["prune0.7+fp32@ort"]["status"] == "rejected", names["prune0.7+fp32@ort"]
+    for c in names.values():
+        failed_parent = [p for p in c["parents"] if names[p]["status"] != "measured"]
+        if failed_parent:
+            assert c["status"] == "not_extended" and "artifact" not in c, c
+        elif c["parents"]:
+            assert c["status"] != "not_extended", c
+    journal = [json.loads(line) for line in (searched.out / "journal.jsonl").read_text().splitlines()]
+    built = {e["candidate"] for e in journal if e["event"] == "built"}
+    assert "prune0.7+int8-static@ort" not in built and "prune0.7+fp32@ort" in built
+
+
+def test_winner_is_the_fastest_deployable_and_is_bundled(searched) -> None:
+    from edgekit.bundle import manifest as mf
+
+    report = searched.report
+    rows = [c for c in report["candidates"] if c["status"] == "measured" and not c["peer"]]
+    assert report["winner"] == min(rows, key=lambda c: c["latency_ms"]["p50"])["name"]
+    winner = next(c for c in rows if c["name"] == report["winner"])
+    assert winner["deployable"] and winner["metric_drop"] <= 0.0 + 1e-9
+    assert report["winner"] in report["why"]
+    assert searched.bundles == [searched.out / "winner", searched.out / "keep-2"]  # --keep 1: the runner-up too
+    assert [b["candidate"] for b in report["bundles"]] == [report["winner"], report["kept"][0]]
+    for path, info in zip(searched.bundles, report["bundles"], strict=True):
+        manifest = mf.read(path, verify=True)  # hashes checked
+        assert info["variant"] in {v["name"] for v in manifest.variants}
+        assert isinstance(info["identical_to_candidate"], bool)
+
+
+def test_peers_are_measured_against_the_winner(searched) -> None:
+    peers = {p["peer"]: p for p in searched.report["peers"]}
+    assert set(peers) == {
+        "peer:ort-quantize_static",
+        "peer:ort-quantize_dynamic",
+        "peer:nncf-quantize-openvino",
+        "peer:torch-eager-fp32",
+    }
+    for p in peers.values():
+        assert p["status"] in ("measured", "rejected"), p
+        assert p["latency_ratio"] == pytest.approx(p["winner_p50_ms"] / p["peer_p50_ms"], rel=1e-3)
+        assert "metric_difference" in p
+
+
+def test_resume_skips_what_the_journal_lists(searched) -> None:
+    from edgekit.search import search
+
+    journal = searched.out / "journal.jsonl"
+    before = [json.loads(line) for line in journal.read_text().splitlines()]
+    again = search(
+        searched.report["model"]["source"],
+        out=searched.out,
+        budget=Budget(max_drop=0.0),
+        graphs=("int8-static",),
+        prune_ratios=(0.7,),
+        peers=True,
+        minutes=5,
+        time_budget_s=0.02,
+        resume=True,
+        bundle=False,
+    )
+    after = [json.loads(line) for line in journal.read_text().splitlines()]
+    new_builds = [e for e in after[len(before) :] if e["event"] == "built"]
+    assert new_builds == []
+    built = [c for c in again.report["candidates"] if c.get("artifact") and c["name"] != "fp32@ort"]
+    assert built and all(c["resumed"] for c in built)
+    assert {c["name"]: c["status"] for c in again.report["candidates"]}.keys() == {
+        c["name"] for c in searched.report["candidates"]
+    }
+
+
+def test_cli_refuses_to_overwrite_a_search_without_resume(searched) -> None:
+    from edgekit.cli import main
+
+    code = main(["search", searched.report["model"]["source"], "-o", str(searched.out)])
+    assert code == 2
+
+
+def test_cli_search_help() -> None:
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    result = CliRunner().invoke(cli, ["search", "--help"])
+    assert result.exit_code == 0 and "--peers" in result.output and "--resume" in result.output
+
+
+def test_steps_rebuild_each_candidate_kind(tmp_path: Path) -> None:
+    from edgekit.compress.prune import PruneConfig
+    from edgekit.compress.quantize import Int8Config
+    from edgekit.search.run import steps_for
+    from edgekit.search.space import Spec
+
+    assert steps_for(Spec("fp32", "openvino")) == []
+    steps = steps_for(Spec("int8-static", "openvino", 0.5))
+    assert steps == [PruneConfig(kind="structured", amount=0.5), Int8Config(runtimes=("openvino",))]
+    assert steps_for(Spec("int8-dynamic", "onnxruntime")) == [Int8Config(runtimes=("onnxruntime",), mode="dynamic")]
+
+
+def test_compress_without_target_recommends_the_fastest_on_any_runtime(trained, tmp_path: Path) -> None:
+    from edgekit import api
+    from edgekit.compress.quantize import Int8Config
+
+    _, model = trained("digits-cnn")
+    result = api.compress(
+        model,
+        steps=[Int8Config(runtimes=("onnxruntime", "openvino"))],
+        out=tmp_path / "b",
+        time_budget_s=0.05,
+        with_memory=False,
+    )
+    ok = [r for r in result.report.variants if r.deployable and r.measured and r.latency_ms]
+    assert {r.runtime for r in ok} == {"onnxruntime", "openvino"}
+    fastest = min(ok, key=lambda r: (round(r.latency_ms["p50"], 3), r.size_bytes or 0))
+    assert result.report.recommended == fastest.name
+
+
+def test_ray_executor_finds_the_same_candidates_and_winner_as_the_pool(trained, tmp_path: Path) -> None:
+    import ray
+
+    from edgekit.search import search
+
+    _, model = trained("digits-cnn")
+    # fp32 on ONNX Runtime vs OpenVINO: two candidates whose latencies differ by far more than noise.
+    small = dict(graphs=(), prune_ratios=(), fp16=False, minutes=5, time_budget_s=0.1, bundle=False)
+    pool = search(model, out=tmp_path / "pool", executor="local", **small)
+    remote = search(model, out=tmp_path / "ray", executor="ray", **small)
+    assert not ray.is_initialized()  # the executor shuts down the instance it started
+    statuses = {c["name"]: c["status"] for c in pool.report["candidates"]}
+    assert statuses == {c["name"]: c["status"] for c in remote.report["candidates"]}
+    assert set(statuses) == {"fp32@ort", "fp32@ov"}
+    assert pool.winner == remote.winner is not None
+    assert remote.report["executor"] == "ray"
+
+
+def test_openvino_runs_read_only_and_strided_inputs(trained, tmp_path: Path) -> None:
+    """Arrays from a Ray object store are read-only; a bound-tensor cache must not break them."""
+    import numpy as np
+
+    from edgekit.compress.quantize_ov import ov_fp32_ir
+    from edgekit.export.onnx import export_onnx
+    from edgekit.runtimes import get_runtime
+
+    result, _ = trained("digits-cnn")
+    x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(result.module, onnx_path, sample={"input": x})
+    rt = get_runtime("openvino").load(ov_fp32_ir(onnx_path, tmp_path / "m.xml").path)
+    name = rt.inputs[0].name
+    ref = rt.run({name: x.copy()})[0]
+    ro = x.copy()
+    ro.flags.writeable = False
+    strided = np.repeat(x, 2, axis=0)[::2]
+    for feed in (ro, strided, x, x):  # x twice: the second call reuses the cached tensor
+        np.testing.assert_allclose(rt.run({name: feed})[0], ref, rtol=1e-5, atol=1e-5)
+    x[:] = 0  # the cached tensor shares x's memory: new contents must be seen
+    np.testing.assert_allclose(rt.run({name: x})[0], rt.run({name: x.copy()})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_fp32_wins_and_says_so_when_int8_is_slower() -> None:
+    from edgekit.benchmarks.report import VariantRow
+    from edgekit.search.run import Outcome, _choose
+    from edgekit.search.space import Spec
+
+    def outcome(spec: Spec, p50: float, status: str = "measured") -> Outcome:
+        row = VariantRow(spec.name, spec.runtime, spec.precision, spec.techniques, None, 100)
+        row.latency_ms = {"p50": p50}
+        row.deployable = status == "measured"
+        return Outcome(spec, status=status, row=row)
+
+    specs = {
+        "fp32@ort": (Spec("fp32", "onnxruntime"), 0.10, "measured"),
+        "int8-static@ort": (Spec("int8-static", "onnxruntime"), 0.13, "measured"),
+        "int8-dynamic@ort": (Spec("int8-dynamic", "onnxruntime"), 0.05, "rejected"),
+        "fp32@ov": (Spec("fp32", "openvino"), 0.09, "measured"),  # not in the target's runtimes
+    }
+    outcomes = {name: outcome(*args) for name, args in specs.items()}
+    winner, ranked, why = _choose(outcomes, ("onnxruntime",))
+    assert winner == "fp32@ort" and ranked == ["fp32@ort", "int8-static@ort"]
+    assert "INT8 was slower than fp32" in why and "int8-static@ort" in why
+    assert "Faster but rejected by the gate: int8-dynamic@ort" in why
+    winner, _, why = _choose(outcomes, ("onnxruntime", "openvino"))
+    assert winner == "fp32@ov" and "INT8 was slower" not in why  # no INT8 on OpenVINO was measured
+
+
+def test_space_keeps_the_reference_and_orders_cheap_first() -> None:
+    from edgekit.search.space import space
+
+    level0, level1 = space(("openvino",), prune_ratios=(0.5,), fp16=True, mixed=False, peers=False)
+    names0 = [s.name for s in level0]
+    assert names0[0] == "fp32@ort"  # the gate's reference, even for an OpenVINO-only target
+    assert names0 == ["fp32@ort", "fp32@ov", "fp16@ov", "int8-static@ov", "prune0.5+fp32@ort"]
+    assert [s.name for s in level1] == ["prune0.5+fp32@ov", "prune0.5+fp16@ov", "prune0.5+int8-static@ov"]
+    assert level1[2].parents == ("prune0.5+fp32@ort", "int8-static@ov")
+    level0, _ = space(("onnxruntime",), prune_ratios=(), fp16=False, mixed=True, peers=True)
+    assert "int8-mixed@ort" in [s.name for s in level0] and sum(s.peer for s in level0) == 4
+
+
+def test_bench_calibrate_timer_against_benchmark_app(searched, tmp_path: Path) -> None:
+    from edgekit import api
+
+    report, path = api.bench(
+        searched.out / "winner",
+        runtimes=["openvino"],
+        time_budget_s=1.0,
+        with_memory=False,
+        out=tmp_path / "bench",
+        calibrate_timer=True,
+    )
+    cal = json.loads(path.read_text())["timer_calibration"]
+    ov = cal["variants"]["ov-fp32"]
+    assert ov["tool"] == "benchmark_app" and ov["status"] == "measured", ov
+    assert len(ov["edgekit_runs_ms"]) == len(ov["tool_runs_ms"]) == cal["rounds"]
+    assert ov["ratio"] == pytest.approx(ov["edgekit_p50_ms"] / ov["tool_p50_ms"], rel=1e-3)
+    assert 0.01 < ov["tool_p50_ms"] < 1000  # parsed from benchmark_app's "Median: … us|ms"
+    ort = cal["variants"]["ort-fp32"]
+    assert ort["tool"] == "onnxruntime_perf_test" and ort["status"] in ("not available", "measured", "failed")
