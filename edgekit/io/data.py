@@ -2,7 +2,9 @@
 
 A :class:`Dataset` holds one array per model input (first axis = samples) and optional labels.
 ``.npz`` files carry ``x`` (and optional ``y``) for a single-input model, or one array per input
-named after the model's inputs; integer inputs stay integer.
+named after the model's inputs; integer inputs stay integer. An optional int array
+``<input>_length`` gives each sample's valid extent along that input's last (dynamic, right-padded)
+axis; a 2-D integer ``y`` holds label sequences padded with -1 (task ``sequence``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 
 from edgekit.errors import BadInputError
 
-TASKS = ("classification", "binary", "regression", "embedding", "unknown")
+TASKS = ("classification", "binary", "regression", "embedding", "sequence", "unknown")
+LENGTH_SUFFIX = "_length"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class Dataset:
     name: str = "data"
     directional_only: bool = False  # True for generated (random) data: figures are indicative
     meta: dict[str, str] = field(default_factory=dict)
+    # input name -> valid extent of each sample along that input's last axis (right padding)
+    lengths: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -38,6 +43,12 @@ class Dataset:
             raise BadInputError(f"data set {self.name!r}: inputs have different sample counts {lengths}")
         if self.labels is not None and len(self.labels) != len(self):
             raise BadInputError(f"data set {self.name!r}: {len(self.labels)} labels for {len(self)} samples")
+        for key, arr in self.lengths.items():
+            if key not in self.inputs or arr.ndim != 1 or len(arr) != len(self):
+                raise BadInputError(
+                    f"data set {self.name!r}: '{key}{LENGTH_SUFFIX}' must be one integer per sample of an input "
+                    f"array named {key!r}"
+                )
         if self.task not in TASKS:
             raise BadInputError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
 
@@ -57,6 +68,7 @@ class Dataset:
             name=self.name,
             directional_only=self.directional_only,
             meta=dict(self.meta),
+            lengths={k: v[idx] for k, v in self.lengths.items()},
         )
 
     def head(self, n: int) -> Dataset:
@@ -83,6 +95,15 @@ class Dataset:
             "name one array per model input in the .npz"
         )
 
+    def bind_lengths(self, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+        """:attr:`lengths` keyed like :meth:`bind` keys the inputs."""
+        names = list(input_names)
+        if set(names) <= set(self.inputs):
+            return {n: self.lengths[n] for n in names if n in self.lengths}
+        if len(names) == 1 and len(self.inputs) == 1 and self.lengths:
+            return {names[0]: next(iter(self.lengths.values()))}
+        return {}
+
     def sha256(self) -> str:
         """Content hash of inputs and labels, stable across processes."""
         h = hashlib.sha256()
@@ -94,6 +115,9 @@ class Dataset:
             h.update(arr.tobytes())
         if self.labels is not None:
             h.update(np.ascontiguousarray(self.labels).tobytes())
+        for key in sorted(self.lengths):
+            h.update(f"{key}{LENGTH_SUFFIX}".encode())
+            h.update(np.ascontiguousarray(self.lengths[key], dtype=np.int64).tobytes())
         return h.hexdigest()
 
 
@@ -121,11 +145,25 @@ def load_npz(path: str | Path, *, task: str = "unknown") -> Dataset:
     except Exception as exc:  # ValueError (pickled objects), zipfile.BadZipFile, OSError
         raise BadInputError(f"{p} is not a readable .npz of numeric arrays ({exc}); save it with numpy.savez") from exc
     labels = arrays.pop("y", None)
+    lengths = {
+        k.removesuffix(LENGTH_SUFFIX): arrays.pop(k)
+        for k in list(arrays)
+        if k.endswith(LENGTH_SUFFIX) and k.removesuffix(LENGTH_SUFFIX) in arrays
+    }
     if not arrays:
         raise BadInputError(f"{p} has no input arrays; store the inputs as 'x' (or one array per model input)")
+    for key, arr in lengths.items():
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise BadInputError(
+                f"{p}: '{key}{LENGTH_SUFFIX}' must be a 1-D integer array (one valid length per sample), "
+                f"not {arr.dtype} {arr.shape}"
+            )
     if labels is not None and task == "unknown":
-        task = "classification" if np.issubdtype(labels.dtype, np.integer) else "regression"
-    return Dataset(inputs=arrays, labels=labels, task=task, name=p.name)
+        if np.issubdtype(labels.dtype, np.integer):
+            task = "sequence" if labels.ndim == 2 else "classification"
+        else:
+            task = "regression"
+    return Dataset(inputs=arrays, labels=labels, task=task, name=p.name, lengths=lengths)
 
 
 def random_like(shapes: dict[str, tuple[tuple[int, ...], np.dtype]], n: int, seed: int) -> Dataset:

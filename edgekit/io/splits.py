@@ -74,7 +74,9 @@ def _resolve(loaded: Any, data: str | Path | None, calib: str, seed: int) -> Spl
     if data is not None:
         ds = load_npz(data)
         names = _input_names(loaded) or (["input"] if len(ds.inputs) == 1 else list(ds.inputs))
-        ds = Dataset(inputs=ds.bind(names), labels=ds.labels, task=ds.task, name=ds.name)
+        ds = Dataset(
+            inputs=ds.bind(names), labels=ds.labels, task=ds.task, name=ds.name, lengths=ds.bind_lengths(names)
+        )
         if len(ds) < 4:
             raise BadInputError(f"{data} has {len(ds)} samples; calibration and evaluation need at least 4")
         train_part, eval_part = split(ds, [1 - EVAL_FRACTION, EVAL_FRACTION], seed)
@@ -115,5 +117,7 @@ def infer_task(splits: Splits, outputs: np.ndarray, meta_task: str | None) -> st
         return "unknown"
     width = int(np.prod(outputs.shape[1:])) if outputs.ndim > 1 else 1
     if np.issubdtype(labels.dtype, np.integer):
+        if labels.ndim == 2 and outputs.ndim == 3:
+            return "sequence"  # label sequences (padded with -1) for per-position class scores
         return "binary" if width == 1 else "classification"
     return "regression"
