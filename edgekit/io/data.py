@@ -179,3 +179,19 @@ def random_like(shapes: dict[str, tuple[tuple[int, ...], np.dtype]], n: int, see
         else:
             inputs[name] = rng.standard_normal((n, *shape)).astype(dtype)
     return Dataset(inputs=inputs, name="random", directional_only=True)
+
+
+def save_npz(data: Dataset, path: str | Path) -> None:
+    """Write ``data`` as the ``.npz`` that :func:`load_npz` reads: one array per input, each
+    ``<input>_length``, and ``y`` (when labelled); atomically, never with pickle."""
+    import io
+
+    from edgekit.io.atomic import atomic_write_bytes
+
+    arrays = dict(data.inputs)
+    arrays.update({f"{k}{LENGTH_SUFFIX}": v.astype(np.int64) for k, v in data.lengths.items()})
+    if data.labels is not None:
+        arrays["y"] = data.labels
+    buf = io.BytesIO()
+    np.savez(buf, allow_pickle=False, **arrays)
+    atomic_write_bytes(Path(path), buf.getvalue())
