@@ -3,6 +3,7 @@ CTC text-line recogniser, with dynamic axes besides the batch, their data files 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -248,6 +249,9 @@ def test_npz_round_trip_with_lengths_and_sequences(tmp_path: Path) -> None:
         load_npz(bad)
     with pytest.raises(BadInputError, match="x_length"):
         Dataset({"x": test.inputs["x"]}, lengths={"x": np.ones(3, dtype=np.int64)})
+    # Re-bound to the model's own input name, the lengths follow.
+    renamed = dataclasses.replace(back, inputs=back.bind(["image"]))
+    np.testing.assert_array_equal(renamed.lengths["image"], test.lengths["x"])
 
 
 def test_user_data_keeps_lengths(tmp_path: Path) -> None:
