@@ -31,13 +31,28 @@ def _quiet(_msg: str) -> None:
 
 
 # --------------------------------------------------------------------------------------- train
-def train(name: str, out: str | Path, *, seed: int = 0, epochs: int | None = None, threads: int = 1) -> Any:
-    """Train reference model ``name`` and save it (TorchScript with its metadata) to ``out``."""
+def train(
+    name: str,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    threads: int = 1,
+    data_out: str | Path | None = None,
+) -> Any:
+    """Train reference model ``name`` and save it (TorchScript with its metadata) to ``out``;
+    ``data_out`` also writes its held-out split as an ``.npz`` for ``--data``."""
     from edgekit import zoo
 
     zoo.spec(name)  # validates the name before any work
+    if data_out is not None and Path(data_out).resolve() == Path(out).resolve():
+        raise BadInputError("--data-out and -o name the same file; choose another --data-out")
     result = zoo.train(name, seed=seed, epochs=epochs, threads=threads)
     zoo.save(result, Path(out))
+    if data_out is not None:
+        from edgekit.io.data import save_npz
+
+        save_npz(zoo.load_data(name, seed=seed).test, data_out)
     return result
 
 

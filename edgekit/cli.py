@@ -21,7 +21,15 @@ import click
 from edgekit import __version__
 from edgekit.errors import BadInputError, EdgekitError
 
-REFERENCE_MODELS = ("digits-cnn", "tabular-mlp", "house-regressor", "text-classifier", "edge-cnn")
+REFERENCE_MODELS = (
+    "digits-cnn",
+    "tabular-mlp",
+    "house-regressor",
+    "text-classifier",
+    "edge-cnn",
+    "text-encoder",
+    "text-recognizer",
+)
 
 
 def _command_line() -> str:
@@ -172,14 +180,22 @@ def cli() -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the default epochs.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def train(name: str, out: Path | None, seed: int, epochs: int | None, threads: int, as_json: bool) -> None:
+@click.option(
+    "--data-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the held-out split as an .npz for --data (inputs, <input>_length, y).",
+)
+def train(
+    name: str, out: Path | None, seed: int, epochs: int | None, threads: int, as_json: bool, data_out: Path | None
+) -> None:
     """Train reference model NAME on its offline data set and save it."""
     from edgekit import api
 
     out = out or Path(f"{name}.pt")
     with _progress(not as_json) as step:
         step(f"training {name} (seed {seed})")
-        result = api.train(name, out, seed=seed, epochs=epochs, threads=threads)
+        result = api.train(name, out, seed=seed, epochs=epochs, threads=threads, data_out=data_out)
     payload = {
         "model": name,
         "path": str(out),
@@ -189,11 +205,15 @@ def train(name: str, out: Path | None, seed: int, epochs: int | None, threads: i
         "metrics": result.metrics,
         "seconds": round(result.seconds, 2),
     }
+    if data_out is not None:
+        payload["data"] = str(data_out)
     if as_json:
         click.echo(json.dumps(payload, indent=2))
     else:
         extra = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         click.echo(f"{name}: held-out {extra} ({result.seconds:.1f} s) → {out}")
+        if data_out is not None:
+            click.echo(f"held-out data → {data_out}")
 
 
 @cli.command()

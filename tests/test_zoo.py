@@ -48,7 +48,7 @@ def _example(name: str, n: int = 2) -> torch.Tensor:
 
 
 def test_names_and_unknown_name() -> None:
-    assert zoo.names() == NAMES
+    assert zoo.names() == sorted([*NAMES, "text-encoder", "text-recognizer"])
     with pytest.raises(BadInputError, match="digits-cnn.*edge-cnn"):
         zoo.spec("resnet-9000")
     with pytest.raises(BadInputError, match="choose one of"):

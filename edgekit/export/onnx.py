@@ -4,6 +4,11 @@ Every export ends with :func:`check_parity` on the caller's real sample, at its 
 and at a second one (batch 1, or 2 when the sample is a single row); a mismatch is an error.
 The file has a dynamic batch axis named ``batch`` on every input and output, opset ≥ 13
 (ONNX Runtime's per-channel quantization needs it), and no external data file.
+
+Axes besides the batch (a sequence length, an image width) are dynamic when the model's
+metadata declares them: ``dynamic_axes: {"input_ids": {"1": "sequence"}, "output": {...}}``
+(input or output name → axis → symbol; inputs sharing a symbol share the size). The graph keeps
+those axes symbolic, and parity is also checked on the sample cut to about half along them.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ def export_onnx(
     opset: int = 17,
     atol: float = 1e-4,
     dynamic_batch: bool = True,
+    dynamic_axes: Mapping[str, Mapping[Any, str]] | None = None,
 ) -> ExportResult:
     """Export ``model`` to ``out`` (one ``.onnx`` file) and check it against torch on ``sample``.
 
@@ -72,6 +78,7 @@ def export_onnx(
     ``model.inputs`` when known, else from ``sample``'s keys (in order). An ONNX input is
     normalised instead (opset raised to ≥ 13, checked, shapes inferred, names kept). ``out`` is
     written only when the parity check passes (:class:`IntegrityError` otherwise).
+    ``dynamic_axes`` (default: the model metadata's) makes axes besides the batch dynamic.
     """
     if opset < MIN_OPSET:
         raise BadInputError(
@@ -87,6 +94,7 @@ def export_onnx(
         return _normalise_onnx(model.onnx_path, out, sample, opset, atol, dynamic_batch)
 
     module, specs, meta, is_program = _unpack(model)
+    axes = declared_axes(meta.get("dynamic_axes") if dynamic_axes is None else dynamic_axes)
     names = [s.name for s in specs] or _names_from_forward(module, sample)
     feed = _bind(sample, names, {s.name: s.dtype for s in specs})
     trace = feed
@@ -109,9 +117,9 @@ def export_onnx(
             try:
                 with _eval_mode(module), _quiet():
                     _EXPORTERS[exporter](
-                        module, _tensors(trace), raw, names, output_names, opset, dynamic_batch
+                        module, _tensors(trace), raw, names, output_names, opset, dynamic_batch, axes
                     )
-                proto = _finalise(raw, dynamic_batch, meta)
+                proto = _finalise(raw, dynamic_batch, meta, axes)
             except IntegrityError as exc:
                 failures.append(f"{exporter}: {exc}")
                 continue
@@ -122,6 +130,9 @@ def export_onnx(
             final.write_bytes(proto.SerializeToString())
             try:
                 err = _parity_at_two_batches(final, module, feed, atol, dynamic_batch)
+                shorter = _cut_along_axes(feed, axes)
+                if shorter is not None:
+                    err = max(err, check_parity(final, module, shorter, atol))
             except IntegrityError as exc:
                 parity_error = parity_error or exc
                 failures.append(f"{exporter}: {exc}")
@@ -141,6 +152,26 @@ def export_onnx(
         "the model could not be exported to ONNX (" + " | ".join(failures) + "); make it traceable "
         "(no data-dependent Python control flow) or export it to ONNX yourself and pass the .onnx"
     )
+
+
+def declared_axes(raw: Any) -> dict[str, dict[int, str]]:
+    """Dynamic axes besides the batch, as ``{name: {axis: symbol}}`` with int axes ≥ 1, from
+    metadata (``{"input_ids": {"1": "sequence"}}``); axis 0 is always the batch and is dropped."""
+    if not raw:
+        return {}
+    try:
+        axes = {
+            str(name): {int(axis): str(sym) for axis, sym in dict(per).items()}
+            for name, per in dict(raw).items()
+        }
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(
+            f"dynamic_axes {raw!r} is malformed ({exc}); write e.g. "
+            '{"input_ids": {"1": "sequence"}}'
+        ) from exc
+    if any(a < 0 for per in axes.values() for a in per):
+        raise BadInputError(f"dynamic_axes {raw!r} has a negative axis; count axes from 0 (batch)")
+    return {n: {a: s for a, s in per.items() if a > 0} for n, per in axes.items()}
 
 
 def check_parity(
@@ -283,10 +314,14 @@ def _export_torchscript(
     outputs: list[str],
     opset: int,
     dynamic: bool,
+    extra_axes: Mapping[str, Mapping[int, str]],
 ) -> None:
     import torch
 
-    axes = {n: {0: BATCH} for n in [*names, *outputs]} if dynamic else None
+    axes: dict[str, dict[int, str]] = {}
+    for n in [*names, *outputs]:
+        axes[n] = {0: BATCH} if dynamic else {}
+        axes[n].update(extra_axes.get(n, {}))
     torch.onnx.export(
         module,
         args,
@@ -295,7 +330,7 @@ def _export_torchscript(
         opset_version=opset,
         input_names=names,
         output_names=outputs,
-        dynamic_axes=axes,
+        dynamic_axes={n: a for n, a in axes.items() if a} or None,
         do_constant_folding=True,
     )
 
@@ -308,11 +343,17 @@ def _export_dynamo(
     outputs: list[str],
     opset: int,
     dynamic: bool,
+    extra_axes: Mapping[str, Mapping[int, str]],
 ) -> None:
     import torch
 
-    batch = torch.export.Dim(BATCH)
-    shapes = tuple({0: batch} for _ in args) if dynamic else None
+    dims = {BATCH: torch.export.Dim(BATCH)}
+    per_input: list[dict[int, Any]] = []
+    for name in names:
+        wanted = {0: BATCH} if dynamic else {}
+        wanted.update(extra_axes.get(name, {}))
+        per_input.append({a: dims.setdefault(sym, torch.export.Dim(sym)) for a, sym in wanted.items()})
+    shapes = tuple(per_input) if any(per_input) else None
     torch.onnx.export(
         module,
         args,
@@ -348,6 +389,8 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
             warnings.simplefilter("ignore", category)
+        # Emitted for every GRU/LSTM; the parity check at a second batch size tests exactly that.
+        warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1")
         for lg in loggers:
             lg.setLevel(logging.ERROR)
         try:
@@ -465,11 +508,19 @@ def _run_onnx(path: Path, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
 
 
-def _finalise(raw: Path, dynamic: bool, meta: Mapping[str, Any]) -> onnx.ModelProto:
-    """Load an exporter's output (pulling in any external data), name the batch axis, check it."""
+def _finalise(
+    raw: Path,
+    dynamic: bool,
+    meta: Mapping[str, Any],
+    axes: Mapping[str, Mapping[int, str]] | None = None,
+) -> onnx.ModelProto:
+    """Load an exporter's output (pulling in any external data), name the batch axis and the
+    declared dynamic axes, check them."""
     import onnx
 
     proto = onnx.load(str(raw))
+    if axes:
+        _name_axes(proto, axes)
     if dynamic:
         _name_batch_axis(proto)
         fixed = [v.name for v in _io(proto) if not _dim0_is_dynamic(v)]
@@ -597,6 +648,56 @@ def _name_batch_axis(proto: onnx.ModelProto) -> None:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in symbols:
                 dim.dim_param = BATCH
+
+
+def _name_axes(proto: onnx.ModelProto, axes: Mapping[str, Mapping[int, str]]) -> None:
+    """Give the declared dynamic axes of the inputs and outputs their symbols (the dynamo exporter
+    writes its own, e.g. ``s53``), everywhere the exporter's symbol appears; a declared axis that
+    came out with a fixed size is an error."""
+    renames: dict[str, str] = {}
+    fixed = []
+    for value in _io(proto):
+        dims = value.type.tensor_type.shape.dim
+        for axis, symbol in axes.get(value.name, {}).items():
+            if axis >= len(dims):
+                fixed.append(f"{value.name}[{axis}] (the tensor has {len(dims)} axes)")
+            elif dims[axis].HasField("dim_value") and dims[axis].dim_value > 0:
+                fixed.append(f"{value.name}[{axis}] = {dims[axis].dim_value}")
+            elif dims[axis].dim_param:
+                renames.setdefault(dims[axis].dim_param, symbol)
+            else:
+                dims[axis].dim_param = symbol
+    if fixed:
+        raise IntegrityError(
+            f"declared dynamic axes came out fixed: {', '.join(fixed)}; the model probably "
+            "turns that size into a constant (use tensor.shape inside forward, not Python ints)"
+        )
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renames:
+                dim.dim_param = renames[dim.dim_param]
+
+
+def _cut_along_axes(
+    feed: Mapping[str, np.ndarray], axes: Mapping[str, Mapping[int, str]]
+) -> dict[str, np.ndarray] | None:
+    """The sample cut to about half its size along every declared dynamic input axis (inputs
+    sharing a symbol are cut alike), or None when no input has one of at least 2."""
+    sizes: dict[str, int] = {}
+    for name, arr in feed.items():
+        for axis, symbol in axes.get(name, {}).items():
+            if axis < arr.ndim:
+                sizes.setdefault(symbol, arr.shape[axis])
+    if not any(size >= 2 for size in sizes.values()):
+        return None
+    cut = {}
+    for name, arr in feed.items():
+        index: list[slice] = [slice(None)] * arr.ndim
+        for axis, symbol in axes.get(name, {}).items():
+            if axis < arr.ndim and sizes[symbol] >= 2:
+                index[axis] = slice(0, (sizes[symbol] + 1) // 2)
+        cut[name] = np.ascontiguousarray(arr[tuple(index)])
+    return cut
 
 
 def _make_batch_dynamic(proto: onnx.ModelProto, size: int) -> None:

@@ -43,8 +43,18 @@ class Dataset:
             raise BadInputError(f"data set {self.name!r}: inputs have different sample counts {lengths}")
         if self.labels is not None and len(self.labels) != len(self):
             raise BadInputError(f"data set {self.name!r}: {len(self.labels)} labels for {len(self)} samples")
+        if set(self.lengths) - set(self.inputs):
+            # Inputs re-bound to the model's names (``replace(ds, inputs=ds.bind(names))``): a lone
+            # input keeps its lengths under its new name; lengths of dropped inputs go with them.
+            lone = len(self.inputs) == 1 and len(self.lengths) == 1
+            kept = (
+                {next(iter(self.inputs)): next(iter(self.lengths.values()))}
+                if lone
+                else {k: v for k, v in self.lengths.items() if k in self.inputs}
+            )
+            object.__setattr__(self, "lengths", kept)
         for key, arr in self.lengths.items():
-            if key not in self.inputs or arr.ndim != 1 or len(arr) != len(self):
+            if arr.ndim != 1 or len(arr) != len(self):
                 raise BadInputError(
                     f"data set {self.name!r}: '{key}{LENGTH_SUFFIX}' must be one integer per sample of an input "
                     f"array named {key!r}"
@@ -179,3 +189,19 @@ def random_like(shapes: dict[str, tuple[tuple[int, ...], np.dtype]], n: int, see
         else:
             inputs[name] = rng.standard_normal((n, *shape)).astype(dtype)
     return Dataset(inputs=inputs, name="random", directional_only=True)
+
+
+def save_npz(data: Dataset, path: str | Path) -> None:
+    """Write ``data`` as the ``.npz`` that :func:`load_npz` reads: one array per input, each
+    ``<input>_length``, and ``y`` (when labelled); atomically, never with pickle."""
+    import io
+
+    from edgekit.io.atomic import atomic_write_bytes
+
+    arrays = dict(data.inputs)
+    arrays.update({f"{k}{LENGTH_SUFFIX}": v.astype(np.int64) for k, v in data.lengths.items()})
+    if data.labels is not None:
+        arrays["y"] = data.labels
+    buf = io.BytesIO()
+    np.savez(buf, allow_pickle=False, **arrays)
+    atomic_write_bytes(Path(path), buf.getvalue())

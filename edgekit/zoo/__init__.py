@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 
 from edgekit.errors import BadInputError
 from edgekit.registry import import_object
-from edgekit.zoo.datasets import TEXT_CLASSES, TEXT_LENGTH, Splits, load_data
+from edgekit.zoo.datasets import (
+    LINE_BLANK,
+    LINE_HEIGHT,
+    TEXT_CLASSES,
+    TEXT_LENGTH,
+    Splits,
+    load_data,
+)
 from edgekit.zoo.training import (
     META_FILE,
     TrainResult,
@@ -33,13 +40,21 @@ class ReferenceSpec:
 
     name: str
     description: str
-    task: str  # classification | binary | regression
-    metric: str  # "accuracy" (percent, as in edgekit.benchmarks.accuracy) or "r2"
+    task: str  # classification | binary | regression | embedding | sequence
+    # "accuracy" (percent, as in edgekit.benchmarks.accuracy), "r2", "centroid_accuracy" (percent)
+    # or "sequence_accuracy" (a fraction)
+    metric: str
     floor: float  # in the metric's units: accuracy in percent, r2 as a fraction
     input_name: str
     input_shape: tuple[int, ...]  # per sample, without the batch axis
     input_dtype: str  # float32 | int64
     factory: str  # "module:attr" building the untrained nn.Module
+    # Models with several inputs or dynamic axes besides the batch: every input as
+    # (name, per-sample shape with -1 for a dynamic axis, dtype), and the dynamic axes of inputs and
+    # outputs (name -> {axis: symbol}), which ONNX export keeps; anything else consumers need.
+    inputs: tuple[tuple[str, tuple[int, ...], str], ...] = ()
+    dynamic_axes: dict[str, dict[int, str]] | None = None
+    extra_meta: dict[str, object] | None = None
 
 
 _SPECS: dict[str, ReferenceSpec] = {
@@ -103,6 +118,47 @@ _SPECS: dict[str, ReferenceSpec] = {
             input_shape=(1, 32, 32),
             input_dtype="float32",
             factory="edgekit.zoo.models:edge_cnn",
+        ),
+        ReferenceSpec(
+            name="text-encoder",
+            description="4-layer pre-norm transformer encoder (width 256, GELU, LayerNorm) trained "
+            "with a supervised contrastive loss on standard-library docstrings; outputs token "
+            "states, the sentence embedding is their mask-aware mean",
+            task="embedding",
+            metric="centroid_accuracy",
+            floor=round(3 * 100.0 / len(TEXT_CLASSES) + 0.005, 2),  # three times chance
+            input_name="input_ids",
+            input_shape=(-1,),
+            input_dtype="int64",
+            factory="edgekit.zoo.models:text_encoder",
+            inputs=(("input_ids", (-1,), "int64"), ("attention_mask", (-1,), "int64")),
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "output": {0: "batch", 1: "sequence"},
+            },
+            extra_meta={"pooling": "mean", "mask_input": "attention_mask", "max_length": TEXT_LENGTH},
+        ),
+        ReferenceSpec(
+            name="text-recognizer",
+            description="CRNN (conv features, bidirectional GRU) with CTC reading 3 to 8 "
+            "scikit-learn digits side by side; any line width",
+            task="sequence",
+            metric="sequence_accuracy",
+            floor=0.90,
+            input_name="x",
+            input_shape=(1, LINE_HEIGHT, -1),
+            input_dtype="float32",
+            factory="edgekit.zoo.models:text_recognizer",
+            inputs=(("x", (1, LINE_HEIGHT, -1), "float32"),),
+            dynamic_axes={"x": {0: "batch", 3: "width"}, "output": {0: "batch", 1: "steps"}},
+            extra_meta={
+                "decode": "ctc",
+                "blank": LINE_BLANK,
+                "alphabet": "0123456789",
+                "stride": 4,
+                "length_input": "x",
+            },
         ),
     )
 }

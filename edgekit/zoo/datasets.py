@@ -244,6 +244,94 @@ def text_vocab(seed: int = 0) -> dict[str, int]:
     return build_vocab([texts[i] for i in sorted(train_idx)])
 
 
+def text_corpus(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The text corpus encoded with the vocabulary of ``seed``'s training split: token ids int64
+    ``(N, TEXT_LENGTH)`` (right-padded with 0) and family labels int64 ``(N,)``."""
+    texts, labels = stdlib_docstrings()
+    train_idx, _ = split_index(len(texts), seed)
+    vocab = build_vocab([texts[i] for i in sorted(train_idx)])
+    return encode(texts, vocab), np.asarray(labels, dtype=np.int64)
+
+
+# --- digit strings -----------------------------------------------------------------------------
+
+# Text lines of scikit-learn digits placed side by side: ink 1, background 0, fixed height,
+# width growing with the number of digits. Labels are the digits, padded with -1; the CTC blank
+# is class 10.
+LINE_HEIGHT = 32
+GLYPH_HEIGHT, GLYPH_WIDTH = 24, 16
+LINE_DIGITS = (3, 8)  # shortest and longest string
+LINE_BLANK = 10
+LINE_BACKGROUND = 0.0
+_LINES = {"train": 2000, "test": 600}
+
+
+def _glyphs(images: np.ndarray) -> np.ndarray:
+    """8×8 digits (0..16) → float32 ``(N, GLYPH_HEIGHT, GLYPH_WIDTH)`` in [0, 1], bilinear."""
+    import torch
+
+    t = torch.from_numpy(images.astype(np.float32) / 16.0).unsqueeze(1)
+    up = torch.nn.functional.interpolate(
+        t, size=(GLYPH_HEIGHT, GLYPH_WIDTH), mode="bilinear", align_corners=False
+    )
+    return up.clamp_(0.0, 1.0)[:, 0].numpy()
+
+
+def digit_lines(
+    glyphs: np.ndarray, digits_of: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` lines of 3 to 8 random glyphs with jittered spacing and baseline.
+
+    Returns ``x`` float32 ``(n, 1, LINE_HEIGHT, Wmax)`` right-padded with the background,
+    ``x_length`` int64 ``(n,)`` (each line's real width) and ``y`` int64 ``(n, 8)`` (the digits,
+    padded with -1).
+    """
+    lo, hi = LINE_DIGITS
+    lines, widths = [], []
+    y = np.full((n, hi), -1, dtype=np.int64)
+    for row in range(n):
+        count = int(rng.integers(lo, hi + 1))
+        picks = rng.integers(0, len(glyphs), size=count)
+        canvas = np.full((LINE_HEIGHT, 2 + hi * (GLYPH_WIDTH + 2) + 8), LINE_BACKGROUND, np.float32)
+        left = int(rng.integers(1, 5))
+        for k, pick in enumerate(picks):
+            top = int(rng.integers(1, LINE_HEIGHT - GLYPH_HEIGHT))
+            region = canvas[top : top + GLYPH_HEIGHT, left : left + GLYPH_WIDTH]
+            np.maximum(region, glyphs[pick], out=region)
+            y[row, k] = digits_of[pick]
+            left += GLYPH_WIDTH + int(rng.integers(-2, 3))
+        width = left + int(rng.integers(2, 7))
+        lines.append(canvas[:, :width])
+        widths.append(width)
+    x = np.full((n, 1, LINE_HEIGHT, max(widths)), LINE_BACKGROUND, np.float32)
+    for row, line in enumerate(lines):
+        x[row, 0, :, : line.shape[1]] = line
+    return x, np.asarray(widths, dtype=np.int64), y
+
+
+def _digit_line_splits(name: str, seed: int) -> Splits:
+    """Lines for training from the training digits, held-out lines from the held-out digits."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    glyphs, digits_of = _glyphs(bunch.images), bunch.target.astype(np.int64)
+    meta = {
+        "source": "sklearn.datasets.load_digits, 3 to 8 digits side by side at "
+        f"{GLYPH_HEIGHT}x{GLYPH_WIDTH} on a {LINE_HEIGHT}-pixel line; labels padded with -1",
+        "blank": str(LINE_BLANK),
+    }
+    parts = {}
+    for part, idx in zip(("train", "test"), split_index(len(glyphs), seed), strict=True):
+        rng = np.random.default_rng([seed, len(parts)])
+        x, widths, y = digit_lines(glyphs[idx], digits_of[idx], _LINES[part], rng)
+        parts[part] = Dataset({"x": x}, y, "sequence", name, meta=meta, lengths={"x": widths})
+    return Splits(
+        train=_renamed(parts["train"], "train"),
+        calib=_renamed(parts["train"].head(CALIB_SIZE), "calib"),
+        test=_renamed(parts["test"], "test"),
+    )
+
+
 # --- splits ------------------------------------------------------------------------------------
 
 
@@ -264,6 +352,7 @@ def _renamed(data: Dataset, split_name: str) -> Dataset:
         task=data.task,
         name=f"{data.name}:{split_name}",
         meta=dict(data.meta, split=split_name),
+        lengths=data.lengths,
     )
 
 
@@ -315,6 +404,17 @@ def load_data(name: str, seed: int = 0) -> Splits:
             ),
             seed,
         )
+    if name == "text-encoder":
+        ids, y = text_corpus(seed)
+        mask = (ids != PAD_ID).astype(np.int64)
+        meta = {
+            "source": "docstrings of Python's standard library, labelled by module family",
+            "classes": json.dumps(list(TEXT_CLASSES)),
+        }
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        return _splits(Dataset(inputs, y, "embedding", name, meta=meta), seed)
+    if name == "text-recognizer":
+        return _digit_line_splits(name, seed)
     from edgekit.zoo import names
 
     raise BadInputError(f"unknown reference model {name!r}; choose one of: {', '.join(names())}")

@@ -8,7 +8,7 @@ the specs (``input``, ``input_ids``), which exporters use as graph input names.
 import torch
 from torch import nn
 
-from edgekit.zoo.datasets import TEXT_CLASSES, TEXT_VOCAB_SIZE
+from edgekit.zoo.datasets import TEXT_CLASSES, TEXT_LENGTH, TEXT_VOCAB_SIZE
 
 
 class DigitsCNN(nn.Module):
@@ -175,3 +175,126 @@ def text_classifier() -> TextClassifier:
 def edge_cnn() -> EdgeCNN:
     """Untrained ``edge-cnn``."""
     return EdgeCNN()
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block: LayerNorm → multi-head self-attention (MatMul → Softmax →
+    MatMul) → residual, LayerNorm → Linear → GELU → Linear → residual.
+
+    Written out rather than taken from ``nn.TransformerEncoderLayer``, whose inference fast path
+    is one opaque fused kernel; here every exporter sees the plain operators a pretrained
+    encoder has.
+    """
+
+    def __init__(self, dim: int, heads: int, ff: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff1 = nn.Linear(dim, ff)
+        self.act = nn.GELU()
+        self.ff2 = nn.Linear(ff, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[0], x.shape[1]
+        return x.reshape(b, t, self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        q, k, v = self._split(self.query(h)), self._split(self.key(h)), self._split(self.value(h))
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (self.head_dim**-0.5) + bias
+        attn = torch.matmul(torch.softmax(scores, dim=-1), v)
+        attn = attn.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        x = x + self.dropout(self.proj(attn))
+        return x + self.dropout(self.ff2(self.act(self.ff1(self.norm2(x)))))
+
+
+class TextEncoder(nn.Module):
+    """A small pre-norm transformer encoder: token + position embeddings → blocks → LayerNorm.
+
+    ``forward(input_ids, attention_mask)`` takes int64 ``(B, T)`` ids and a mask (1 = token,
+    0 = right padding) and returns token states ``(B, T, dim)``, like a Hugging Face encoder's
+    ``last_hidden_state``; the sentence embedding is their mask-aware mean (:func:`mean_pool`).
+    """
+
+    position_ids: torch.Tensor
+
+    def __init__(
+        self,
+        vocab_size: int = TEXT_VOCAB_SIZE,
+        max_length: int = TEXT_LENGTH,
+        dim: int = 256,
+        layers: int = 4,
+        heads: int = 4,
+        ff: int = 512,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.positions = nn.Embedding(max_length, dim)
+        self.register_buffer("position_ids", torch.arange(max_length).unsqueeze(0))
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(EncoderBlock(dim, heads, ff, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = self.position_ids[:, : input_ids.shape[1]]
+        x = self.dropout(self.tokens(input_ids) + self.positions(positions))
+        # Additive key mask (B, 1, 1, T): 0 for tokens, -1e4 for padding (finite, fp16-safe).
+        bias = (1.0 - attention_mask.to(x.dtype)).unsqueeze(1).unsqueeze(2) * -1e4
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.norm(x)
+
+
+def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mask-aware mean of token states ``(B, T, D)`` over the tokens of ``attention_mask``."""
+    mask = attention_mask.to(states.dtype).unsqueeze(-1)
+    return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class TextRecognizer(nn.Module):
+    """CRNN for CTC: conv features → one vector per column → bidirectional GRU → classes.
+
+    ``forward(x)`` takes float images ``(B, 1, 32, W)`` (ink 1, background 0) of any width
+    W ≥ 4 and returns per-column class scores ``(B, W // 4, classes)`` (logits; the CTC blank is
+    the last class).
+    """
+
+    def __init__(self, classes: int = 11, height: int = 32, width: int = 16, hidden: int = 64) -> None:
+        super().__init__()
+        self.stride = 4  # input columns per output position
+        w = width
+        self.features = nn.Sequential(
+            _conv_bn(1, w, 3),
+            nn.MaxPool2d(2),  # H/2, W/2
+            _conv_bn(w, 2 * w, 3),
+            nn.MaxPool2d(2),  # H/4, W/4
+            _conv_bn(2 * w, 2 * w, 3),
+            nn.MaxPool2d((2, 1)),  # H/8, W/4
+        )
+        self.column = nn.Linear(2 * w * (height // 8), 2 * hidden)
+        self.rnn = nn.GRU(2 * hidden, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)  # (B, C, H', T)
+        f = f.permute(0, 3, 1, 2).flatten(2)  # (B, T, C·H')
+        seq, _ = self.rnn(torch.relu(self.column(f)))
+        return self.head(seq)
+
+
+def text_encoder() -> TextEncoder:
+    """Untrained ``text-encoder``."""
+    return TextEncoder()
+
+
+def text_recognizer() -> TextRecognizer:
+    """Untrained ``text-recognizer``."""
+    return TextRecognizer()

@@ -54,7 +54,10 @@ RECIPES: dict[str, Recipe] = {
     "house-regressor": Recipe(epochs=60, lr=3e-3, batch_size=32, weight_decay=1e-3),
     "text-classifier": Recipe(epochs=12, lr=5e-3, batch_size=32),
     "edge-cnn": Recipe(epochs=6, lr=3e-3, batch_size=32),
+    "text-encoder": Recipe(epochs=3, lr=1e-3, batch_size=32, weight_decay=0.01),
+    "text-recognizer": Recipe(epochs=10, lr=5e-3, batch_size=32),
 }
+SUPCON_TEMPERATURE = 0.1
 
 
 @dataclass
@@ -277,11 +280,102 @@ def predict(module: Callable[..., Any], data: Dataset, batch_size: int = 256) ->
     return np.concatenate(outs, axis=0)
 
 
-def evaluate(module: Callable[..., Any], data: Dataset) -> dict[str, float]:
-    """Task metrics of ``module`` on ``data`` (:func:`edgekit.benchmarks.accuracy.task_metrics`)."""
+def evaluate(
+    module: Callable[..., Any], data: Dataset, train: Dataset | None = None
+) -> dict[str, float]:
+    """Task metrics of ``module`` on ``data`` (:func:`edgekit.benchmarks.accuracy.task_metrics`).
+
+    ``embedding``: nearest-centroid accuracy (percent) of the labelled families, centroids from
+    ``train``; ``sequence``: exact-match accuracy and character error rate after CTC greedy
+    decoding (blank from ``data.meta['blank']``, valid positions from ``data.lengths``).
+    """
     if data.labels is None:
         raise BadInputError(f"data set {data.name!r} has no labels; evaluation needs a 'y' array")
+    if data.task == "embedding":
+        if train is None or train.labels is None:
+            raise BadInputError("embedding evaluation needs a labelled training split for the centroids")
+        return {
+            "centroid_accuracy": centroid_accuracy(
+                sentence_embeddings(module, train), train.labels, sentence_embeddings(module, data), data.labels
+            )
+        }
+    if data.task == "sequence":
+        return sequence_metrics(
+            predict(module, data), data.labels, int(data.meta.get("blank", 0)), _valid_steps(module, data)
+        )
     return task_metrics(data.task, predict(module, data), data.labels)
+
+
+# --- embeddings and CTC sequences --------------------------------------------------------------
+
+
+def sentence_embeddings(module: Callable[..., Any], data: Dataset, batch_size: int = 256) -> np.ndarray:
+    """Mask-aware mean-pooled, L2-normalised token states of a text encoder, float64 ``(N, D)``."""
+    states = predict(module, data, batch_size=batch_size).astype(np.float64)
+    mask = data.inputs["attention_mask"].astype(np.float64)[:, :, None]
+    pooled = (states * mask).sum(1) / np.maximum(mask.sum(1), 1.0)
+    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+
+def centroid_accuracy(
+    train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray, test_y: np.ndarray
+) -> float:
+    """Percent of ``test_emb`` whose nearest class centroid (cosine; centroids = normalised mean
+    of the training embeddings of each class) is their own class."""
+    classes = np.unique(train_y)
+    centroids = np.stack([train_emb[train_y == c].mean(0) for c in classes])
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    pred = classes[np.argmax(test_emb @ centroids.T, axis=1)]
+    return float(100.0 * np.mean(pred == np.asarray(test_y)))
+
+
+def ctc_greedy_decode(
+    scores: np.ndarray, blank: int, steps: np.ndarray | None = None
+) -> list[list[int]]:
+    """Best path of per-position class scores ``(N, T, C)``: argmax, merge repeats, drop blanks.
+
+    ``steps`` (N,) limits each sample to its first valid positions (padding never counts).
+    """
+    best = np.asarray(scores).argmax(-1)
+    out = []
+    for row, path in enumerate(best):
+        if steps is not None:
+            path = path[: int(steps[row])]
+        keep = np.ones(len(path), dtype=bool)
+        keep[1:] = path[1:] != path[:-1]
+        out.append([int(c) for c in path[keep] if c != blank])
+    return out
+
+
+def _edit_distance(a: list[int], b: list[int]) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def sequence_metrics(
+    scores: np.ndarray, labels: np.ndarray, blank: int, steps: np.ndarray | None = None
+) -> dict[str, float]:
+    """``sequence_accuracy`` (fraction of exact matches after CTC greedy decoding) and ``cer``
+    (edit distance over reference characters) against labels ``(N, L)`` padded with -1."""
+    decoded = ctc_greedy_decode(scores, blank, steps)
+    refs = [[int(c) for c in row if c >= 0] for row in np.asarray(labels)]
+    exact = sum(d == r for d, r in zip(decoded, refs, strict=True))
+    edits = sum(_edit_distance(d, r) for d, r in zip(decoded, refs, strict=True))
+    chars = max(1, sum(len(r) for r in refs))
+    return {"sequence_accuracy": exact / len(refs), "cer": edits / chars}
+
+
+def _valid_steps(module: Any, data: Dataset) -> np.ndarray | None:
+    """Valid output positions per sample of a width-reducing sequence model (None: all)."""
+    if not data.lengths:
+        return None
+    widths = next(iter(data.lengths.values()))
+    stride = int(getattr(module, "stride", 1))
+    return np.asarray(widths) // stride
 
 
 def _prepare(name: str, module: torch.nn.Module, train: Dataset) -> None:
@@ -295,6 +389,93 @@ def _prepare(name: str, module: torch.nn.Module, train: Dataset) -> None:
         with torch.no_grad():
             module.target_mean.fill_(float(y.mean()))
             module.target_std.fill_(float(y.std()) or 1.0)
+
+
+def _supcon_loss(emb: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020) of L2-normalised embeddings ``(B, D)``:
+    each sample is pulled towards the others of its class and pushed from the rest."""
+    import torch
+
+    eye = torch.eye(len(y), dtype=torch.bool)
+    sim = (emb @ emb.T / temperature).masked_fill(eye, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    positives = (y[:, None] == y[None, :]) & ~eye
+    counts = positives.sum(1)
+    per_anchor = -log_prob.masked_fill(~positives, 0.0).sum(1) / counts.clamp(min=1)
+    has = counts > 0
+    return per_anchor[has].mean() if bool(has.any()) else emb.sum() * 0.0
+
+
+def _length_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled batches of samples of similar length (sorted within windows of 8 batches), in
+    random order: each batch is cut to its own longest sample, so padding costs little."""
+    import torch
+
+    order = torch.randperm(len(lengths), generator=generator)
+    batches: list[torch.Tensor] = []
+    window = 8 * batch_size
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches.extend(b for b in chunk.split(batch_size) if len(b) > 1)
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def _fit_sequence_model(
+    name: str, module: torch.nn.Module, train: Dataset, recipe: Recipe, epochs: int, seed: int,
+    threads: int, progress: Progress | None,
+) -> torch.nn.Module:
+    """Train ``text-encoder`` (supervised contrastive loss on mask-pooled sentence embeddings of
+    the family labels) or ``text-recognizer`` (CTC loss) with AdamW and a cosine-decayed rate."""
+    import torch
+    import torch.nn.functional as F
+
+    from edgekit.zoo.models import mean_pool
+
+    y = torch.from_numpy(np.asarray(train.labels, dtype=np.int64))
+    if name == "text-encoder":
+        ids = torch.from_numpy(train.inputs["input_ids"])
+        mask = torch.from_numpy(train.inputs["attention_mask"])
+        lengths = mask.sum(1)
+    else:
+        x = torch.from_numpy(train.inputs["x"])
+        lengths = torch.from_numpy(train.lengths["x"])
+        blank = int(train.meta["blank"])
+    with _torch_settings(threads, seed):
+        generator = torch.Generator().manual_seed(seed)
+        n_batches = len(_length_batches(lengths, recipe.batch_size, torch.Generator().manual_seed(seed)))
+        optimizer = torch.optim.AdamW(module.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=recipe.lr, total_steps=max(1, epochs * n_batches), pct_start=0.1
+        )
+        module.train()
+        for epoch in range(epochs):
+            for idx in _length_batches(lengths, recipe.batch_size, generator):
+                longest = int(lengths[idx].max())
+                if name == "text-encoder":
+                    m = mask[idx, :longest]
+                    emb = F.normalize(mean_pool(module(ids[idx, :longest], m), m), dim=-1)
+                    loss = _supcon_loss(emb, y[idx], SUPCON_TEMPERATURE)
+                else:
+                    out = module(x[idx, :, :, :longest])  # (B, T, C)
+                    log_probs = F.log_softmax(out, dim=-1).transpose(0, 1)
+                    target = y[idx]
+                    loss = F.ctc_loss(
+                        log_probs,
+                        target[target >= 0],
+                        torch.full((len(idx),), out.shape[1], dtype=torch.long),
+                        (target >= 0).sum(1),
+                        blank=blank,
+                        zero_infinity=True,
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+            if progress is not None:
+                progress(epoch + 1, epochs)
+    return module.eval()
 
 
 def train(
@@ -321,21 +502,26 @@ def train(
         torch.manual_seed(seed)
         module = build(name)
     _prepare(name, module, splits.train)
-    fit(
-        module,
-        splits.train,
-        ref.task,
-        epochs=recipe.epochs if epochs is None else epochs,
-        lr=recipe.lr,
-        batch_size=recipe.batch_size,
-        weight_decay=recipe.weight_decay,
-        shift=recipe.shift,
-        seed=seed,
-        threads=threads,
-        progress=progress,
-    )
+    if ref.task in ("embedding", "sequence"):
+        n_epochs = recipe.epochs if epochs is None else epochs
+        _fit_sequence_model(name, module, splits.train, recipe, n_epochs, seed, threads, progress)
+    else:
+        fit(
+            module,
+            splits.train,
+            ref.task,
+            epochs=recipe.epochs if epochs is None else epochs,
+            lr=recipe.lr,
+            batch_size=recipe.batch_size,
+            weight_decay=recipe.weight_decay,
+            shift=recipe.shift,
+            seed=seed,
+            threads=threads,
+            progress=progress,
+        )
     seconds = time.perf_counter() - start
-    metrics = evaluate(module, splits.test)
+    with _torch_settings(threads, seed):
+        metrics = evaluate(module, splits.test, splits.train)
     return TrainResult(name, module, metrics, ref.metric, metrics[ref.metric], seed, seconds)
 
 
@@ -359,6 +545,15 @@ def save(result: TrainResult, path: str | Path) -> None:
         "factory": ref.factory,
         "edgekit_version": __version__,
     }
+    if ref.inputs:
+        meta["inputs"] = [
+            {"name": n, "shape": list(shape), "dtype": dtype} for n, shape, dtype in ref.inputs
+        ]
+    if ref.dynamic_axes:
+        meta["dynamic_axes"] = {
+            k: {str(axis): sym for axis, sym in axes.items()} for k, axes in ref.dynamic_axes.items()
+        }
+    meta.update(ref.extra_meta or {})
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
