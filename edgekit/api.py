@@ -37,19 +37,24 @@ def train(
 
     ``out`` is checked before training: an existing file is replaced only with ``overwrite``, and
     the folder must take files. The saved file gets the usual mode (umask), not a private one."""
+    import tempfile
+
     from edgekit import zoo
-    from edgekit.io.atomic import public_mode
+    from edgekit.io.atomic import atomic_write_bytes
     from edgekit.io.outputs import check_output_file, write_error
 
     zoo.spec(name)  # validates the name before any work
     out = Path(out)
     check_output_file(out, overwrite=overwrite)
     result = zoo.train(name, seed=seed, epochs=epochs, threads=threads)
-    try:
-        zoo.save(result, out)
-        public_mode(out)
-    except Exception as exc:
-        raise write_error(exc, out.parent) or exc from exc
+    # torch.jit.save aborts the whole process when the disk fills up (a C++ exception in a
+    # destructor), so the model is serialised in the temp dir and copied into place by Python.
+    with tempfile.TemporaryDirectory(prefix="edgekit-train-") as tmp:
+        zoo.save(result, Path(tmp) / "model.pt")
+        try:
+            atomic_write_bytes(out, (Path(tmp) / "model.pt").read_bytes())
+        except OSError as exc:
+            raise write_error(exc, out.parent) or exc from exc
     return result
 
 
@@ -427,6 +432,7 @@ def compress(
             with_memory=with_memory,
             progress=progress,
         )
+        progress("writing the report, plot and manifest")
         report.relative_to(root, bundle)
         report.warnings.extend(chance_warnings(report, splits.eval))
         paths = write_all(report, root)

@@ -159,11 +159,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def public_mode(path: Path) -> None:
-    """Give ``path`` the mode a new file gets under the umask (temporary files are private)."""
-    os.chmod(path, 0o666 & ~_UMASK)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -186,7 +186,8 @@ def _shipped_factory(meta: Mapping[str, Any], p: Path) -> str | None:
         return None
     if not isinstance(factory, str) or factory not in shipped_factories() or meta.get("factory_kwargs"):
         raise BadInputError(
-            f"{p}: its {META_FILE} names the factory {str(factory)[:80]!r}, which is not one edgekit ships; "
+            f"{p}: its {META_FILE} names the factory {str(factory)[:80]!r}"
+            f"{' with arguments' if meta.get('factory_kwargs') else ''}, which is not one edgekit ships as is; "
             "a model file may not choose code to run — pass --arch module:factory on the command line if you trust it"
         )
     return factory
