@@ -555,15 +555,13 @@ def main(argv: list[str] | None = None) -> int:
 
     SIGINT and SIGTERM go through the same clean-up (nothing half-written is left) and exit with
     130 / 143; usage errors and write failures are one line each, exit 2."""
-    import tempfile
-
     from edgekit.io.interrupts import Interrupted, install
-    from edgekit.io.outputs import sweep_stale, write_error
+    from edgekit.io.outputs import private_tempdir, write_error
 
     restore = install()
     try:
-        sweep_stale(Path(tempfile.gettempdir()))
-        cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
+        with private_tempdir():
+            cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
     except EdgekitError as exc:
         click.echo(f"edgekit: error: {_one_line(str(exc))}", err=True)
         return exc.exit_code

@@ -19,7 +19,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from edgekit.errors import BadInputError
@@ -197,6 +198,27 @@ def _full(folder: Path) -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < 64 * 1024
+
+
+@contextmanager
+def private_tempdir() -> Iterator[Path]:
+    """Run with a temp dir of this run's own (``edgekit-run-*`` in the system one): every
+    temporary file of edgekit, of the libraries and of child processes lands there and is removed
+    in one place on the way out, whatever stopped the run. Stale ones of older runs are swept."""
+    base = Path(tempfile.gettempdir())
+    sweep_stale(base)
+    run = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}run-", dir=base))
+    saved_dir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir, os.environ["TMPDIR"] = str(run), str(run)
+    try:
+        yield run
+    finally:
+        tempfile.tempdir = saved_dir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def sweep_stale(parent: Path, name: str | None = None, *, older_than_s: float = STALE_AFTER_S) -> list[Path]:
