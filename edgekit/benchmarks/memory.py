@@ -144,9 +144,6 @@ def _probe(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from edgekit.io.interrupts import unblock
-
-    unblock()  # the parent blocks SIGINT/SIGTERM in its threads; this child takes them normally
     parser = argparse.ArgumentParser(
         prog="python -m edgekit.benchmarks.memory", description=(__doc__ or "").splitlines()[0]
     )

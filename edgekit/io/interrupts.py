@@ -12,6 +12,7 @@ recorded, and raised once the block is left.
 from __future__ import annotations
 
 import _thread
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -46,6 +47,7 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
 
 
 SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+BLOCKED_ENV = "EDGEKIT_SIGNALS_BLOCKED_BY"
 
 
 def install() -> Callable[[], None]:
@@ -62,6 +64,7 @@ def install() -> Callable[[], None]:
         signal.signal(s, _handler)
     _state.update(installed=True, depth=0, pending=None, raised=False)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    os.environ[BLOCKED_ENV] = str(os.getpid())  # edgekit code in a child process unblocks on import
     stop = threading.Event()
 
     def wait() -> None:
@@ -82,14 +85,37 @@ def install() -> Callable[[], None]:
         for s, h in old.items():
             signal.signal(s, h)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.environ.pop(BLOCKED_ENV, None)
         _state.update(installed=False, depth=0, pending=None, raised=False)
 
     return restore
 
 
 def unblock() -> None:
-    """In a child process: take SIGINT and SIGTERM normally again (the mask is inherited)."""
+    """In a child process: take SIGINT and SIGTERM normally again (the mask is inherited).
+
+    Runs by itself in forked children (``multiprocessing``) and when a child imports edgekit; a
+    child that runs other code and must be stopped by SIGTERM should be killed with SIGKILL or
+    given this as ``preexec_fn``."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+def _after_fork_in_child() -> None:
+    if _state["installed"]:
+        _state.update(installed=False, depth=0, pending=None, raised=False)
+        for s in SIGNALS:
+            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+        unblock()
+
+
+def unblock_if_inherited() -> None:
+    """Called when edgekit is imported: unblock SIGINT/SIGTERM inherited from an edgekit parent."""
+    owner = os.environ.get(BLOCKED_ENV)
+    if owner and owner != str(os.getpid()):
+        unblock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager
