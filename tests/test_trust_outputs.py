@@ -226,3 +226,39 @@ def test_concurrent_compress_runs(mlp: Path, tmp_path: Path) -> None:
     mf.read(tmp_path / "same")
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
     assert not leftovers
+
+
+@pytest.mark.parametrize(
+    "code, reason",
+    [(13, "permission denied"), (30, "read-only file system"), (28, "no space left"), (122, "disk quota exceeded")],
+)
+def test_write_failures_name_the_folder_and_the_reason(
+    code: int, reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """EACCES and EDQUOT cannot be caused as root on this machine (root ignores modes, no quotas):
+    the failing write is simulated at os.replace, the last step of every atomic file write."""
+    from edgekit.config import Recipe, build_step, save_recipe
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise OSError(code, os.strerror(code), str(tmp_path / ".r.toml.x.tmp"))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    recipe = Recipe(steps=[build_step("int8", {})])
+    with pytest.raises(OSError) as info:
+        save_recipe(recipe, tmp_path / "r.toml")
+    from edgekit.io.outputs import write_error
+
+    mapped = write_error(info.value)
+    assert mapped is not None and str(mapped).startswith(f"cannot write to {tmp_path}: {reason}")
+    assert not list(tmp_path.iterdir())
+
+
+def test_errors_name_the_users_path_not_the_temporary_one(tmp_path: Path) -> None:
+    from edgekit.errors import IntegrityError
+    from edgekit.io.atomic import atomic_dir
+
+    target = tmp_path / "out.bundle"
+    with pytest.raises(IntegrityError) as info, atomic_dir(target) as work:
+        raise IntegrityError(f"{work / 'model.onnx'} failed its parity check")
+    assert str(info.value) == f"{target / 'model.onnx'} failed its parity check"
+    assert not list(tmp_path.iterdir())
