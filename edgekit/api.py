@@ -39,16 +39,35 @@ def train(
     epochs: int | None = None,
     threads: int = 1,
     data_out: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Any:
     """Train reference model ``name`` and save it (TorchScript with its metadata) to ``out``;
-    ``data_out`` also writes its held-out split as an ``.npz`` for ``--data``."""
+    ``data_out`` also writes its held-out split as an ``.npz`` for ``--data``.
+
+    ``out`` is checked before training: an existing file is replaced only with ``overwrite``, and
+    the folder must take files. The saved file gets the usual mode (umask), not a private one."""
+    import tempfile
+
     from edgekit import zoo
+    from edgekit.io.atomic import atomic_write_bytes
+    from edgekit.io.outputs import check_output_file, write_error
 
     zoo.spec(name)  # validates the name before any work
-    if data_out is not None and Path(data_out).resolve() == Path(out).resolve():
+    out = Path(out)
+    if data_out is not None and Path(data_out).resolve() == out.resolve():
         raise BadInputError("--data-out and -o name the same file; choose another --data-out")
+    check_output_file(out, overwrite=overwrite)
+    if data_out is not None:
+        check_output_file(Path(data_out), overwrite=overwrite, flag="--data-out")
     result = zoo.train(name, seed=seed, epochs=epochs, threads=threads)
-    zoo.save(result, Path(out))
+    # torch.jit.save aborts the whole process when the disk fills up (a C++ exception in a
+    # destructor), so the model is serialised in the temp dir and copied into place by Python.
+    with tempfile.TemporaryDirectory(prefix="edgekit-train-") as tmp:
+        zoo.save(result, Path(tmp) / "model.pt")
+        try:
+            atomic_write_bytes(out, (Path(tmp) / "model.pt").read_bytes())
+        except OSError as exc:
+            raise write_error(exc, out.parent) or exc from exc
     if data_out is not None:
         from edgekit.io.data import save_npz
 
@@ -66,19 +85,25 @@ def export(
     trust_pickle: bool = False,
     input_shape: str | None = None,
     atol: float = 1e-4,
+    overwrite: bool = False,
 ) -> Any:
     """Export ``model`` to one self-contained ONNX file with a dynamic batch axis, checked against
     torch on real samples (reference data, ``--data``, or generated from ``--input-shape``)."""
     from edgekit.export.onnx import export_onnx
     from edgekit.io.models import load_model
+    from edgekit.io.outputs import check_output_file, write_error
 
+    check_output_file(out, inputs=[model, data], overwrite=overwrite)
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
     if loaded.format == "onnx":
         raise BadInputError(f"{model} is already ONNX; 'edgekit compress' takes it as it is")
     calib = "data" if data is not None or (loaded.meta or {}).get("zoo") else "random"
     splits = resolve_data(loaded, data, calib, seed=0)
     sample = splits.eval.head(16).inputs
-    return export_onnx(loaded, Path(out), sample=sample, atol=atol)
+    try:
+        return export_onnx(loaded, Path(out), sample=sample, atol=atol)
+    except Exception as exc:
+        raise write_error(exc, Path(out).parent) or exc from exc
 
 
 # ----------------------------------------------------------------------------------- compress
@@ -249,6 +274,7 @@ def compress(
     with_memory: bool = True,
     command: str = "edgekit compress",
     progress: Progress = _quiet,
+    extra_inputs: Sequence[str | Path] = (),
 ) -> CompressResult:
     """Compress ``model`` with ``steps`` (technique configs, in order), export, measure every
     variant against the fp32 baseline, and write a verified bundle atomically.
@@ -262,7 +288,7 @@ def compress(
     ``threads`` defaults to the machine's physical cores.
     """
     from edgekit.benchmarks import harness
-    from edgekit.benchmarks.report import machine_info, write_all
+    from edgekit.benchmarks.report import chance_warnings, machine_info, write_all
     from edgekit.bundle import manifest as mf
     from edgekit.bundle.tensorrt import write_build_script
     from edgekit.compress.base import Context
@@ -282,10 +308,10 @@ def compress(
     target = target or default_target()
     src = Path(model)
     bundle = Path(out) if out else src.with_name(src.stem + ".bundle")
-    if bundle.resolve() == src.resolve() or src.resolve() in bundle.resolve().parents:
-        raise BadInputError(f"output {bundle} would overwrite the input model; choose another -o")
-    if bundle.exists() and any(bundle.iterdir()) and not overwrite:
-        raise BadInputError(f"{bundle} already exists; pass --overwrite to replace it or choose another -o")
+    from edgekit.io.outputs import check_output_dir
+
+    inputs = [src, data, calib_data, *extra_inputs]
+    check_output_dir(bundle, inputs=inputs, overwrite=overwrite)
 
     model_steps, graph_steps = _split_steps(steps)
     progress(f"loading {src}")
@@ -297,7 +323,7 @@ def compress(
         )
     splits = resolve_data(loaded, data, calib, seed, calib_data)
 
-    with atomic_dir(bundle, overwrite=overwrite) as root:
+    with atomic_dir(bundle, overwrite=overwrite, inputs=inputs) as root:
         work = root / ".work"
         work.mkdir()
         if loaded.format == "onnx":
@@ -326,6 +352,12 @@ def compress(
         task = {"embedding": "embedding", "sequence": "sequence"}.get(output.kind, task)
         progress(f"output kind: {output.summary()}")
         splits = splits.map(lambda ds: dataclasses.replace(ds, task=task))
+        from edgekit.io.data import check_labels
+
+        width = int(np.prod(np.asarray(probe).shape[1:])) if np.asarray(probe).ndim > 1 else 1
+        for part in (splits.train, splits.eval):
+            if part is not None:
+                check_labels(part, task, width, source=str(data) if data is not None else "data")
         ctx = Context(
             workdir=work,
             calib=splits.calib,
@@ -468,6 +500,9 @@ def compress(
         )
         report.variants.extend(not_built)
         report.model["shapes"] = describe_shapes(profiles)
+        progress("writing the report, plot and manifest")
+        report.relative_to(root, bundle)
+        report.warnings.extend(chance_warnings(report, splits.eval))
         paths = write_all(report, root)
 
         manifest = mf.Manifest(
@@ -505,6 +540,7 @@ def compress(
             }
             for c in candidates
         ]
+        mf.write_schemas(root)
         files = [p for p in root.rglob("*") if p.is_file()]
         manifest.add_files(root, files)
         mf.write(root, manifest)
@@ -696,6 +732,11 @@ def bench(
     variants = manifest.variants
     if not variants:
         raise BadInputError(f"{root}/manifest.json lists no variants; rebuild the bundle with this edgekit")
+    from edgekit.io.outputs import check_output_dir
+
+    out_dir = Path(out) if out else root / "bench"
+    inputs = [root / mf.MANIFEST, *(root / f.path for f in manifest.files)]
+    check_output_dir(out_dir, inputs=inputs, overwrite=True)
     known = {v["runtime"] for v in variants}
     if runtimes:
         bad = sorted(set(runtimes) - {"onnxruntime", "openvino", "tensorrt", "torch"})
@@ -758,16 +799,16 @@ def bench(
         output=output,
         progress=progress,
     )
+    report.warnings.extend(f"{f} is in the bundle but not in its manifest; ignored" for f in manifest.extra_files)
     if calibrate_timer:
         from edgekit.benchmarks.calibrate import calibrate
 
         progress("calibrating the timer against benchmark_app / onnxruntime_perf_test")
         chosen = [v for v in variants if v["name"] in {c.name for c in candidates}]
         report.timer_calibration = calibrate(chosen, root, ds, threads=threads, seconds=time_budget_s)
-    out_dir = Path(out) if out else root / "bench"
     from edgekit.io.atomic import atomic_dir
 
-    with atomic_dir(out_dir, overwrite=True) as tmp:
+    with atomic_dir(out_dir, overwrite=True, inputs=inputs) as tmp:
         write_all(report, tmp)
     return report, out_dir / "report.json"
 

@@ -32,6 +32,32 @@ REFERENCE_MODELS = (
 )
 
 
+class Finite(click.ParamType):
+    """A finite float (NaN and infinity refused), optionally within bounds."""
+
+    name = "number"
+
+    def __init__(self, lo: float | None = None, hi: float | None = None, *, positive: bool = False) -> None:
+        self.lo, self.hi, self.positive = lo, hi, positive
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        import math
+
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.positive and x <= 0:
+            self.fail(f"{value!r} must be greater than 0", param, ctx)
+        if (self.lo is not None and x < self.lo) or (self.hi is not None and x > self.hi):
+            lo = "" if self.lo is None else f"{self.lo:g}"
+            hi = "" if self.hi is None else f"{self.hi:g}"
+            self.fail(f"{value!r} is outside {lo}..{hi}", param, ctx)
+        return x
+
+
 def _command_line() -> str:
     return "edgekit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -113,7 +139,7 @@ def measuring_options(time_budget: float) -> Callable[[Callable[..., Any]], Call
         click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes to time, e.g. 1,8."),
         click.option(
             "--time-budget",
-            type=float,
+            type=Finite(positive=True),
             default=time_budget,
             show_default=True,
             help="Seconds of timing per variant and batch.",
@@ -164,7 +190,13 @@ def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgekit")
 def cli() -> None:
-    """Compress a trained model, export it, compile it per target, measure it honestly, ship it."""
+    """Compress a trained model, export it, compile it per target, measure it honestly, ship it.
+
+    Model files are loaded without running code from them: a whole pickled module (which runs code
+    when loaded) only with --trust-pickle, and a factory named inside a file only if edgekit ships
+    it (otherwise give --arch module:factory). Outputs never replace an input or files edgekit did
+    not write. Exit codes: 0 ok, 1 internal error, 2 bad input, 3 budget not met, 130/143 interrupted.
+    """
 
 
 @cli.command()
@@ -186,8 +218,16 @@ def cli() -> None:
     default=None,
     help="Also write the held-out split as an .npz for --data (inputs, <input>_length, y).",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing model file (and --data-out file).")
 def train(
-    name: str, out: Path | None, seed: int, epochs: int | None, threads: int, as_json: bool, data_out: Path | None
+    name: str,
+    out: Path | None,
+    seed: int,
+    epochs: int | None,
+    threads: int,
+    as_json: bool,
+    data_out: Path | None,
+    overwrite: bool,
 ) -> None:
     """Train reference model NAME on its offline data set and save it."""
     from edgekit import api
@@ -195,7 +235,9 @@ def train(
     out = out or Path(f"{name}.pt")
     with _progress(not as_json) as step:
         step(f"training {name} (seed {seed})")
-        result = api.train(name, out, seed=seed, epochs=epochs, threads=threads, data_out=data_out)
+        result = api.train(
+            name, out, seed=seed, epochs=epochs, threads=threads, data_out=data_out, overwrite=overwrite
+        )
     payload = {
         "model": name,
         "path": str(out),
@@ -223,7 +265,14 @@ def train(
 @click.option("--arch", default=None, help="module:factory that builds the model, for a state_dict file.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a whole pickled module (runs code from the file).")
 @click.option("--input-shape", default=None, help="Per-sample input shape(s), e.g. 3x32x32 or ids:64:int64,mask:64.")
-@click.option("--atol", default=1e-4, show_default=True, help="Max abs error allowed between torch and ONNX.")
+@click.option(
+    "--atol",
+    type=Finite(positive=True),
+    default=1e-4,
+    show_default=True,
+    help="Max abs error allowed between torch and ONNX.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing ONNX file.")
 def export(
     model: Path,
     out: Path,
@@ -232,6 +281,7 @@ def export(
     trust_pickle: bool,
     input_shape: str | None,
     atol: float,
+    overwrite: bool,
 ) -> None:
     """Export MODEL to ONNX (dynamic batch), checked against torch on real inputs."""
     from edgekit import api
@@ -241,7 +291,14 @@ def export(
     with _progress(True) as step:
         step(f"exporting {model}")
         res = api.export(
-            model, out, data=data, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, atol=atol
+            model,
+            out,
+            data=data,
+            arch=arch,
+            trust_pickle=trust_pickle,
+            input_shape=input_shape,
+            atol=atol,
+            overwrite=overwrite,
         )
     click.echo(f"{res.path}: opset {res.opset}, inputs {res.input_names}, max |torch − onnx| = {res.max_abs_err:.2e}")
 
@@ -345,20 +402,24 @@ def _budget(max_drop: float | None, min_top1: float | None, min_cosine: float | 
     default=None,
     help="Bundle directory. Default: MODEL.bundle beside the model.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory (and --save-recipe file).")
 @click.option("--seed", type=int, default=None, help="Seed for calibration sampling and fine-tuning (default 0).")
 @click.option(
     "--max-drop",
-    type=float,
+    type=Finite(0.0),
     default=None,
     help="Accuracy budget in metric points (without labels: points of top-1 agreement); exit 3 if unmet.",
 )
-@click.option("--min-top1", type=float, default=None, help="Fidelity budget without labels: top-1 agreement (0-1).")
-@click.option("--min-cosine", type=float, default=None, help="Fidelity budget without labels: cosine similarity.")
-@click.option("--min-sqnr", type=float, default=None, help="Fidelity budget: SQNR in dB vs fp32.")
+@click.option(
+    "--min-top1", type=Finite(0.0, 1.0), default=None, help="Fidelity budget without labels: top-1 agreement (0-1)."
+)
+@click.option(
+    "--min-cosine", type=Finite(-1.0, 1.0), default=None, help="Fidelity budget without labels: cosine similarity."
+)
+@click.option("--min-sqnr", type=Finite(), default=None, help="Fidelity budget: SQNR in dB vs fp32.")
 @click.option(
     "--search-minutes",
-    type=float,
+    type=Finite(0.0),
     default=None,
     help="Time limit of the accuracy-budget search, all runtimes together (default 10).",
 )
@@ -417,8 +478,13 @@ def compress(
     from edgekit.config import Recipe, load_recipe
     from edgekit.config import save_recipe as write_recipe
     from edgekit.export.shapes import parse_shapes
+    from edgekit.io.outputs import check_output_file
 
     profiles = parse_shapes(shapes)
+    if save_recipe is not None:  # checked before any work: it may not replace an input
+        check_output_file(
+            save_recipe, inputs=[model, data, calib_data, recipe], overwrite=overwrite, flag="--save-recipe"
+        )
     rts = [r.strip() for r in runtimes.split(",") if r.strip()]
     flag_steps = _steps_from_flags(int8, int8_dynamic, fp16, prune, distill, student, qat, rts)
     if recipe is not None:
@@ -460,6 +526,7 @@ def compress(
             with_memory=not no_memory,
             command=_command_line(),
             progress=step,
+            extra_inputs=[recipe] if recipe is not None else [],
         )
     if save_recipe is not None:  # only once the bundle exists: a failed call leaves nothing behind
         write_recipe(plan, save_recipe)
@@ -477,7 +544,7 @@ def compress(
 @click.option(
     "--runtime", "runtimes", default=None, help="Runtimes to measure, e.g. ort,openvino (default: all in the bundle)."
 )
-@click.option("--max-drop", type=float, default=None, help="Override the bundle's accuracy budget.")
+@click.option("--max-drop", type=Finite(0.0), default=None, help="Override the bundle's accuracy budget.")
 @click.option(
     "-o",
     "--out",
@@ -618,22 +685,49 @@ cli.add_command(_search)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI and turn :class:`EdgekitError` into a one-line message and exit code."""
+    """Entry point: run the CLI and turn :class:`EdgekitError` into a one-line message and exit code.
+
+    SIGINT and SIGTERM go through the same clean-up (nothing half-written is left) and exit with
+    130 / 143; usage errors and write failures are one line each, exit 2."""
+    from edgekit.io.interrupts import Interrupted, install
+    from edgekit.io.outputs import private_tempdir, write_error
+
+    restore = install()
     try:
-        with warnings.catch_warnings():
+        with private_tempdir(), warnings.catch_warnings():
             if not sys.warnoptions:  # library warnings (numpy overflow in a calibrator …) are not the user's
                 warnings.simplefilter("ignore")  # to act on; `python -W default -m edgekit` shows them
             cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
     except EdgekitError as exc:
-        click.echo(f"edgekit: error: {exc}", err=True)
+        click.echo(f"edgekit: error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("edgekit: aborted", err=True)
-        return 1
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        cause = exc if isinstance(exc, KeyboardInterrupt) else exc.__cause__ or exc.__context__
+        if isinstance(cause, Interrupted):
+            click.echo(f"edgekit: interrupted ({cause}); nothing half-written was left behind", err=True)
+            return cause.exit_code
+        click.echo("edgekit: interrupted; nothing half-written was left behind", err=True)
+        return 130
+    except click.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"edgekit: error: {_one_line(exc.format_message())}{where}", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"edgekit: error: {_one_line(exc.format_message())}", err=True)
         return exc.exit_code
+    except OSError as exc:
+        mapped = write_error(exc)
+        if mapped is None:
+            raise
+        click.echo(f"edgekit: error: {mapped}", err=True)
+        return mapped.exit_code
+    finally:
+        restore()
     return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ technique = "int8"
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,12 +70,28 @@ def build_step(technique: str, options: dict[str, Any]) -> Any:
             f"technique {technique!r} has no option(s) {', '.join(unknown)}; its options are: {', '.join(fields)}"
         )
     kwargs = {}
+    hints = typing.get_type_hints(cls)
     for key, value in options.items():
-        kwargs[key] = tuple(value) if isinstance(value, list) else value  # TOML arrays → config tuples
+        value = tuple(value) if isinstance(value, list) else value  # TOML arrays → config tuples
+        kwargs[key] = _typed(value, hints[key], f"technique {technique!r}: option {key}")
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise BadInputError(f"technique {technique!r}: {exc}") from exc
+
+
+def _typed(value: Any, hint: Any, what: str) -> Any:
+    """``value`` checked against the type ``hint`` (strictly: "0.5" is not a number) and finite."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        checked = TypeAdapter(hint).validate_python(value, strict=True)
+    except ValidationError as exc:
+        msg = exc.errors()[0]["msg"]
+        raise BadInputError(f"{what} = {value!r}: {msg[0].lower() + msg[1:]}") from None
+    if isinstance(checked, float) and not math.isfinite(checked):
+        raise BadInputError(f"{what} = {value!r}: must be a finite number")
+    return checked
 
 
 def step_to_dict(config: object) -> dict[str, Any]:
@@ -101,15 +119,27 @@ def recipe_from_dict(d: dict[str, Any], *, origin: str = "recipe") -> Recipe:
     unknown = sorted(set(d) - allowed)
     if unknown:
         raise BadInputError(f"{origin}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    seed = _typed(d.get("seed", 0), int, f"{origin}: seed")
+    if seed < 0:
+        raise BadInputError(f"{origin}: seed = {seed}: must be a whole number ≥ 0")
+    target = _typed(d.get("target"), str | None, f"{origin}: target")
+    max_drop = _typed(d.get("max_drop"), float | None, f"{origin}: max_drop")
+    if max_drop is not None and max_drop < 0:
+        raise BadInputError(f"{origin}: max_drop = {max_drop}: must be ≥ 0 (points of the metric)")
+    raw_steps = d.get("step", [])
+    if not isinstance(raw_steps, list):
+        raise BadInputError(
+            f'{origin}: step = {raw_steps!r}: steps are [[step]] tables, e.g. [[step]] technique = "int8"'
+        )
     steps = []
-    for i, raw in enumerate(d.get("step", []), 1):
+    for i, raw in enumerate(raw_steps, 1):
         if not isinstance(raw, dict) or "technique" not in raw:
             raise BadInputError(f"{origin}: step {i} needs a 'technique' key (one of {', '.join(TECHNIQUES)})")
         opts = dict(raw)
         steps.append(build_step(opts.pop("technique"), opts))
     if not steps:
         raise BadInputError(f'{origin}: no [[step]] tables; add at least one, e.g. [[step]] technique = "int8"')
-    return Recipe(steps=steps, seed=int(d.get("seed", 0)), target=d.get("target"), max_drop=d.get("max_drop"))
+    return Recipe(steps=steps, seed=seed, target=target, max_drop=max_drop)
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -120,6 +150,8 @@ def load_recipe(path: str | Path) -> Recipe:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise BadInputError(f"recipe {p} is not valid TOML: {exc}") from exc
+    except (UnicodeDecodeError, OSError) as exc:
+        raise BadInputError(f"recipe {p} cannot be read as text ({type(exc).__name__}); pass a TOML file") from exc
     return recipe_from_dict(data, origin=str(p))
 
 

@@ -34,3 +34,10 @@ def trained(tmp_path_factory):
         return cache[name]
 
     return get
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the size of the trust fault matrix (tests/test_trust.py) when it ran."""
+    rows = getattr(terminalreporter.config, "_trust_matrix_rows", None)
+    if rows:
+        terminalreporter.write_line(rows)

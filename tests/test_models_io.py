@@ -108,22 +108,23 @@ def test_torchscript_with_meta_factory_rebuilds_eager_module(tmp_path: Path) -> 
     }
     path = tmp_path / "ref.pt"
     torch.jit.save(_script(net), str(path), _extra_files={"edgekit.json": json.dumps(meta)})
-    loaded = load_model(path)
+    with pytest.raises(BadInputError, match="--arch"):  # a file may name only edgekit's own factories
+        load_model(path)
+    loaded = load_model(path, arch=meta["factory"])
     assert loaded.eager and isinstance(loaded.module, ConvNet) and not loaded.module.training
     assert loaded.meta == meta
     assert loaded.inputs == [InputSpec("input", (1, 28, 28), "float32")]
     _same(loaded, net, X)
 
 
-def test_torchscript_with_unimportable_factory_falls_back_to_scripted(tmp_path: Path) -> None:
+def test_torchscript_with_unknown_factory_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ref.pt"
     meta = {"factory": "no_such_module_here:build", "input_shape": [30]}
     torch.jit.save(
         _script(_seeded(MLP)), str(path), _extra_files={"edgekit.json": json.dumps(meta)}
     )
-    loaded = load_model(path)
-    assert not loaded.eager and isinstance(loaded.module, torch.jit.ScriptModule)
-    assert loaded.inputs == [InputSpec("input", (30,), "float32")]
+    with pytest.raises(BadInputError, match="not one edgekit ships"):
+        load_model(path)
 
 
 def test_torchscript_with_arch_rebuilds_eager_module(tmp_path: Path) -> None:
@@ -365,11 +366,18 @@ def test_atomic_dir_failure_leaves_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+OLD_REPORT = '{"edgekit_version": "0.1.0"}'  # an earlier output edgekit wrote (a bench report)
+
+
 def test_atomic_dir_refuses_to_overwrite(tmp_path: Path) -> None:
     target = tmp_path / "bundle"
     target.mkdir()
-    (target / "old.txt").write_text("old")
+    (target / "report.json").write_text(OLD_REPORT)
     with pytest.raises(BadInputError, match="already exists"), atomic_dir(target):
+        pytest.fail("must not get here")
+    assert (target / "report.json").read_text() == OLD_REPORT
+    (target / "old.txt").write_text("old")  # not edgekit's: refused even with overwrite
+    with pytest.raises(BadInputError, match="did not write"), atomic_dir(target, overwrite=True):
         pytest.fail("must not get here")
     assert (target / "old.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
@@ -378,11 +386,11 @@ def test_atomic_dir_refuses_to_overwrite(tmp_path: Path) -> None:
 def test_atomic_dir_overwrite_replaces_and_failure_keeps_old(tmp_path: Path) -> None:
     target = tmp_path / "bundle"
     target.mkdir()
-    (target / "old.txt").write_text("old")
+    (target / "report.json").write_text(OLD_REPORT)
     with pytest.raises(ValueError), atomic_dir(target, overwrite=True) as work:
         (work / "new.txt").write_text("new")
         raise ValueError
-    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    assert [p.name for p in target.iterdir()] == ["report.json"]
     with atomic_dir(target, overwrite=True) as work:
         (work / "new.txt").write_text("new")
     assert [p.name for p in target.iterdir()] == ["new.txt"]

@@ -6,6 +6,7 @@ Keys may be added, never renamed: scripts and CI read them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,7 @@ class VariantRow:
     throughput_ips: float | None = None
     peak_rss_mb: float | None = None
     metric: dict[str, Any] | None = None  # {"name", "value"}
-    metrics: dict[str, float] = field(default_factory=dict)  # every task metric measured
+    metrics: dict[str, float | None] = field(default_factory=dict)  # every task metric measured (None: not finite)
     metric_drop: float | None = None
     fidelity: dict[str, Any] | None = None
     speedup_vs_baseline: float | None = None
@@ -68,7 +69,32 @@ class Report:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n"
+        """JSON with NaN forbidden: a non-finite figure is written as null."""
+        plain = json.loads(json.dumps(self.to_dict(), default=_json_default))
+        return json.dumps(finite(plain), indent=2, allow_nan=False) + "\n"
+
+    def relative_to(self, root: Path, shown: Path) -> None:
+        """Replace ``root`` (a temporary folder) by ``shown`` in every string of the report, so
+        that no temporary path leaks into what is shipped."""
+        prefixes = sorted({str(root), str(Path(root).absolute()), str(Path(root).resolve())}, key=len, reverse=True)
+
+        def fix(obj: Any) -> Any:
+            if isinstance(obj, str):
+                for p in prefixes:
+                    if p in obj:
+                        obj = obj.replace(p + "/", "").replace(p, str(shown))
+                return obj
+            if isinstance(obj, dict):
+                return {k: fix(v) for k, v in obj.items()}
+            if isinstance(obj, list):
+                return [fix(v) for v in obj]
+            return obj
+
+        for row in self.rows():
+            row.describe = fix(row.describe)
+            row.notes = fix(row.notes)
+        self.warnings = fix(self.warnings)
+        self.techniques = fix(self.techniques)
 
     def rows(self) -> list[VariantRow]:
         return ([self.baseline] if self.baseline else []) + self.variants
@@ -80,12 +106,57 @@ class Report:
         raise KeyError(name)
 
 
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinity replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of ``report.json`` (generated from :class:`Report`)."""
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(Report).json_schema(mode="serialization")
+    schema["title"] = "edgekit report.json"
+    return schema
+
+
 def _json_default(obj: object) -> object:
     if isinstance(obj, Path):
         return obj.as_posix()
     if hasattr(obj, "item"):
         return obj.item()  # numpy scalars
     raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+NEAR_CHANCE_POINTS = 5.0
+
+
+def chance_warnings(report: Report, data: Any) -> list[str]:
+    """A warning when fp32 itself scores near chance on the labels: the labels probably do not
+    match the model's outputs, and every variant would look faithful to a wrong answer."""
+    base = report.baseline
+    labels = getattr(data, "labels", None)
+    if base is None or labels is None or not base.metric or base.metric.get("name") != "accuracy":
+        return []
+    value = base.metric.get("value")
+    if value is None or len(labels) == 0:
+        return []
+    import numpy as np
+
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    chance = 100.0 * counts.max() / counts.sum()
+    if value > chance + NEAR_CHANCE_POINTS:
+        return []
+    return [
+        f"fp32 itself scores {value:.1f} % accuracy on the labels, near chance ({chance:.1f} % by always "
+        "answering the most frequent class): check that 'y' matches the model's outputs"
+    ]
 
 
 def machine_info(threads: int) -> dict[str, Any]:
@@ -259,9 +330,12 @@ def write_all(report: Report, directory: Path) -> dict[str, Path]:
     """Write report.json, report.md and latency.png into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     out = {"json": directory / "report.json", "md": directory / "report.md"}
+    from edgekit.io.interrupts import deferred
+
     out["json"].write_text(report.to_json())
     out["md"].write_text(to_markdown(report))
-    png = plot(report, directory / "latency.png")
+    with deferred():  # matplotlib's native text layout crashes when a signal interrupts it
+        png = plot(report, directory / "latency.png")
     if png:
         out["png"] = png
     return out

@@ -9,11 +9,11 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from edgekit.errors import BadInputError
+from edgekit.errors import BadInputError, EdgekitError
 
 
 def _umask() -> int:
@@ -50,37 +50,76 @@ def _remove(path: Path) -> None:
 
 
 @contextmanager
-def atomic_dir(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(target: Path, *, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
     """Yield a temporary directory beside ``target``; on success it is renamed to ``target``.
 
-    On any exception the temporary directory is removed and ``target`` is left untouched.
-    An existing non-empty ``target`` is refused (:class:`BadInputError`) unless ``overwrite``;
-    then the old one is moved aside, the new one renamed in, and the old one deleted.
+    ``target`` must pass :func:`edgekit.io.outputs.check_output_dir` (it may replace only
+    edgekit's own earlier output, never an input; an existing one only with ``overwrite``). On any
+    exception, a signal included, the temporary directory is removed and ``target`` is left
+    untouched; operating-system write failures become one-line errors naming ``target``'s folder,
+    and messages never name the temporary directory. The final rename holds a lock on the parent
+    folder, so concurrent runs into one target leave exactly one complete output.
     """
+    from edgekit.io.interrupts import deferred
+    from edgekit.io.outputs import check_output_dir, sweep_stale, write_error
+
     target = Path(target)
-    if not overwrite and _is_nonempty(target):
-        raise BadInputError(
-            f"{target} already exists and is not empty; choose another path or pass --overwrite"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    check_output_dir(target, inputs=inputs, overwrite=overwrite)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(target.parent, target.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise write_error(exc, target.parent) or exc from exc
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private; the result should not be
-        if _is_nonempty(target):
-            if not overwrite:  # something appeared there while we were writing
-                raise BadInputError(
-                    f"{target} was created by someone else meanwhile; nothing was written"
-                )
-            _replace_existing(tmp, target)
-        else:
-            if target.is_dir():
-                target.rmdir()  # empty: os.rename over it works on POSIX only
-            os.rename(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        _remove(tmp)
+        with deferred(), _locked(target.parent):
+            if _is_nonempty(target):
+                if not overwrite:  # something appeared there while we were writing
+                    raise BadInputError(f"{target} was created by someone else meanwhile; nothing was written")
+                check_output_dir(target, inputs=inputs, overwrite=overwrite)
+                _replace_existing(tmp, target)
+            else:
+                if target.is_dir():
+                    target.rmdir()  # empty: os.rename over it works on POSIX only
+                os.rename(tmp, target)
+            _fsync_dir(target.parent)
+    except BaseException as exc:
+        with deferred():
+            _remove(tmp)
+        _untemp(exc, tmp, target)
+        if isinstance(exc, Exception) and not isinstance(exc, EdgekitError):
+            mapped = write_error(exc, target.parent)
+            if mapped is not None:
+                raise mapped from exc
         raise
+
+
+def _untemp(exc: BaseException, tmp: Path, target: Path) -> None:
+    """Say the user's path in an error message, not the temporary directory's."""
+    if isinstance(exc, EdgekitError) and exc.args and isinstance(exc.args[0], str):
+        msg = exc.args[0]
+        for t in sorted({str(tmp.absolute()), str(tmp)}, key=len, reverse=True):
+            msg = msg.replace(t, str(target))
+        exc.args = (msg, *exc.args[1:])
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` among edgekit processes (flock on the directory itself:
+    no lock file is left behind). Where directories cannot be locked, no lock is taken."""
+    fd = None
+    with suppress(ImportError, OSError):
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing releases the lock
 
 
 def _replace_existing(new: Path, target: Path) -> None:

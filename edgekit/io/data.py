@@ -154,6 +154,8 @@ def load_npz(path: str | Path, *, task: str = "unknown") -> Dataset:
             arrays = {k: npz[k] for k in npz.files}
     except Exception as exc:  # ValueError (pickled objects), zipfile.BadZipFile, OSError
         raise BadInputError(f"{p} is not a readable .npz of numeric arrays ({exc}); save it with numpy.savez") from exc
+    for key, arr in arrays.items():
+        _check_array(p, key, arr)
     labels = arrays.pop("y", None)
     lengths = {
         k.removesuffix(LENGTH_SUFFIX): arrays.pop(k)
@@ -168,12 +170,52 @@ def load_npz(path: str | Path, *, task: str = "unknown") -> Dataset:
                 f"{p}: '{key}{LENGTH_SUFFIX}' must be a 1-D integer array (one valid length per sample), "
                 f"not {arr.dtype} {arr.shape}"
             )
+    if labels is not None:
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        sequences = labels.ndim == 2 and np.issubdtype(labels.dtype, np.integer) and task in ("unknown", "sequence")
+        if labels.ndim != 1 and not sequences:
+            raise BadInputError(
+                f"{p}: array 'y' has shape {labels.shape}; labels are one value per sample (a 1-D array), "
+                "or integer label sequences padded with -1 (a 2-D array)"
+            )
     if labels is not None and task == "unknown":
         if np.issubdtype(labels.dtype, np.integer):
             task = "sequence" if labels.ndim == 2 else "classification"
         else:
             task = "regression"
     return Dataset(inputs=arrays, labels=labels, task=task, name=p.name, lengths=lengths)
+
+
+def _check_array(p: Path, key: str, arr: np.ndarray) -> None:
+    """Numbers only (bool, integers, floats), at least one sample, and every float finite."""
+    if arr.dtype.kind not in "biuf":
+        raise BadInputError(
+            f"{p}: array {key!r} holds {arr.dtype} values; inputs and labels must be numeric arrays "
+            "(convert text to token ids first)"
+        )
+    if arr.ndim == 0 or len(arr) == 0:
+        raise BadInputError(f"{p}: array {key!r} has no samples (shape {arr.shape}); the first axis is the sample axis")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        raise BadInputError(f"{p}: array {key!r} has {bad} NaN or infinite value(s); clean or drop those samples")
+
+
+def check_labels(data: Dataset, task: str, width: int, *, source: str = "--data") -> None:
+    """Classification labels must be whole numbers naming one of the model's ``width`` outputs
+    (0/1 for a single-output binary model)."""
+    y = data.labels
+    if y is None or task not in ("classification", "binary"):
+        return
+    classes = 2 if task == "binary" or width == 1 else width
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise BadInputError(f"{source}: labels 'y' of a classifier must be whole class numbers, not fractions")
+    lo, hi = (int(y.min()), int(y.max())) if len(y) else (0, 0)
+    if lo < 0 or hi >= classes:
+        raise BadInputError(
+            f"{source}: label(s) outside 0..{classes - 1} in 'y' (found {lo}..{hi}); the model has {classes} classes"
+        )
 
 
 def random_like(shapes: dict[str, tuple[tuple[int, ...], np.dtype]], n: int, seed: int) -> Dataset:

@@ -154,10 +154,10 @@ def _load_torchscript(p: Path, arch: str | None) -> LoadedModel:
     loaded.module, loaded.eager = scripted, False
     loaded.inputs = _inputs_from_meta(meta, p)
 
-    factory = arch or meta.get("factory")
+    factory = arch or _shipped_factory(meta, p)
     if factory:
         try:
-            eager = _build(factory, meta.get("factory_kwargs") or {})
+            eager = _build(factory, {})
             _load_state(eager, scripted.state_dict(), p, factory)
         except BadInputError as exc:
             if arch:  # asked for explicitly: say why it did not work
@@ -169,6 +169,28 @@ def _load_torchscript(p: Path, arch: str | None) -> LoadedModel:
         else:
             loaded.module, loaded.eager = eager.eval(), True
     return loaded
+
+
+def shipped_factories() -> frozenset[str]:
+    """The factories a model file may name: those of edgekit's own reference models."""
+    from edgekit import zoo
+
+    return frozenset(zoo.spec(n).factory for n in zoo.names())
+
+
+def _shipped_factory(meta: Mapping[str, Any], p: Path) -> str | None:
+    """The factory named in a file's metadata, if edgekit ships it. A file never decides what code
+    runs: any other factory, or arguments for one, is refused (the user names it with --arch)."""
+    factory = meta.get("factory")
+    if factory is None:
+        return None
+    if not isinstance(factory, str) or factory not in shipped_factories() or meta.get("factory_kwargs"):
+        raise BadInputError(
+            f"{p}: its {META_FILE} names the factory {str(factory)[:80]!r}"
+            f"{' with arguments' if meta.get('factory_kwargs') else ''}, which is not one edgekit ships as is; "
+            "a model file may not choose code to run — pass --arch module:factory on the command line if you trust it"
+        )
+    return factory
 
 
 def _parse_meta(text: str | bytes | None, p: Path) -> dict[str, Any]:
