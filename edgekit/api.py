@@ -538,22 +538,10 @@ def bench(
     task = manifest.model.get("task", "unknown")
     ds = load_npz(root / "data" / "eval.npz", task=task)
     ds = Dataset(inputs=ds.bind(manifest.model.get("inputs") or ds.names), labels=ds.labels, task=task, name="eval")
-    candidates = [
-        harness.Candidate(
-            name=v["name"],
-            runtime=v["runtime"],
-            precision=v["precision"],
-            path=root / v["artifact"],
-            techniques=v.get("techniques", []),
-            notes=v.get("notes", []),
-            params=v.get("params"),
-            sparsity=v.get("sparsity"),
-            size_bytes=_artifact_size(root / v["artifact"]),
-            artifact=v["artifact"],
-        )
-        for v in variants
-        if v["name"] == "ort-fp32" or v["runtime"] in wanted
-    ]
+    from edgekit.bundle.candidates import candidates as bundle_candidates
+    from edgekit.devices import probe
+
+    candidates = bundle_candidates(root, manifest, wanted)
     budget = budget or Budget(**manifest.budget)
     report = Report(
         command=command,
@@ -567,6 +555,7 @@ def bench(
         budget=budget.describe(manifest.model.get("metric") if ds.labels is not None else None),
         data={"source": "bundle data/eval.npz", "eval_n": len(ds), "eval_sha256": ds.sha256()},
     )
+    before = probe.sensors()
     harness.fill(
         report,
         candidates,
@@ -579,18 +568,10 @@ def bench(
         with_memory=with_memory,
         progress=progress,
     )
+    probe.profile(report, candidates, ds, threads=threads, before=before, progress=progress)
     out_dir = Path(out) if out else root / "bench"
     from edgekit.io.atomic import atomic_dir
 
     with atomic_dir(out_dir, overwrite=True) as tmp:
         write_all(report, tmp)
     return report, out_dir / "report.json"
-
-
-def _artifact_size(path: Path) -> int | None:
-    if not path.exists():
-        return None
-    size = path.stat().st_size
-    if path.suffix == ".xml" and path.with_suffix(".bin").exists():
-        size += path.with_suffix(".bin").stat().st_size
-    return size
