@@ -369,6 +369,9 @@ def compress(
         data_dir = root / "data"
         data_dir.mkdir()
         _save_npz(data_dir / "eval.npz", splits.eval)
+        from edgekit.bundle.verify import record_fp32_outputs
+
+        record_fp32_outputs(root, fp32_path, splits.eval.inputs, threads)  # the device's smoke test compares with it
 
         report = Report(
             command=command,
@@ -486,6 +489,10 @@ def build(bundle: str | Path, *, runtime: str = "tensorrt", progress: Progress =
         raise BadInputError(
             f"{root} has no TensorRT variants; compress with --runtime tensorrt (the default) or --fp16"
         )
+    from edgekit.bundle.candidates import write_engine_meta
+    from edgekit.runtimes.tensorrt import device_identity
+
+    identity = device_identity()
     engines = []
     for v in trt:
         plan = build_plan(v, root)
@@ -500,6 +507,8 @@ def build(bundle: str | Path, *, runtime: str = "tensorrt", progress: Progress =
                 shapes=plan["shapes"],
             )
         )
+        if identity:
+            write_engine_meta(engines[-1], identity)
     return engines
 
 
@@ -575,3 +584,45 @@ def bench(
     with atomic_dir(out_dir, overwrite=True) as tmp:
         write_all(report, tmp)
     return report, out_dir / "report.json"
+
+
+# ------------------------------------------------------------------------------------ devices
+def bench_remote(
+    host: str,
+    bundle: str,
+    args: Sequence[str],
+    *,
+    out: str | Path | None = None,
+    ssh_options: Sequence[str] = (),
+    remote_edgekit: str | None = None,
+) -> tuple[Report, Path]:
+    """Run ``edgekit bench BUNDLE ARGS --json`` on the device ``host`` (``bundle`` is a path
+    there), bring its report back and write it (JSON, Markdown, plot) to ``out`` here."""
+    from edgekit.benchmarks.report import write_all
+    from edgekit.devices import remote
+    from edgekit.io.atomic import atomic_dir
+
+    lch = remote.launcher(host, ssh_options=ssh_options, remote_edgekit=remote_edgekit)
+    report = Report.from_dict(lch.run(["bench", bundle, *args, "--json"]).json())
+    report.device["address"] = lch.where
+    report.device["bundle_on_device"] = bundle
+    assert lch.host is not None
+    out_dir = Path(out) if out else Path(f"{Path(bundle).name}.bench-{lch.host.host}")
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        write_all(report, tmp)
+    return report, out_dir / "report.json"
+
+
+def ship(bundle: str | Path, destination: str, **kw: Any) -> dict[str, Any]:
+    """Copy a verified bundle to ``ssh://[user@]host[:port]:/path`` and verify it there
+    (see :mod:`edgekit.bundle.ship`)."""
+    from edgekit.bundle.ship import ship as _ship
+
+    return _ship(bundle, destination, **kw)
+
+
+def sign(bundle: str | Path, key: str | Path) -> Path:
+    """Sign a bundle's manifest with an EC private key (OpenSSF model-signing); returns the signature."""
+    from edgekit.bundle.sign import sign as _sign
+
+    return _sign(bundle, key)

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from edgekit import __version__
+from edgekit.cli_device import split_ssh_options, ssh_options
 from edgekit.errors import BadInputError, EdgekitError
 
 REFERENCE_MODELS = ("digits-cnn", "tabular-mlp", "house-regressor", "text-classifier", "edge-cnn")
@@ -392,6 +393,13 @@ def compress(
     default=None,
     help="Report directory. Default: BUNDLE/bench.",
 )
+@click.option(
+    "--host",
+    default=None,
+    metavar="ssh://[user@]host[:port]",
+    help="Measure on this device (BUNDLE is a path there).",
+)
+@ssh_options
 @measuring_options(time_budget=2.0)
 def bench(
     bundle: Path,
@@ -403,10 +411,25 @@ def bench(
     out: Path | None,
     no_memory: bool,
     as_json: bool,
+    host: str | None = None,
+    ssh_opts: tuple[str, ...] = (),
+    remote_edgekit: str | None = None,
 ) -> None:
     """Verify BUNDLE's hashes and measure its variants: latency, memory, size, accuracy, fidelity."""
     from edgekit import api
     from edgekit.benchmarks.gate import Budget
+
+    if host:
+        args = ["--batch", batch, "--threads", str(threads), "--time-budget", str(time_budget)]
+        args += (["--runtime", runtimes] if runtimes else []) + (["--max-drop", str(max_drop)] if max_drop else [])
+        args += ["--no-memory"] if no_memory else []
+        with _progress(not as_json) as step:
+            step(f"measuring {bundle} on {host}")
+            report, path = api.bench_remote(
+                host, bundle.as_posix(), args, out=out, ssh_options=split_ssh_options(ssh_opts),
+                remote_edgekit=remote_edgekit,
+            )
+        return _emit(report, path, as_json)
 
     alias = {"ort": "onnxruntime", "ov": "openvino", "trt": "tensorrt"}
     rts = [alias.get(r.strip(), r.strip()) for r in runtimes.split(",")] if runtimes else None
@@ -488,6 +511,12 @@ def devices() -> None:
         click.echo(f"{mark} {p.name:<18} {p.arch:<8} {','.join(p.runtimes):<24} {','.join(p.precisions)}")
     info = machine()
     click.echo(f"this machine: {info['cpu']}, {info['cores']} cores, ISA {', '.join(info['isa'])}")  # type: ignore[arg-type]
+
+
+from edgekit import cli_device  # noqa: E402
+
+for _cmd in (cli_device.ship, cli_device.sign, cli_device.verify, cli_device.receive):
+    cli.add_command(_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

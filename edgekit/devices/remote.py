@@ -30,7 +30,9 @@ from edgekit.errors import BadInputError, EdgekitError
 CONNECT_TIMEOUT_S = 10
 COMMAND_TIMEOUT_S = 1800.0
 INSTALL_HINT = "python3 -m pip install edgekit"
-_URL = re.compile(r"^ssh://(?:(?P<user>[^@/:\s]+)@)?(?P<host>\[[^\]]+\]|[^:/@\s]+)(?::(?P<port>\d+))?(?::(?P<path>/.*))?$")
+_URL = re.compile(
+    r"^ssh://(?:(?P<user>[^@/:\s]+)@)?(?P<host>\[[^\]]+\]|[^:/@\s]+)(?::(?P<port>\d+))?(?::(?P<path>/.*))?$"
+)
 
 
 @dataclass(frozen=True)
