@@ -269,7 +269,9 @@ def test_tamper_on_the_device_is_refused_and_reship_repairs(device: Device, bund
     raw = bytearray(victim.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     victim.write_bytes(bytes(raw))
-    code, out, err = invoke(["bench", str(dest), "--host", device.url, *ship_args(device), "--time-budget", "0.1"])
+    code, out, err = invoke(
+        ["bench", str(dest), "--host", device.url, *ship_args(device), "--time-budget", "0.1", "--json"]
+    )
     assert code == 2 and err.count("\n") == 1
     assert "model.int8.bin does not match its SHA-256" in err
     code, out, err = invoke(["ship", str(bundle), f"{device.url}:{dest}", *ship_args(device), "--json"])
@@ -358,11 +360,57 @@ def test_failures_are_one_clear_line_and_exit_2(case: str, device: Device, bundl
         args = [*args, "--require-signature", "--device-pubkey", str(tmp_path / "trusted.pub")]
     code, out, err = invoke(["ship", str(bundle), url, *args])
     assert code == 2, (out, err)
-    assert err.count("\n") == 1 and err.startswith("edgekit: error: "), err
-    assert want in err, err
+    errors = [line for line in err.splitlines() if line.startswith("edgekit: error: ")]
+    assert len(errors) == 1 and err.splitlines()[-1] == errors[0], err  # one line, the last one printed
+    assert want in errors[0], err
     assert not dest.exists()
     if case == "missing-edgekit":
         assert "pip install edgekit" in err
     if case == "missing-runtime":
         assert "pip install onnxruntime==" in err
     no_secret(device, out, err)
+
+
+def _ec_keypair(path: Path) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = path.with_suffix(".pem"), path.with_suffix(".pub")
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private, public
+
+
+def test_signed_bundle_is_required_and_checked_on_the_device(device: Device, bundle: Path, tmp_path: Path) -> None:
+    signed = tmp_path / "signed.bundle"
+    shutil.copytree(bundle, signed)
+    key, pub = _ec_keypair(tmp_path / "release")
+    _, stranger_pub = _ec_keypair(tmp_path / "stranger")
+    code, out, err = invoke(["sign", str(signed), "--key", str(key)])
+    assert code == 0, err
+    dest = tmp_path / "dev" / "digits"
+    url = f"{device.url}:{dest}"
+    trusted = ["--require-signature", "--device-pubkey", str(pub)]
+    code, out, err = invoke(["ship", str(signed), url, *ship_args(device), "--pubkey", str(pub), *trusted, "--json"])
+    assert code == 0, err
+    assert json.loads(out)["device"]["signature"] == "verified"
+    # a device that trusts another key refuses the bundle (the signature is not its signer's)
+    other = tmp_path / "dev" / "other"
+    code, out, err = invoke(
+        ["ship", str(signed), f"{device.url}:{other}", *ship_args(device), "--require-signature",
+         "--device-pubkey", str(stranger_pub)]
+    )  # fmt: skip
+    assert code == 2 and "does not verify with stranger.pub" in err.splitlines()[-1], err
+    assert not other.exists()
+    # on the device, an unsigned bundle is refused with --require-signature
+    lch = remote.launcher(device.url, ssh_options=shlex.split(device.options()), remote_edgekit=str(device.edgekit))  # type: ignore[attr-defined]
+    (dest / "manifest.sig").unlink()
+    res = lch.run(["verify", str(dest), "--require-signature", "--pubkey", str(pub)], check=False)
+    assert res.code == 2 and "is not signed" in res.stderr and res.stderr.count("\n") == 1, res
+    no_secret(device, out, err, res.stdout, res.stderr)
+    assert key.read_text().splitlines()[1] not in out + err + res.stdout + res.stderr
