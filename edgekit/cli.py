@@ -421,7 +421,8 @@ def bench(
 
     if host:
         args = ["--batch", batch, "--threads", str(threads), "--time-budget", str(time_budget)]
-        args += (["--runtime", runtimes] if runtimes else []) + (["--max-drop", str(max_drop)] if max_drop else [])
+        args += ["--runtime", runtimes] if runtimes else []
+        args += ["--max-drop", str(max_drop)] if max_drop is not None else []
         args += ["--no-memory"] if no_memory else []
         with _progress(not as_json) as step:
             step(f"measuring {bundle} on {host}")
@@ -473,10 +474,30 @@ def build(bundle: Path, runtime: str) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--no-layers", is_flag=True, help="Skip the per-layer sensitivity ranking.")
 @click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as JSON.")
-def doctor(bundle: Path, variants: tuple[str, ...], threads: int, no_layers: bool, as_json: bool) -> None:
+@click.option("--host", default=None, metavar="ssh://[user@]host[:port]", help="Diagnose on this device.")
+@ssh_options
+def doctor(
+    bundle: Path,
+    variants: tuple[str, ...],
+    threads: int,
+    no_layers: bool,
+    as_json: bool,
+    host: str | None = None,
+    ssh_opts: tuple[str, ...] = (),
+    remote_edgekit: str | None = None,
+) -> None:
     """Why a variant of BUNDLE loses accuracy or speed: per-layer error, what really runs in INT8."""
     from edgekit.benchmarks.doctor import diagnose, print_diagnosis
     from edgekit.io.atomic import atomic_write_text
+
+    if host:
+        from edgekit.devices.remote import launcher
+
+        args = ["doctor", bundle.as_posix(), "--json", "--threads", str(threads), *(["--no-layers"] * no_layers)]
+        args += [a for v in variants for a in ("--variant", v)]
+        lch = launcher(host, ssh_options=split_ssh_options(ssh_opts), remote_edgekit=remote_edgekit)
+        remote_result = lch.run(args).json()
+        return click.echo(json.dumps(remote_result, indent=2)) if as_json else print_diagnosis(remote_result)
 
     with _progress(not as_json) as step:
         result = diagnose(bundle, variants=variants or None, threads=threads, rank_layers=not no_layers, progress=step)

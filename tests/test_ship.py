@@ -207,6 +207,7 @@ def test_parse_addresses() -> None:
     assert (h.user, h.host, h.port, h.path) == ("pi", "10.0.0.5", 2222, "/opt/models/digits")
     assert remote.parse("ssh://jetson").port is None
     assert remote.parse("ssh://[::1]:22").host == "::1"
+    assert remote.parse("ssh://[::1]:22").url() == "ssh://[::1]:22"
     for bad in ("scp://host", "ssh://host:99999", "ssh://host:/x"):
         with pytest.raises(remote.BadInputError):
             remote.parse(bad)
@@ -260,6 +261,14 @@ def test_bench_on_the_device_brings_back_a_profile(device: Device, bundle: Path,
             assert energy == "not available" or energy >= 0
     assert (out_dir / "report.md").is_file()
     no_secret(device, out, err, (out_dir / "report.json").read_text())
+
+    code, out, err = invoke(
+        ["doctor", str(dest), "--host", device.url, *ship_args(device), "--no-layers", "--variant", "ov-int8", "--json"]
+    )  # fmt: skip
+    assert code == 0, err
+    diagnosis = json.loads(out)
+    assert diagnosis["bundle"] == str(dest) and [v["name"] for v in diagnosis["variants"]] == ["ov-int8"]
+    assert diagnosis["variants"][0]["fidelity"]["top1_agreement"] >= 0.98
 
 
 def test_tamper_on_the_device_is_refused_and_reship_repairs(device: Device, bundle: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import IntegrityError
+from edgekit.errors import BadInputError, IntegrityError
 
 
 def _quiet(_msg: str) -> None:
@@ -54,12 +54,10 @@ def ship(
         )
     sha = manifest_sha256(root)
     lch = remote.launcher(
-        remote.Host(dest.host, dest.user, dest.port).url(), ssh_options=ssh_options, remote_edgekit=remote_edgekit
+        remote.Host(dest.host, dest.user, dest.port), ssh_options=ssh_options, remote_edgekit=remote_edgekit
     )
     device_args = ["--require-signature", "--pubkey", device_pubkey or ""] if require_signature else []
     if require_signature and not device_pubkey:
-        from edgekit.errors import BadInputError
-
         raise BadInputError(
             "--require-signature needs --device-pubkey PATH: the trusted public key's path on the device"
         )

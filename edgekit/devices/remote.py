@@ -50,7 +50,8 @@ class Host:
 
     def url(self) -> str:
         port = f":{self.port}" if self.port else ""
-        return f"ssh://{self.target}{port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ssh://{self.user + '@' if self.user else ''}{host}{port}"
 
 
 def parse(url: str, *, need_path: bool = False) -> Host:
@@ -187,9 +188,11 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
-def launcher(host: str | None, *, ssh_options: Sequence[str] = (), remote_edgekit: str | None = None) -> Launcher:
+def launcher(
+    host: str | Host | None, *, ssh_options: Sequence[str] = (), remote_edgekit: str | None = None
+) -> Launcher:
     """The launcher for ``--host`` (``None``: this machine)."""
-    lch = Launcher(host=parse(host) if host else None)
+    lch = Launcher(host=parse(host) if isinstance(host, str) else host)
     lch.ssh_options = [*lch.ssh_options, *ssh_options]
     if remote_edgekit:
         lch.remote_edgekit = remote_edgekit
