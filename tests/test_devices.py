@@ -229,3 +229,19 @@ def test_build_records_gpu_and_tensorrt_and_bench_picks_up_the_engine(tmp_path, 
     _fake_gpu(monkeypatch, "10.3.0", gpu="RTX 4090")
     (c,) = [c for c in candidates(root, mf.read(root)) if c.runtime == "tensorrt"]
     assert "this device has RTX 4090" in (c.unavailable or "")
+
+
+def test_jetson_power_rails_are_integrated(tmp_path, monkeypatch) -> None:
+    rail = tmp_path / "sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/in_power0_input"
+    rail.parent.mkdir(parents=True)
+    rail.write_text("5000")  # mW
+    monkeypatch.setenv("EDGEKIT_SYSFS", str(tmp_path / "sys"))
+    meter = probe.energy_meter()
+    assert isinstance(meter, probe.PowerRails) and "in_power0_input" in meter.source
+    meter.start()
+    try:
+        e = probe.energy_per_inference(lambda: __import__("time").sleep(0.01), meter, seconds=0.5, idle_w=1.0)
+    finally:
+        meter.stop()
+    assert e["avg_power_w"] == pytest.approx(5.0, rel=0.3)
+    assert e["mj_per_inference"] == pytest.approx(e["mj_per_inference_total"] * 4 / 5, rel=0.3)

@@ -59,7 +59,7 @@ class Device:
         self.port = _free_port()
         self.key = root / "user_key"
         self.known = root / "known_hosts"
-        self.url = f"ssh://{os.environ.get('USER') or 'root'}@127.0.0.1:{self.port}"
+        self.url = f"ssh://127.0.0.1:{self.port}"  # as this user, like plain ssh
         self.proc: subprocess.Popen[bytes] | None = None
 
     def options(self, key: Path | None = None) -> str:

@@ -195,6 +195,7 @@ def energy_meter() -> EnergyMeter | None:
         return Rapl(rapl)
     rails = sorted((root / "bus/i2c/drivers").glob("ina3221*/*/hwmon/hwmon*/in_power*_input"))
     rails += sorted((root / "bus/i2c/drivers").glob("ina3221*/*/hwmon/hwmon*/power*_input"))
+    rails += sorted((root / "bus/i2c/drivers").glob("ina3221*/*/iio:device*/in_power*_input"))  # older L4T
     return PowerRails(rails) if rails else None
 
 
