@@ -341,7 +341,7 @@ def test_gate_on_the_device_rejects_a_variant_that_differs_there(device: Device,
 
 @pytest.mark.parametrize(
     "case",
-    ["unreachable", "refused-key", "missing-edgekit", "missing-runtime", "unsigned"],
+    ["unreachable", "refused-key", "missing-edgekit", "missing-runtime", "unsigned", "not-a-bundle-there"],
 )
 def test_failures_are_one_clear_line_and_exit_2(case: str, device: Device, bundle: Path, tmp_path: Path) -> None:
     dest = tmp_path / "dev" / "digits"
@@ -353,6 +353,7 @@ def test_failures_are_one_clear_line_and_exit_2(case: str, device: Device, bundl
         "missing-edgekit": "edgekit is not installed on",
         "missing-runtime": "this device has no onnxruntime",
         "unsigned": "is not signed",
+        "not-a-bundle-there": "exists and is not an edgekit bundle",
     }[case]
     if case == "unreachable":
         url = f"ssh://127.0.0.1:{_free_port()}:{dest}"
@@ -367,12 +368,17 @@ def test_failures_are_one_clear_line_and_exit_2(case: str, device: Device, bundl
         args = ["--ssh-option", device.options(), "--remote-edgekit", str(bare)]
     elif case == "unsigned":
         args = [*args, "--require-signature", "--device-pubkey", str(tmp_path / "trusted.pub")]
+    elif case == "not-a-bundle-there":
+        (dest / "precious").mkdir(parents=True)
     code, out, err = invoke(["ship", str(bundle), url, *args])
     assert code == 2, (out, err)
     errors = [line for line in err.splitlines() if line.startswith("edgekit: error: ")]
     assert len(errors) == 1 and err.splitlines()[-1] == errors[0], err  # one line, the last one printed
     assert want in errors[0], err
-    assert not dest.exists()
+    if case == "not-a-bundle-there":
+        assert [p.name for p in dest.iterdir()] == ["precious"]  # left as it was
+    else:
+        assert not dest.exists()
     if case == "missing-edgekit":
         assert "pip install edgekit" in err
     if case == "missing-runtime":

@@ -208,6 +208,10 @@ def receive(dest: str | Path, stream: IO[bytes], **kw: Any) -> dict[str, Any]:
     from edgekit.io.atomic import atomic_dir
 
     dest = Path(dest)
+    if dest.exists() and not (dest / "manifest.json").is_file() and (not dest.is_dir() or any(dest.iterdir())):
+        raise BadInputError(
+            f"{dest} on the device exists and is not an edgekit bundle; ship to a new or empty directory"
+        )
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE):
         signal.signal(sig, _interrupted)  # a dropped connection still removes the temporary copy
     with atomic_dir(dest, overwrite=True) as tmp:
