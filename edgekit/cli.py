@@ -430,7 +430,15 @@ def bench(
                 host, bundle.as_posix(), args, out=out, ssh_options=split_ssh_options(ssh_opts),
                 remote_edgekit=remote_edgekit,
             )
-        return _emit(report, path, as_json)
+        _emit(report, path, as_json)
+        if not as_json:
+            d = report.device
+            click.echo(
+                f"device: {d.get('hostname')} ({d.get('cpu')}, {d.get('cores')} cores, {d.get('os')}); "
+                f"energy {d.get('energy') if isinstance(d.get('energy'), str) else 'measured'}, "
+                f"throttled {d.get('throttled')}"
+            )
+        return
 
     alias = {"ort": "onnxruntime", "ov": "openvino", "trt": "tensorrt"}
     rts = [alias.get(r.strip(), r.strip()) for r in runtimes.split(",")] if runtimes else None

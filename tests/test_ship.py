@@ -235,6 +235,13 @@ def test_ship_then_reship_copies_nothing(device: Device, bundle: Path, tmp_path:
     assert "nothing copied" in out
     no_secret(device, out, err)
 
+    # one seam for both: the same verb run here and on the device through the launcher
+    there = remote.launcher(device.url, ssh_options=shlex.split(device.options()), remote_edgekit=str(device.edgekit))  # type: ignore[attr-defined]
+    here = remote.launcher(None).run(["verify", str(bundle), "--no-gate", "--json"]).json()
+    remote_view = there.run(["verify", str(dest), "--no-gate", "--json"]).json()
+    assert here["manifest_sha256"] == remote_view["manifest_sha256"] == r["manifest_sha256"]
+    assert here["files_verified"] == remote_view["files_verified"] and here["smoke"] == remote_view["smoke"]
+
 
 def test_bench_on_the_device_brings_back_a_profile(device: Device, bundle: Path, tmp_path: Path) -> None:
     dest = tmp_path / "dev" / "digits"
@@ -260,6 +267,7 @@ def test_bench_on_the_device_brings_back_a_profile(device: Device, bundle: Path,
             energy = row["energy"]["mj_per_inference"]
             assert energy == "not available" or energy >= 0
     assert (out_dir / "report.md").is_file()
+    assert f"device: {socket.gethostname()} (" in out
     no_secret(device, out, err, (out_dir / "report.json").read_text())
 
     code, out, err = invoke(
