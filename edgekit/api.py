@@ -465,6 +465,9 @@ def compress(
         data_dir = root / "data"
         data_dir.mkdir()
         _save_npz(data_dir / "eval.npz", splits.eval)
+        from edgekit.bundle.verify import record_fp32_outputs
+
+        record_fp32_outputs(root, fp32_path, splits.eval.inputs, threads)  # the device's smoke test compares with it
 
         report = Report(
             command=command,
@@ -682,6 +685,10 @@ def build(
             f"{root} has no TensorRT variants; compress with --runtime tensorrt (the default) or --fp16"
         )
     profiles = {**from_described(manifest.model.get("shapes")), **dict(shapes or {})}
+    from edgekit.bundle.candidates import write_engine_meta
+    from edgekit.runtimes.tensorrt import device_identity
+
+    identity = device_identity()
     engines = []
     for v in trt:
         plan = build_plan(v, root, profiles)
@@ -696,6 +703,8 @@ def build(
                 shapes=plan["shapes"],
             )
         )
+        if identity:
+            write_engine_meta(engines[-1], identity)
     return engines
 
 
@@ -749,22 +758,10 @@ def bench(
     ds = Dataset(
         inputs=ds.bind(bound), labels=ds.labels, task=task, name="eval", lengths=ds.bind_lengths(bound)
     )
-    candidates = [
-        harness.Candidate(
-            name=v["name"],
-            runtime=v["runtime"],
-            precision=v["precision"],
-            path=root / v["artifact"],
-            techniques=v.get("techniques", []),
-            notes=v.get("notes", []),
-            params=v.get("params"),
-            sparsity=v.get("sparsity"),
-            size_bytes=_artifact_size(root / v["artifact"]),
-            artifact=v["artifact"],
-        )
-        for v in variants
-        if v["name"] == "ort-fp32" or v["runtime"] in wanted
-    ]
+    from edgekit.bundle.candidates import candidates as bundle_candidates
+    from edgekit.devices import probe
+
+    candidates = bundle_candidates(root, manifest, wanted)
     budget = budget or Budget(**manifest.budget)
     report = Report(
         command=command,
@@ -786,6 +783,7 @@ def bench(
             f"compress judged with --metric {manifest.model['user_metric']}; bench does not import code named "
             "in a bundle: pass --metric again to use it"
         )
+    before = probe.sensors()
     harness.fill(
         report,
         candidates,
@@ -806,20 +804,12 @@ def bench(
         progress("calibrating the timer against benchmark_app / onnxruntime_perf_test")
         chosen = [v for v in variants if v["name"] in {c.name for c in candidates}]
         report.timer_calibration = calibrate(chosen, root, ds, threads=threads, seconds=time_budget_s)
+    probe.profile(report, candidates, ds, threads=threads, before=before, progress=progress)
     from edgekit.io.atomic import atomic_dir
 
     with atomic_dir(out_dir, overwrite=True, inputs=inputs) as tmp:
         write_all(report, tmp)
     return report, out_dir / "report.json"
-
-
-def _artifact_size(path: Path) -> int | None:
-    if not path.exists():
-        return None
-    size = path.stat().st_size
-    if path.suffix == ".xml" and path.with_suffix(".bin").exists():
-        size += path.with_suffix(".bin").stat().st_size
-    return size
 
 
 # ------------------------------------------------------------------------ output kind, threads
@@ -874,6 +864,8 @@ def _bundle_output_spec(
         source="bundle manifest",
     )
     return resolve(recorded, kind=kind, decode=decode, blank=blank, metric=metric)
+
+
 # ------------------------------------------------------------------------------------- search
 def search(model: str | Path, **options: Any) -> Any:
     """Build and measure candidate variants of ``model`` and bundle the fastest faithful one;
@@ -881,3 +873,45 @@ def search(model: str | Path, **options: Any) -> Any:
     from edgekit.search import search as run
 
     return run(model, **options)
+
+
+# ------------------------------------------------------------------------------------ devices
+def bench_remote(
+    host: str,
+    bundle: str,
+    args: Sequence[str],
+    *,
+    out: str | Path | None = None,
+    ssh_options: Sequence[str] = (),
+    remote_edgekit: str | None = None,
+) -> tuple[Report, Path]:
+    """Run ``edgekit bench BUNDLE ARGS --json`` on the device ``host`` (``bundle`` is a path
+    there), bring its report back and write it (JSON, Markdown, plot) to ``out`` here."""
+    from edgekit.benchmarks.report import write_all
+    from edgekit.devices import remote
+    from edgekit.io.atomic import atomic_dir
+
+    lch = remote.launcher(host, ssh_options=ssh_options, remote_edgekit=remote_edgekit)
+    report = Report.from_dict(lch.run(["bench", bundle, *args, "--json"]).json())
+    report.device["address"] = lch.where
+    report.device["bundle_on_device"] = bundle
+    assert lch.host is not None
+    out_dir = Path(out) if out else Path(f"{Path(bundle).name}.bench-{lch.host.host}")
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        write_all(report, tmp)
+    return report, out_dir / "report.json"
+
+
+def ship(bundle: str | Path, destination: str, **kw: Any) -> dict[str, Any]:
+    """Copy a verified bundle to ``ssh://[user@]host[:port]:/path`` and verify it there
+    (see :mod:`edgekit.bundle.ship`)."""
+    from edgekit.bundle.ship import ship as _ship
+
+    return _ship(bundle, destination, **kw)
+
+
+def sign(bundle: str | Path, key: str | Path) -> Path:
+    """Sign a bundle's manifest with an EC private key (OpenSSF model-signing); returns the signature."""
+    from edgekit.bundle.sign import sign as _sign
+
+    return _sign(bundle, key)

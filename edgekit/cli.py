@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from edgekit import __version__
+from edgekit.cli_device import split_ssh_options, ssh_options
 from edgekit.errors import BadInputError, EdgekitError
 
 REFERENCE_MODELS = (
@@ -558,6 +559,13 @@ def compress(
     is_flag=True,
     help="Also time each OpenVINO IR with benchmark_app (and ONNX with onnxruntime_perf_test) and report the ratio.",
 )
+@click.option(
+    "--host",
+    default=None,
+    metavar="ssh://[user@]host[:port]",
+    help="Measure on this device (BUNDLE is a path there).",
+)
+@ssh_options
 @measuring_options(time_budget=2.0)
 def bench(
     bundle: Path,
@@ -574,10 +582,34 @@ def bench(
     user_metric: str | None,
     no_memory: bool,
     as_json: bool,
+    host: str | None = None,
+    ssh_opts: tuple[str, ...] = (),
+    remote_edgekit: str | None = None,
 ) -> None:
     """Verify BUNDLE's hashes and measure its variants: latency, memory, size, accuracy, fidelity."""
     from edgekit import api
     from edgekit.benchmarks.gate import Budget
+
+    if host:
+        args = ["--batch", batch, "--threads", str(threads), "--time-budget", str(time_budget)]
+        args += ["--runtime", runtimes] if runtimes else []
+        args += ["--max-drop", str(max_drop)] if max_drop is not None else []
+        args += ["--no-memory"] if no_memory else []
+        with _progress(not as_json) as step:
+            step(f"measuring {bundle} on {host}")
+            report, path = api.bench_remote(
+                host, bundle.as_posix(), args, out=out, ssh_options=split_ssh_options(ssh_opts),
+                remote_edgekit=remote_edgekit,
+            )
+        _emit(report, path, as_json)
+        if not as_json:
+            d = report.device
+            click.echo(
+                f"device: {d.get('hostname')} ({d.get('cpu')}, {d.get('cores')} cores, {d.get('os')}); "
+                f"energy {d.get('energy') if isinstance(d.get('energy'), str) else 'measured'}, "
+                f"throttled {d.get('throttled')}"
+            )
+        return
 
     alias = {"ort": "onnxruntime", "ov": "openvino", "trt": "tensorrt"}
     rts = [alias.get(r.strip(), r.strip()) for r in runtimes.split(",")] if runtimes else None
@@ -639,10 +671,30 @@ def build(bundle: Path, runtime: str, shapes: tuple[str, ...]) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--no-layers", is_flag=True, help="Skip the per-layer sensitivity ranking.")
 @click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as JSON.")
-def doctor(bundle: Path, variants: tuple[str, ...], threads: int, no_layers: bool, as_json: bool) -> None:
+@click.option("--host", default=None, metavar="ssh://[user@]host[:port]", help="Diagnose on this device.")
+@ssh_options
+def doctor(
+    bundle: Path,
+    variants: tuple[str, ...],
+    threads: int,
+    no_layers: bool,
+    as_json: bool,
+    host: str | None = None,
+    ssh_opts: tuple[str, ...] = (),
+    remote_edgekit: str | None = None,
+) -> None:
     """Why a variant of BUNDLE loses accuracy or speed: per-layer error, what really runs in INT8."""
     from edgekit.benchmarks.doctor import diagnose, print_diagnosis
     from edgekit.io.atomic import atomic_write_text
+
+    if host:
+        from edgekit.devices.remote import launcher
+
+        args = ["doctor", bundle.as_posix(), "--json", "--threads", str(threads), *(["--no-layers"] * no_layers)]
+        args += [a for v in variants for a in ("--variant", v)]
+        lch = launcher(host, ssh_options=split_ssh_options(ssh_opts), remote_edgekit=remote_edgekit)
+        remote_result = lch.run(args).json()
+        return click.echo(json.dumps(remote_result, indent=2)) if as_json else print_diagnosis(remote_result)
 
     with _progress(not as_json) as step:
         result = diagnose(bundle, variants=variants or None, threads=threads, rank_layers=not no_layers, progress=step)
@@ -682,6 +734,11 @@ def devices() -> None:
 from edgekit.cli_search import search as _search  # noqa: E402
 
 cli.add_command(_search)
+
+from edgekit import cli_device  # noqa: E402
+
+for _cmd in (cli_device.ship, cli_device.sign, cli_device.verify, cli_device.receive):
+    cli.add_command(_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

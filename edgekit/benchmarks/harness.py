@@ -3,6 +3,7 @@ fidelity vs the fp32 baseline), interleaved latency per batch size, and peak mem
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from edgekit.io.extents import Extents, find_extents
 EVAL_BATCH = 64
 # Medians within ±5 % of fp32 are reported as "same speed": closer than this machine's run-to-run noise.
 SAME_SPEED = 0.05
+MAX_SAMPLES = 5000  # raw latency samples kept per variant in the report
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Candidate:
     params: int | None = None
     sparsity: float | None = None
     artifact: str | None = None  # path relative to the bundle
+    unavailable: str | None = None  # why this machine cannot run it, when the file itself says so
 
 
 def cannot_run(runtime: str) -> str | None:
@@ -210,13 +213,19 @@ def measure(
             sparsity=c.sparsity,
             notes=list(c.notes),
         )
-        reason = cannot_run(c.runtime)
+        reason = c.unavailable or cannot_run(c.runtime)
         if reason:
             rows[c.name].measured = False
             rows[c.name].not_measured_reason = reason
             continue
         progress(f"running {c.name} on {len(data)} held-out samples")
+        start = time.perf_counter()
         rt = get_runtime(c.runtime, threads=threads).load(c.path)
+        rows[c.name].load_ms = (time.perf_counter() - start) * 1e3
+        first = data.feed_for([s.name for s in rt.inputs], slice(0, 1))
+        start = time.perf_counter()
+        rt.run(first)
+        rows[c.name].first_inference_ms = (time.perf_counter() - start) * 1e3
         loaded[c.name] = rt
         outputs[c.name] = run_outputs(rt, data)
         rows[c.name].describe = rt.describe()
@@ -255,6 +264,7 @@ def measure(
             rows[name].latency_by_batch[str(b)] = entry
             if rows[name].latency_ms is None:
                 rows[name].latency_ms = entry
+                rows[name].latency_samples_ms = _kept(s.samples_ms)
                 rows[name].throughput_ips = s.throughput_ips
     _speedups(rows, baseline)
 
@@ -290,6 +300,12 @@ def detect_output(
         data_meta=dict(data.meta),
         output_dtype=out_spec.dtype if out_spec is not None and names else None,
     )
+
+
+def _kept(samples: Sequence[float]) -> list[float]:
+    """The raw per-call latencies (ms, 0.1 µs resolution); beyond MAX_SAMPLES an evenly strided subset."""
+    step = max(1, -(-len(samples) // MAX_SAMPLES))
+    return [round(x, 4) for x in samples[::step]]
 
 
 def _speedups(rows: dict[str, VariantRow], baseline: str) -> None:

@@ -14,7 +14,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,9 +35,12 @@ class LatencyStats:
     std: float
     min: float
     n: int
+    samples_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)  # every timed call, in order
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("samples_ms")
+        return d
 
     @property
     def throughput_ips(self) -> float:
@@ -64,6 +67,7 @@ def summarize(samples_ms: Sequence[float], batch: int) -> LatencyStats:
         std=float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
         min=float(arr.min()),
         n=int(arr.size),
+        samples_ms=tuple(float(x) for x in arr),
     )
 
 

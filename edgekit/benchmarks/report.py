@@ -46,6 +46,10 @@ class VariantRow:
     not_measured_reason: str | None = None
     describe: dict[str, Any] = field(default_factory=dict)  # what the runtime says it ran
     notes: list[str] = field(default_factory=list)
+    load_ms: float | None = None  # cold load of the model file by its runtime
+    first_inference_ms: float | None = None  # the first call after loading (batch 1)
+    latency_samples_ms: list[float] = field(default_factory=list)  # raw per-call times behind latency_ms
+    energy: dict[str, Any] = field(default_factory=dict)  # energy per inference, where the device exposes it
 
 
 @dataclass
@@ -62,6 +66,7 @@ class Report:
     techniques: dict[str, Any] = field(default_factory=dict)  # per-technique measured facts
     warnings: list[str] = field(default_factory=list)
     timer_calibration: dict[str, Any] = field(default_factory=dict)  # bench --calibrate-timer: vs the runtimes' tools
+    device: dict[str, Any] = field(default_factory=dict)  # device profile: facts, sensors, throttling (bench)
     schema: int = SCHEMA
     edgekit_version: str = __version__
 
@@ -98,6 +103,17 @@ class Report:
 
     def rows(self) -> list[VariantRow]:
         return ([self.baseline] if self.baseline else []) + self.variants
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Report:
+        """A report read back from its JSON (for example one measured on a device)."""
+
+        def row(r: dict[str, Any] | None) -> VariantRow | None:
+            known = VariantRow.__dataclass_fields__
+            return VariantRow(**{k: v for k, v in r.items() if k in known}) if r else None
+
+        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k not in ("baseline", "variants")}
+        return cls(**fields, baseline=row(d.get("baseline")), variants=[row(r) for r in d.get("variants", [])])
 
     def row(self, name: str) -> VariantRow:
         for r in self.rows():

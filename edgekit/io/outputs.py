@@ -76,11 +76,11 @@ def unlisted_files(folder: Path) -> list[str] | None:
             continue
         rel = p.relative_to(folder).as_posix()
         top = rel.split("/", 1)[0]
-        if rel == "manifest.json" or rel in listed or top in OWN_SUBFOLDERS:
+        if rel in ("manifest.json", "manifest.sig") or rel in listed or top in OWN_SUBFOLDERS:
             continue
         if top.startswith(tuple(f".{s}." for s in OWN_SUBFOLDERS)):  # a bench running right now
             continue
-        if top == "tensorrt" and p.suffix in DEVICE_BUILT:
+        if top == "tensorrt" and (p.suffix in DEVICE_BUILT or p.name.endswith(".engine.json")):
             continue
         extra.append(rel)
     return extra

@@ -73,6 +73,35 @@ def gpu_available() -> tuple[bool, str]:
     return True, gpu
 
 
+def device_identity() -> dict[str, str] | None:
+    """This device's GPU name and TensorRT version (what an engine is tied to), or None when
+    TensorRT cannot run here. Imports TensorRT only when a GPU is there."""
+    ok, detail = gpu_available()
+    if not ok:
+        return None
+    import tensorrt as trt
+
+    return {"gpu": gpu_name(detail), "tensorrt": str(getattr(trt, "__version__", "unknown"))}
+
+
+def gpu_name(detail: str = "") -> str:
+    """The GPU's name: nvidia-smi's, else the Jetson board model, else what ``gpu_available`` said."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+            )
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip().splitlines()[0]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    model = Path("/proc/device-tree/model")
+    if model.is_file():
+        return model.read_text(errors="replace").strip("\x00 \n")
+    return detail or "unknown GPU"
+
+
 def _libcuda_loadable() -> bool:
     names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", "libcuda.so"]
     for name in names:
