@@ -591,7 +591,8 @@ def bench(
     from edgekit.benchmarks.gate import Budget
 
     if host:
-        args = ["--batch", batch, "--threads", str(threads), "--time-budget", str(time_budget)]
+        args = ["--batch", batch, "--time-budget", str(time_budget)]
+        args += ["--threads", str(threads)] if threads is not None else []  # default: the device's own cores
         args += ["--runtime", runtimes] if runtimes else []
         args += ["--max-drop", str(max_drop)] if max_drop is not None else []
         args += ["--no-memory"] if no_memory else []

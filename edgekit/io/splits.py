@@ -110,9 +110,19 @@ def _resolve(loaded: Any, data: str | Path | None, calib: str, seed: int) -> Spl
 
 
 def infer_task(splits: Splits, outputs: np.ndarray, meta_task: str | None) -> str:
+    task = _infer_task(splits.eval.labels, outputs, meta_task)
+    labels = splits.eval.labels
+    if labels is not None and labels.ndim == 2 and task != "sequence":
+        raise BadInputError(
+            f"--data: array 'y' has shape {tuple(labels.shape)}; labels are one value per sample (a 1-D array), "
+            "or integer label sequences padded with -1 for a model with per-position outputs [B, T, C]"
+        )
+    return task
+
+
+def _infer_task(labels: np.ndarray | None, outputs: np.ndarray, meta_task: str | None) -> str:
     if meta_task:
         return meta_task
-    labels = splits.eval.labels
     if labels is None:
         return "unknown"
     width = int(np.prod(outputs.shape[1:])) if outputs.ndim > 1 else 1
