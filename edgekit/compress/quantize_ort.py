@@ -264,6 +264,10 @@ def ort_int8_static(
         f"calibration: {_count(feeds)} samples, method {config.calib_method}",
         *pre_notes,
     ]
+    return _static_variant(config, out, notes)
+
+
+def _static_variant(config: Int8Config, out: Path, notes: list[str]) -> Variant:
     if config.exclude:
         notes.append(f"kept in float (exclude): {', '.join(config.exclude)}")
     return Variant(
@@ -342,17 +346,7 @@ def ort_int8_static_transformer(
         f"calibration: {_count(feeds)} samples, method {config.calib_method}",
         *pre_notes,
     ]
-    if config.exclude:
-        notes.append(f"kept in float (exclude): {', '.join(config.exclude)}")
-    return Variant(
-        name="ort-int8-static",
-        runtime="onnxruntime",
-        precision="int8",
-        path=out,
-        techniques=["quantize:int8-static"],
-        notes=notes,
-        extra_files=_external_files(out),
-    )
+    return _static_variant(config, out, notes)
 
 
 SCHEMES = ("onnxruntime", "tensorrt")
