@@ -523,6 +523,7 @@ def compress(
                 "inputs": input_names,
                 "metric": report.budget.get("metric"),
                 "shapes": describe_shapes(profiles),
+                "target_given": target_rt is not None,  # without --target, recommend across runtimes
                 "output_kind": output.kind,
                 "decode": output.decode,
                 "blank": output.blank,
@@ -788,7 +789,7 @@ def bench(
         report,
         candidates,
         ds,
-        target_runtime=target_runtime(manifest.target),
+        target_runtime=target_runtime(manifest.target) if manifest.model.get("target_given", True) else None,
         budget=budget,
         batches=batches,
         threads=threads,

@@ -197,6 +197,10 @@ def test_compress_without_target_recommends_the_fastest_on_any_runtime(trained, 
     ok.append(result.report.baseline)  # fp32 is always a candidate
     fastest = min(ok, key=lambda r: (round(r.latency_ms["p50"], 3), r.size_bytes or 0))
     assert result.report.recommended == fastest.name
+    # bench of that bundle keeps the rule: no target was given, so every runtime competes
+    report, _ = api.bench(result.bundle, time_budget_s=0.05, with_memory=False)
+    timed = [r for r in [report.baseline, *report.variants] if r.deployable and r.measured and r.latency_ms]
+    assert report.recommended == min(timed, key=lambda r: (round(r.latency_ms["p50"], 3), r.size_bytes or 0)).name
 
 
 def test_ray_executor_finds_the_same_candidates_and_winner_as_the_pool(trained, tmp_path: Path) -> None:
