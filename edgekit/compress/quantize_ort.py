@@ -285,11 +285,9 @@ TRANSFORMER_OPS = ("MatMul", "Gemm")
 
 
 def _transformer_options(config: Int8Config) -> dict[str, Any]:
+    """The CNN scheme's options, on MatMul/Gemm only and symmetric on both sides."""
     return {
-        "activation_type": "uint8",
-        "per_channel": config.per_channel,
-        "reduce_range": config.reduce_range,
-        "calib_method": config.calib_method,
+        **_static_options(config),
         "op_types": TRANSFORMER_OPS,
         "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True},
     }
