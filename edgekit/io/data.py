@@ -170,15 +170,8 @@ def load_npz(path: str | Path, *, task: str = "unknown") -> Dataset:
                 f"{p}: '{key}{LENGTH_SUFFIX}' must be a 1-D integer array (one valid length per sample), "
                 f"not {arr.dtype} {arr.shape}"
             )
-    if labels is not None:
-        if labels.ndim == 2 and labels.shape[1] == 1:
-            labels = labels[:, 0]
-        sequences = labels.ndim == 2 and np.issubdtype(labels.dtype, np.integer) and task in ("unknown", "sequence")
-        if labels.ndim != 1 and not sequences:
-            raise BadInputError(
-                f"{p}: array 'y' has shape {labels.shape}; labels are one value per sample (a 1-D array), "
-                "or integer label sequences padded with -1 (a 2-D array)"
-            )
+    if labels is not None and labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
     if labels is not None and task == "unknown":
         if np.issubdtype(labels.dtype, np.integer):
             task = "sequence" if labels.ndim == 2 else "classification"
@@ -203,7 +196,8 @@ def _check_array(p: Path, key: str, arr: np.ndarray) -> None:
 
 def check_labels(data: Dataset, task: str, width: int, *, source: str = "--data") -> None:
     """Classification labels must be whole numbers naming one of the model's ``width`` outputs
-    (0/1 for a single-output binary model)."""
+    (0/1 for a single-output binary model). Their shape is checked by
+    :func:`edgekit.io.splits.infer_task`, once the model's output is known."""
     y = data.labels
     if y is None or task not in ("classification", "binary"):
         return
