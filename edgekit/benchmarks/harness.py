@@ -123,14 +123,33 @@ def measure(
     says how the output is used (detected from the baseline's output and the data when None);
     ``batches=()`` skips timing (the gate only). The gate (:mod:`edgekit.benchmarks.gate`)
     decides each row's ``deployable``; the rows come back in the order of ``candidates``."""
-    from edgekit.benchmarks import latency as lat
+    rows = {c.name: c.row() for c in candidates}
+    loaded, outputs = _run_all(candidates, rows, data, threads, progress)
+    if baseline not in outputs:
+        raise RuntimeError(f"the baseline {baseline} could not be run here")
+    ref = outputs[baseline]
+    spec = output or detect_output(loaded[baseline], data, ref)
+    gate = OutputJudge(spec, ref, data, budget)
+    decide(rows, {name: gate(out) for name, out in outputs.items()}, baseline)
+    for b in batches:
+        _time(loaded, rows, data, b, baseline, budget_s, progress)
+    _speedups(rows, baseline)
+    if with_memory:
+        _memory(candidates, loaded, rows, data, threads, progress)
+    return [rows[c.name] for c in candidates]
+
+
+def _run_all(
+    candidates: Sequence[Artifact], rows: dict[str, VariantRow], data: Dataset, threads: int,
+    progress: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, Outputs]]:  # fmt: skip
+    """Load every artifact this machine can run and run it on ``data`` (load and first-call times
+    into its row); the others are marked not measured, with the reason."""
     from edgekit.runtimes import get_runtime
 
-    rows: dict[str, VariantRow] = {}
     loaded: dict[str, Any] = {}
     outputs: dict[str, Outputs] = {}
     for c in candidates:
-        rows[c.name] = c.row()
         reason = c.unavailable or cannot_run(c.runtime)
         if reason:
             rows[c.name].measured = False
@@ -147,48 +166,52 @@ def measure(
         loaded[c.name] = rt
         outputs[c.name] = run_outputs(rt, data)
         rows[c.name].describe = rt.describe()
+    return loaded, outputs
 
-    if baseline not in outputs:
-        raise RuntimeError(f"the baseline {baseline} could not be run here")
-    ref = outputs[baseline]
-    spec = output or detect_output(loaded[baseline], data, ref)
-    gate = OutputJudge(spec, ref, data, budget)
-    decide(rows, {name: gate(out) for name, out in outputs.items()}, baseline)
 
-    for b in batches:
-        fns, shapes = {}, {}
-        for name, rt in loaded.items():
-            bound = data.bind([s.name for s in rt.inputs])
-            feeds = lat.feeds_from(bound, batch=b, n_feeds=8, seed=0, extents=extents_for(rt, data))
-            fns[name] = lat.cycle(rt, feeds)
-            shapes[name] = _shape_of(feeds[0])
-        ext = extents_for(loaded[baseline], data)
-        at = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes[baseline].items())
-        how = f"real samples cropped to the median length: {at}" if ext is not None else at
-        progress(f"timing {len(loaded)} variants at batch {b}, interleaved ({how})")
-        stats = lat.measure(fns, batch=b, budget_s=budget_s)
-        for name, s in stats.items():
-            entry = {**s.as_dict(), "shape": shapes[name]}
-            rows[name].latency_by_batch[str(b)] = entry
-            if rows[name].latency_ms is None:
-                rows[name].latency_ms = entry
-                rows[name].latency_samples_ms = _kept(s.samples_ms)
-                rows[name].throughput_ips = s.throughput_ips
-    _speedups(rows, baseline)
+def _time(
+    loaded: dict[str, Any], rows: dict[str, VariantRow], data: Dataset, b: int, baseline: str, budget_s: float,
+    progress: Callable[[str], None],
+) -> None:  # fmt: skip
+    """Time every loaded variant at batch ``b``, interleaved, into its row."""
+    from edgekit.benchmarks import latency as lat
 
-    if with_memory:
-        from edgekit.benchmarks.memory import peak_rss
+    fns, shapes = {}, {}
+    for name, rt in loaded.items():
+        bound = data.bind([s.name for s in rt.inputs])
+        feeds = lat.feeds_from(bound, batch=b, n_feeds=8, seed=0, extents=extents_for(rt, data))
+        fns[name] = lat.cycle(rt, feeds)
+        shapes[name] = _shape_of(feeds[0])
+    ext = extents_for(loaded[baseline], data)
+    at = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes[baseline].items())
+    how = f"real samples cropped to the median length: {at}" if ext is not None else at
+    progress(f"timing {len(loaded)} variants at batch {b}, interleaved ({how})")
+    stats = lat.measure(fns, batch=b, budget_s=budget_s)
+    for name, s in stats.items():
+        entry = {**s.as_dict(), "shape": shapes[name]}
+        rows[name].latency_by_batch[str(b)] = entry
+        if rows[name].latency_ms is None:
+            rows[name].latency_ms = entry
+            rows[name].latency_samples_ms = _kept(s.samples_ms)
+            rows[name].throughput_ips = s.throughput_ips
 
-        for c in candidates:
-            if c.name in loaded:
-                progress(f"peak memory of {c.name}")
-                rt = loaded[c.name]
-                feed = data.feed_for([s.name for s in rt.inputs], slice(0, 1))
-                ext = extents_for(rt, data.head(1))
-                if ext is not None:
-                    feed = ext.crop(feed, slice(0, 1))
-                rows[c.name].peak_rss_mb = peak_rss(c.runtime, c.path, feed, threads=threads)["peak_rss_mb"]
-    return [rows[c.name] for c in candidates]
+
+def _memory(
+    candidates: Sequence[Artifact], loaded: dict[str, Any], rows: dict[str, VariantRow], data: Dataset, threads: int,
+    progress: Callable[[str], None],
+) -> None:  # fmt: skip
+    """Peak memory of every loaded variant, each in a child process, into its row."""
+    from edgekit.benchmarks.memory import peak_rss
+
+    for c in candidates:
+        if c.name in loaded:
+            progress(f"peak memory of {c.name}")
+            rt = loaded[c.name]
+            feed = data.feed_for([s.name for s in rt.inputs], slice(0, 1))
+            ext = extents_for(rt, data.head(1))
+            if ext is not None:
+                feed = ext.crop(feed, slice(0, 1))
+            rows[c.name].peak_rss_mb = peak_rss(c.runtime, c.path, feed, threads=threads)["peak_rss_mb"]
 
 
 def detect_output(

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -210,6 +211,17 @@ def check_labels(data: Dataset, task: str, width: int, *, source: str = "--data"
         raise BadInputError(
             f"{source}: label(s) outside 0..{classes - 1} in 'y' (found {lo}..{hi}); the model has {classes} classes"
         )
+
+
+def bundle_samples(root: Path, model: dict[str, Any], rel: str = "data/eval.npz") -> Dataset:
+    """Samples a bundle keeps (``data/eval.npz``, or ``data/calib.npz``: what compress calibrated
+    on), bound to the model's inputs; ``model`` is the manifest's ``model`` entry."""
+    task = model.get("task", "unknown")
+    ds = load_npz(Path(root) / rel, task=task)
+    bound = model.get("inputs") or ds.names
+    return Dataset(
+        inputs=ds.bind(bound), labels=ds.labels, task=task, name=Path(rel).stem, lengths=ds.bind_lengths(bound)
+    )
 
 
 def random_like(shapes: dict[str, tuple[tuple[int, ...], np.dtype]], n: int, seed: int) -> Dataset:

@@ -11,7 +11,7 @@ from typing import Any
 from edgekit.benchmarks.gate import Budget
 from edgekit.benchmarks.report import Report
 from edgekit.errors import BadInputError
-from edgekit.io.data import Dataset
+from edgekit.io.data import bundle_samples
 from edgekit.pipeline.options import MeasureOptions, OutputOptions, Progress, threads_info
 
 KNOWN_RUNTIMES = {"onnxruntime", "openvino", "tensorrt", "torch"}
@@ -29,16 +29,6 @@ class BenchJob:
     out: Path | None = None
     command: str = "edgekit bench"
     calibrate_timer: bool = False
-
-
-def bundle_eval(root: Path, manifest: Any) -> Dataset:
-    """The bundle's evaluation samples, bound to the model's inputs."""
-    from edgekit.io.data import load_npz
-
-    task = manifest.model.get("task", "unknown")
-    ds = load_npz(root / "data" / "eval.npz", task=task)
-    bound = manifest.model.get("inputs") or ds.names
-    return Dataset(inputs=ds.bind(bound), labels=ds.labels, task=task, name="eval", lengths=ds.bind_lengths(bound))
 
 
 def run(job: BenchJob, progress: Progress) -> tuple[Report, Path]:
@@ -78,7 +68,7 @@ def measure_bundle(
 
     variants = manifest.variants
     wanted = set(job.runtimes) if job.runtimes else {v["runtime"] for v in variants}
-    ds = bundle_eval(root, manifest)
+    ds = bundle_samples(root, manifest.model)
     candidates = bundle_candidates(root, manifest, wanted)
     budget = job.budget or Budget(**manifest.budget)
     report = Report(
