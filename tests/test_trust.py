@@ -477,7 +477,7 @@ ROWS = [
     Row(
         "out-bench-into-bundle-data",
         lambda c: (c.bundle_copy(), ["bench", "b.bundle", "-o", "b.bundle/data"])[1],
-        "holds the input eval.npz",
+        r"holds the input (calib|eval)\.npz",
     ),
     Row("out-bench-unrelated-folder", _unrelated_dir, "did not write"),
     Row("out-compress-over-model-folder", _neighbours, "holds the input m.pt"),

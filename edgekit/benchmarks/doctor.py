@@ -146,17 +146,27 @@ def diagnose(
         ):
             progress(f"ranking the layers of {name} by sensitivity")
             entry["layers"] = _rank(
-                fp32, data, task, scheme="onnxruntime" if v["runtime"] == "onnxruntime" else "tensorrt"
+                fp32, data, task, scheme="onnxruntime" if v["runtime"] == "onnxruntime" else "tensorrt",
+                calib=_calibration(root, manifest, data),
             )
         entry["hints"] = _hints(v, says, graph, isa, measured.get(name))
     return out
 
 
-def _rank(fp32: Path, data: Dataset, task: str, *, scheme: str) -> list[dict[str, Any]]:
+def _calibration(root: Path, manifest: Any, data: Dataset) -> Dataset:
+    """The samples compress calibrated on (kept in the bundle); the evaluation samples for a bundle
+    made before it kept them."""
+    from edgekit.io.data import bundle_samples
+
+    rel = manifest.calibration.get("file")
+    return bundle_samples(root, manifest.model, rel) if rel else data
+
+
+def _rank(fp32: Path, data: Dataset, task: str, *, scheme: str, calib: Dataset | None = None) -> list[dict[str, Any]]:
     from edgekit.compress.quantize import calibration_feeds
     from edgekit.compress.sensitivity import layer_sensitivity
 
-    feeds = calibration_feeds(data, fp32, RANK_SAMPLES)
+    feeds = calibration_feeds(calib if calib is not None else data, fp32, RANK_SAMPLES)
     scores = layer_sensitivity(fp32, None, feeds, data, task, scheme=scheme, max_samples=RANK_SAMPLES)
     return [
         {"node": s.node, "op_type": s.op_type, "score": round(float(s.score), 2), "unit": s.unit}

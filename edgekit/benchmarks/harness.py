@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgekit.benchmarks.accuracy import (
-    Outputs,
-    OutputSpec,
-    detect,
-    figures,
-    kind_metrics,
-    load_metric,
-    metric_drop,
-    user_metric,
-)
-from edgekit.benchmarks.gate import Budget, judge
+from edgekit.artifact import Artifact
+from edgekit.benchmarks.accuracy import Outputs, OutputSpec, detect
+from edgekit.benchmarks.gate import Budget, OutputJudge, Verdict, decide
 from edgekit.benchmarks.report import Report, VariantRow
 from edgekit.io.data import Dataset
 from edgekit.io.extents import Extents, find_extents
@@ -32,21 +22,8 @@ SAME_SPEED = 0.05
 MAX_SAMPLES = 5000  # raw latency samples kept per variant in the report
 
 
-@dataclass
-class Candidate:
-    """A variant file to measure."""
-
-    name: str
-    runtime: str
-    precision: str
-    path: Path
-    techniques: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    size_bytes: int | None = None
-    params: int | None = None
-    sparsity: float | None = None
-    artifact: str | None = None  # path relative to the bundle
-    unavailable: str | None = None  # why this machine cannot run it, when the file itself says so
+Candidate = Artifact  # the name callers used before the one artifact type
+__all__ = ["Artifact", "Candidate", "OutputJudge", "Verdict", "measure", "fill", "recommend", "run_outputs"]
 
 
 def cannot_run(runtime: str) -> str | None:
@@ -118,6 +95,7 @@ def run_outputs(runtime: Any, data: Dataset, *, batch: int = EVAL_BATCH) -> Outp
     values = np.zeros((len(data), t_max, *first.shape[2:]), dtype=first.dtype)
     valid_all = np.zeros((len(data), t_max), dtype=bool)
     for rows, out, valid in chunks:
+        assert valid is not None  # every chunk of a 3-D output has its valid positions
         values[rows, : out.shape[1]] = np.where(valid.reshape(*valid.shape, *[1] * (out.ndim - 2)), out, 0)
         valid_all[rows, : out.shape[1]] = valid
     return Outputs(values, valid_all)
@@ -127,61 +105,8 @@ def _shape_of(feed: dict[str, np.ndarray]) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in feed.items()}
 
 
-@dataclass
-class Verdict:
-    """What the gate measured of one variant's outputs, and its decision (``reason`` None = pass)."""
-
-    fidelity: dict[str, Any]
-    metrics: dict[str, float]
-    metric: dict[str, Any] | None
-    metric_drop: float | None
-    reason: str | None
-
-
-class OutputJudge:
-    """Judges a variant's outputs against the fp32 reference the way the output is used: the
-    kind's fidelity figures, the task metric with labels, the user's ``--metric``, then
-    :func:`~edgekit.benchmarks.gate.judge`. The final measurement and the budget search share it."""
-
-    def __init__(self, spec: OutputSpec, reference: Outputs, data: Dataset, budget: Budget) -> None:
-        self.spec, self.ref, self.data, self.budget = spec, reference, data, budget
-        self.metric_name, self.base_metrics = kind_metrics(spec, reference, reference, data.labels, data.task)
-        self.custom_fn = load_metric(spec.metric) if spec.metric else None
-        self.base_custom = (
-            user_metric(self.custom_fn, spec.metric, reference, reference, data)
-            if self.custom_fn and spec.metric
-            else None
-        )
-
-    def __call__(self, out: Outputs) -> Verdict:
-        spec, data = self.spec, self.data
-        fid = figures(spec, self.ref, out)
-        name_m, values = kind_metrics(spec, self.ref, out, data.labels, data.task)
-        metric = drop = None
-        if self.metric_name and name_m:
-            metric = {"name": self.metric_name, "value": values[self.metric_name]}
-            drop = metric_drop(self.metric_name, self.base_metrics[self.metric_name], values[self.metric_name])
-        custom = custom_drop = None
-        if self.custom_fn is not None and self.base_custom is not None and spec.metric:
-            custom = user_metric(self.custom_fn, spec.metric, self.ref, out, data)
-            sign = 1.0 if custom["higher_is_better"] else -1.0
-            custom_drop = sign * (self.base_custom["value"] - custom["value"])
-            values[spec.metric] = custom["value"]
-            fid["user_metric"] = custom
-        reason = judge(
-            self.budget,
-            metric=self.metric_name,
-            metric_drop=drop,
-            fidelity=fid,
-            kind=spec.kind,
-            custom=custom,
-            custom_drop=custom_drop,
-        )
-        return Verdict(fid, values, metric, drop, reason)
-
-
 def measure(
-    candidates: Sequence[Candidate],
+    candidates: Sequence[Artifact],
     data: Dataset,
     *,
     baseline: str,
@@ -193,26 +118,38 @@ def measure(
     output: OutputSpec | None = None,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> list[VariantRow]:
-    """Measure every candidate; ``baseline`` names the fp32 reference among them. ``output`` says
-    how the output is used (detected from the baseline's output and the data when None)."""
-    from edgekit.benchmarks import latency as lat
+    """Measure every artifact on ``data`` and time it: the one measuring path of compress, bench,
+    search and the device check. ``baseline`` names the fp32 reference among them; ``output``
+    says how the output is used (detected from the baseline's output and the data when None);
+    ``batches=()`` skips timing (the gate only). The gate (:mod:`edgekit.benchmarks.gate`)
+    decides each row's ``deployable``; the rows come back in the order of ``candidates``."""
+    rows = {c.name: c.row() for c in candidates}
+    loaded, outputs = _run_all(candidates, rows, data, threads, progress)
+    if baseline not in outputs:
+        raise RuntimeError(f"the baseline {baseline} could not be run here")
+    ref = outputs[baseline]
+    spec = output or detect_output(loaded[baseline], data, ref)
+    gate = OutputJudge(spec, ref, data, budget)
+    decide(rows, {name: gate(out) for name, out in outputs.items()}, baseline)
+    for b in batches:
+        _time(loaded, rows, data, b, baseline, budget_s, progress)
+    _speedups(rows, baseline)
+    if with_memory:
+        _memory(candidates, loaded, rows, data, threads, progress)
+    return [rows[c.name] for c in candidates]
+
+
+def _run_all(
+    candidates: Sequence[Artifact], rows: dict[str, VariantRow], data: Dataset, threads: int,
+    progress: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, Outputs]]:  # fmt: skip
+    """Load every artifact this machine can run and run it on ``data`` (load and first-call times
+    into its row); the others are marked not measured, with the reason."""
     from edgekit.runtimes import get_runtime
 
-    rows: dict[str, VariantRow] = {}
     loaded: dict[str, Any] = {}
     outputs: dict[str, Outputs] = {}
     for c in candidates:
-        rows[c.name] = VariantRow(
-            name=c.name,
-            runtime=c.runtime,
-            precision=c.precision,
-            techniques=list(c.techniques),
-            artifact=c.artifact,
-            size_bytes=c.size_bytes,
-            params=c.params,
-            sparsity=c.sparsity,
-            notes=list(c.notes),
-        )
         reason = c.unavailable or cannot_run(c.runtime)
         if reason:
             rows[c.name].measured = False
@@ -229,58 +166,52 @@ def measure(
         loaded[c.name] = rt
         outputs[c.name] = run_outputs(rt, data)
         rows[c.name].describe = rt.describe()
+    return loaded, outputs
 
-    if baseline not in outputs:
-        raise RuntimeError(f"the baseline {baseline} could not be run here")
-    ref = outputs[baseline]
-    spec = output or detect_output(loaded[baseline], data, ref)
-    gate = OutputJudge(spec, ref, data, budget)
-    for name, out in outputs.items():
-        v = gate(out)
-        row = rows[name]
-        row.fidelity, row.metrics, row.metric, row.metric_drop = v.fidelity, v.metrics, v.metric, v.metric_drop
-        if name != baseline:
-            row.deployable = v.reason is None
-            row.rejected_reason = v.reason
-    for row in rows.values():
-        if not row.measured:
-            row.deployable = False
-            row.rejected_reason = f"not verified on this machine: {row.not_measured_reason}"
 
-    for b in batches:
-        fns, shapes = {}, {}
-        for name, rt in loaded.items():
-            bound = data.bind([s.name for s in rt.inputs])
-            feeds = lat.feeds_from(bound, batch=b, n_feeds=8, seed=0, extents=extents_for(rt, data))
-            fns[name] = lat.cycle(rt, feeds)
-            shapes[name] = _shape_of(feeds[0])
-        ext = extents_for(loaded[baseline], data)
-        at = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes[baseline].items())
-        how = f"real samples cropped to the median length: {at}" if ext is not None else at
-        progress(f"timing {len(loaded)} variants at batch {b}, interleaved ({how})")
-        stats = lat.measure(fns, batch=b, budget_s=budget_s)
-        for name, s in stats.items():
-            entry = {**s.as_dict(), "shape": shapes[name]}
-            rows[name].latency_by_batch[str(b)] = entry
-            if rows[name].latency_ms is None:
-                rows[name].latency_ms = entry
-                rows[name].latency_samples_ms = _kept(s.samples_ms)
-                rows[name].throughput_ips = s.throughput_ips
-    _speedups(rows, baseline)
+def _time(
+    loaded: dict[str, Any], rows: dict[str, VariantRow], data: Dataset, b: int, baseline: str, budget_s: float,
+    progress: Callable[[str], None],
+) -> None:  # fmt: skip
+    """Time every loaded variant at batch ``b``, interleaved, into its row."""
+    from edgekit.benchmarks import latency as lat
 
-    if with_memory:
-        from edgekit.benchmarks.memory import peak_rss
+    fns, shapes = {}, {}
+    for name, rt in loaded.items():
+        bound = data.bind([s.name for s in rt.inputs])
+        feeds = lat.feeds_from(bound, batch=b, n_feeds=8, seed=0, extents=extents_for(rt, data))
+        fns[name] = lat.cycle(rt, feeds)
+        shapes[name] = _shape_of(feeds[0])
+    ext = extents_for(loaded[baseline], data)
+    at = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes[baseline].items())
+    how = f"real samples cropped to the median length: {at}" if ext is not None else at
+    progress(f"timing {len(loaded)} variants at batch {b}, interleaved ({how})")
+    stats = lat.measure(fns, batch=b, budget_s=budget_s)
+    for name, s in stats.items():
+        entry = {**s.as_dict(), "shape": shapes[name]}
+        rows[name].latency_by_batch[str(b)] = entry
+        if rows[name].latency_ms is None:
+            rows[name].latency_ms = entry
+            rows[name].latency_samples_ms = _kept(s.samples_ms)
+            rows[name].throughput_ips = s.throughput_ips
 
-        for c in candidates:
-            if c.name in loaded:
-                progress(f"peak memory of {c.name}")
-                rt = loaded[c.name]
-                feed = data.feed_for([s.name for s in rt.inputs], slice(0, 1))
-                ext = extents_for(rt, data.head(1))
-                if ext is not None:
-                    feed = ext.crop(feed, slice(0, 1))
-                rows[c.name].peak_rss_mb = peak_rss(c.runtime, c.path, feed, threads=threads)["peak_rss_mb"]
-    return [rows[c.name] for c in candidates]
+
+def _memory(
+    candidates: Sequence[Artifact], loaded: dict[str, Any], rows: dict[str, VariantRow], data: Dataset, threads: int,
+    progress: Callable[[str], None],
+) -> None:  # fmt: skip
+    """Peak memory of every loaded variant, each in a child process, into its row."""
+    from edgekit.benchmarks.memory import peak_rss
+
+    for c in candidates:
+        if c.name in loaded:
+            progress(f"peak memory of {c.name}")
+            rt = loaded[c.name]
+            feed = data.feed_for([s.name for s in rt.inputs], slice(0, 1))
+            ext = extents_for(rt, data.head(1))
+            if ext is not None:
+                feed = ext.crop(feed, slice(0, 1))
+            rows[c.name].peak_rss_mb = peak_rss(c.runtime, c.path, feed, threads=threads)["peak_rss_mb"]
 
 
 def detect_output(

@@ -13,23 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from edgekit.artifact import Artifact
 from edgekit.errors import BadInputError
 from edgekit.io.data import Dataset
 
 Stage = Literal["model", "graph"]
 
 
-@dataclass
-class Variant:
-    """One deployable artifact produced by a graph technique."""
-
-    name: str  # unique in a bundle, e.g. "ort-int8-static"
-    runtime: str  # onnxruntime | openvino | tensorrt
-    precision: str  # fp32 | fp16 | int8 | mixed
-    path: Path  # the model file (.onnx, or .xml with its .bin beside it)
-    techniques: list[str] = field(default_factory=list)  # e.g. ["prune:structured:0.5", "quantize:int8-static"]
-    notes: list[str] = field(default_factory=list)  # facts the report must show (e.g. layers kept in float)
-    extra_files: list[Path] = field(default_factory=list)  # files belonging to this variant (e.g. .bin)
+Variant = Artifact  # what a graph technique makes: one artifact type from technique to manifest
 
 
 @dataclass

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -170,15 +171,8 @@ def load_npz(path: str | Path, *, task: str = "unknown") -> Dataset:
                 f"{p}: '{key}{LENGTH_SUFFIX}' must be a 1-D integer array (one valid length per sample), "
                 f"not {arr.dtype} {arr.shape}"
             )
-    if labels is not None:
-        if labels.ndim == 2 and labels.shape[1] == 1:
-            labels = labels[:, 0]
-        sequences = labels.ndim == 2 and np.issubdtype(labels.dtype, np.integer) and task in ("unknown", "sequence")
-        if labels.ndim != 1 and not sequences:
-            raise BadInputError(
-                f"{p}: array 'y' has shape {labels.shape}; labels are one value per sample (a 1-D array), "
-                "or integer label sequences padded with -1 (a 2-D array)"
-            )
+    if labels is not None and labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
     if labels is not None and task == "unknown":
         if np.issubdtype(labels.dtype, np.integer):
             task = "sequence" if labels.ndim == 2 else "classification"
@@ -203,7 +197,8 @@ def _check_array(p: Path, key: str, arr: np.ndarray) -> None:
 
 def check_labels(data: Dataset, task: str, width: int, *, source: str = "--data") -> None:
     """Classification labels must be whole numbers naming one of the model's ``width`` outputs
-    (0/1 for a single-output binary model)."""
+    (0/1 for a single-output binary model). Their shape is checked by
+    :func:`edgekit.io.splits.infer_task`, once the model's output is known."""
     y = data.labels
     if y is None or task not in ("classification", "binary"):
         return
@@ -216,6 +211,17 @@ def check_labels(data: Dataset, task: str, width: int, *, source: str = "--data"
         raise BadInputError(
             f"{source}: label(s) outside 0..{classes - 1} in 'y' (found {lo}..{hi}); the model has {classes} classes"
         )
+
+
+def bundle_samples(root: Path, model: dict[str, Any], rel: str = "data/eval.npz") -> Dataset:
+    """Samples a bundle keeps (``data/eval.npz``, or ``data/calib.npz``: what compress calibrated
+    on), bound to the model's inputs; ``model`` is the manifest's ``model`` entry."""
+    task = model.get("task", "unknown")
+    ds = load_npz(Path(root) / rel, task=task)
+    bound = model.get("inputs") or ds.names
+    return Dataset(
+        inputs=ds.bind(bound), labels=ds.labels, task=task, name=Path(rel).stem, lengths=ds.bind_lengths(bound)
+    )
 
 
 def random_like(shapes: dict[str, tuple[tuple[int, ...], np.dtype]], n: int, seed: int) -> Dataset:

@@ -17,7 +17,7 @@ import numpy as np
 from edgekit.errors import BadInputError
 from edgekit.io.data import Dataset
 
-CALIB_SIZE = 300
+CALIB_SIZE = 300  # calibration samples when no step configures calib_size
 EVAL_FRACTION = 0.3
 RANDOM_SAMPLES = 256
 
@@ -40,22 +40,32 @@ def _input_names(loaded: Any) -> list[str]:
 
 
 def resolve_data(
-    loaded: Any, data: str | Path | None, calib: str, seed: int, calib_data: str | Path | None = None
+    loaded: Any,
+    data: str | Path | None,
+    calib: str,
+    seed: int,
+    calib_data: str | Path | None = None,
+    calib_size: int = CALIB_SIZE,
 ) -> Splits:
     """Calibration and held-out evaluation data for ``loaded``.
 
     Reference models use their own data set. A user model needs ``--data`` (an .npz) or
     ``--calib random`` (generated samples: figures are then directional only). ``calib_data``
-    replaces the calibration samples only (evaluation stays on the held-out split).
+    replaces the calibration samples only (evaluation stays on the held-out split). The
+    calibration set is the first ``calib_size`` samples of its pool: the only cap, and it comes
+    from the configuration (the steps' ``calib_size``).
     """
     splits = _resolve(loaded, data, calib, seed)
-    if calib_data is None:
-        return splits
-    from edgekit.io.data import load_npz
+    info = dict(splits.info)
+    cal = splits.calib
+    if calib_data is not None:
+        from edgekit.io.data import load_npz
 
-    cal = load_npz(calib_data)
-    cal = Dataset(inputs=cal.bind(splits.calib.names), name=cal.name).head(CALIB_SIZE)
-    info = {**splits.info, "calib_source": str(calib_data), "calib_n": len(cal)}
+        pool = load_npz(calib_data)
+        cal = Dataset(inputs=pool.bind(splits.calib.names), name=pool.name)
+        info["calib_source"] = str(calib_data)
+    cal = cal.head(calib_size)
+    info["calib_n"] = len(cal)
     return Splits(train=splits.train, calib=cal, eval=splits.eval, info=info)
 
 
@@ -80,7 +90,7 @@ def _resolve(loaded: Any, data: str | Path | None, calib: str, seed: int) -> Spl
         if len(ds) < 4:
             raise BadInputError(f"{data} has {len(ds)} samples; calibration and evaluation need at least 4")
         train_part, eval_part = split(ds, [1 - EVAL_FRACTION, EVAL_FRACTION], seed)
-        calib_part = train_part.head(CALIB_SIZE)
+        calib_part = train_part  # the calibration pool; compress takes the configured calib_size of it
         info = {
             "source": str(data),
             "calib_n": len(calib_part),
@@ -110,9 +120,12 @@ def _resolve(loaded: Any, data: str | Path | None, calib: str, seed: int) -> Spl
 
 
 def infer_task(splits: Splits, outputs: np.ndarray, meta_task: str | None) -> str:
+    """The task of the model whose first output on a few samples is ``outputs``; the labels' shape
+    is checked here (and only here): one value per sample, or integer sequences for per-position
+    outputs. Their values are checked against the model by :func:`edgekit.io.data.check_labels`."""
     task = _infer_task(splits.eval.labels, outputs, meta_task)
     labels = splits.eval.labels
-    if labels is not None and labels.ndim == 2 and task != "sequence":
+    if labels is not None and labels.ndim != 1 and not (labels.ndim == 2 and task == "sequence"):
         raise BadInputError(
             f"--data: array 'y' has shape {tuple(labels.shape)}; labels are one value per sample (a 1-D array), "
             "or integer label sequences padded with -1 for a model with per-position outputs [B, T, C]"
