@@ -217,7 +217,9 @@ def _short(label: str) -> str:
 def _place(variant: Any, root: Path) -> Path:
     """Move a variant's files into the bundle layout and return the model file's new path."""
     short = variant.name.split("-", 1)[1] if "-" in variant.name else variant.name
-    sub = {"onnxruntime": "", "openvino": "openvino", "tensorrt": "tensorrt"}.get(variant.runtime, variant.runtime)
+    from edgekit.runtimes.table import folder as runtime_folder
+
+    sub = runtime_folder(variant.runtime)
     folder = root / sub if sub else root
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / f"model.{short}{variant.path.suffix}"
@@ -314,6 +316,7 @@ def compress(
     check_output_dir(bundle, inputs=inputs, overwrite=overwrite)
 
     model_steps, graph_steps = _split_steps(steps)
+    _check_step_runtimes(steps)
     progress(f"loading {src}")
     loaded = load_model(src, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape)
     if model_steps and not (loaded.module is not None and loaded.eager):
@@ -370,6 +373,7 @@ def compress(
             baseline=fp32_path,
             threads=threads,
             output=output,
+            backends=_technique_backends(),
         )
 
         model_labels: list[str] = []
@@ -563,8 +567,6 @@ def exported_inputs(onnx_path: Path) -> list[Any]:
     return specs_from_onnx(onnx_path)[0]
 
 
-_PREFIX = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt"}
-
 
 def _not_built(name: str, runtime: str, techniques: Sequence[str], reason: str) -> VariantRow:
     """A report row for a variant its runtime could not prepare: the others are still delivered."""
@@ -624,7 +626,9 @@ def _apply_graph_step(step: Any, graph_input: Path, ctx: Any) -> tuple[list[Any]
     if not made:
         raise first
     label = _short(_label(step))
-    rows = [_not_built(f"{_PREFIX.get(rt, rt)}-{label}", rt, [_label(step)], _first_line(e)) for rt, e in failed]
+    from edgekit.runtimes.table import prefix
+
+    rows = [_not_built(f"{prefix(rt)}-{label}", rt, [_label(step)], _first_line(e)) for rt, e in failed]
     for row in rows:
         ctx.progress(f"{row.name}: {row.not_measured_reason}")
     return made, rows
@@ -749,9 +753,11 @@ def bench(
     check_output_dir(out_dir, inputs=inputs, overwrite=True)
     known = {v["runtime"] for v in variants}
     if runtimes:
-        bad = sorted(set(runtimes) - {"onnxruntime", "openvino", "tensorrt", "torch"})
+        from edgekit.runtimes import names as runtime_names
+
+        bad = sorted(set(runtimes) - set(runtime_names()))
         if bad:
-            raise BadInputError(f"unknown runtime(s) {', '.join(bad)}; choose from onnxruntime, openvino, tensorrt")
+            raise BadInputError(f"unknown runtime(s) {', '.join(bad)}; choose from {', '.join(runtime_names())}")
     wanted = set(runtimes) if runtimes else known
     task = manifest.model.get("task", "unknown")
     ds = load_npz(root / "data" / "eval.npz", task=task)
@@ -916,3 +922,22 @@ def sign(bundle: str | Path, key: str | Path) -> Path:
     from edgekit.bundle.sign import sign as _sign
 
     return _sign(bundle, key)
+
+
+# ------------------------------------------------------------------------ runtime backends
+def _technique_backends() -> Any:
+    """What the techniques need from the runtimes (the runtime table), for their context."""
+    from edgekit.benchmarks.backends import for_techniques
+
+    return for_techniques()
+
+
+def _check_step_runtimes(steps: Sequence[object]) -> None:
+    """Fail before any work on a step naming a runtime compress cannot target."""
+    from edgekit.runtimes import table
+
+    targets = table.targets()
+    for step in steps:
+        for rt in getattr(step, "runtimes", ()) or ():
+            if rt not in targets:
+                raise BadInputError(f"runtimes={rt!r} is not valid; choose one of: {', '.join(targets)}")

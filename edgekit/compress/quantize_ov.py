@@ -20,7 +20,7 @@ from edgekit.compress.base import Variant
 from edgekit.errors import BadInputError, require
 
 if TYPE_CHECKING:
-    from edgekit.compress.quantize import Int8Config
+    from edgekit.compress.backend import Int8Settings
 
 WEIGHTED_TYPES = (
     "Convolution",
@@ -196,12 +196,13 @@ NNCF_SMOOTH_ALPHA = 0.95  # NNCF's own default for MatMul in AdvancedSmoothQuant
 
 
 def ov_int8(
-    config: Int8Config,
+    config: Int8Settings,
     onnx_path: Path,
     feeds: list[dict[str, np.ndarray]],
     out_xml: Path,
     *,
     transformer: str | None = None,
+    calibration_cache: Path | None = None,
 ) -> Variant:
     """INT8 OpenVINO IR: ``openvino.convert_model`` then ``nncf.quantize`` (default preset:
     symmetric int8 weights per channel and activations, fast bias correction).
@@ -209,7 +210,7 @@ def ov_int8(
     ``transformer`` (the reason, e.g. "attention blocks detected") switches NNCF to
     ``model_type=nncf.ModelType.TRANSFORMER`` with SmoothQuant on MatMul inputs: NNCF then
     leaves Softmax, LayerNorm and the residual path in float and migrates activation outliers
-    into the weights."""
+    into the weights. ``calibration_cache`` is not used: NNCF estimates its own ranges."""
     require("nncf")
     import nncf
     from nncf.quantization.advanced_parameters import (
