@@ -13,8 +13,9 @@ from typing import Any
 from edgekit.benchmarks.gate import Budget
 from edgekit.compress.backend import Backends
 from edgekit.io.data import Dataset
+from edgekit.runtimes.table import ONNXRUNTIME
 
-REFERENCE_RUNTIME = "onnxruntime"  # runs the fp32 ONNX every variant is compared with
+REFERENCE_RUNTIME = ONNXRUNTIME.name  # runs the fp32 ONNX every variant is compared with
 
 
 class Evaluator:

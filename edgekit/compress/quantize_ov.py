@@ -132,7 +132,7 @@ def ov_fp16_ir(onnx_path: Path | str, out_xml: Path | str) -> Variant:
 
 def ov_bf16_ir(onnx_path: Path | str, out_xml: Path | str) -> Variant:
     """The fp32 IR again, run with ``INFERENCE_PRECISION_HINT=bf16``: variant ``ov-bf16``. Offer
-    it only on a CPU with native bf16 (:func:`edgekit.runtimes.openvino.bf16_support`)."""
+    it only on a CPU with native bf16 (the OpenVINO runtime module checks that)."""
     variant = ov_fp32_ir(onnx_path, out_xml)
     variant.name, variant.precision, variant.techniques = "ov-bf16", "bf16", ["quantize:bf16"]
     variant.notes = [
