@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgekit.benchmarks.gate import Budget
 from edgekit.compress.backend import RuntimeBackend, need
 from edgekit.compress.base import Context, Variant
 from edgekit.compress.budget_fit import FitResult, Trial, budget_note, fit_budget
@@ -25,6 +24,7 @@ from edgekit.compress.sensitivity import ONE_PASS_UNIT, LayerScore
 from edgekit.compress.shadow import rank_layers
 
 if TYPE_CHECKING:
+    from edgekit.benchmarks.gate import Budget
     from edgekit.compress.quantize import Int8Config
 
 TRANSFORMER = "transformer"  # the ranking placement of the transformer scheme
