@@ -3,7 +3,8 @@
 - ONNX Runtime: static QDQ (calibrated activations) or dynamic (MatMul/Gemm only), see
   :mod:`edgekit.compress.quantize_ort`.
 - OpenVINO: IR quantized by NNCF, see :mod:`edgekit.compress.quantize_ov`.
-- TensorRT: an explicit, symmetric Q/DQ ONNX that the device turns into an engine.
+- TensorRT: an explicit, symmetric Q/DQ ONNX that the device turns into an engine, see
+  :mod:`edgekit.compress.quantize_trt`.
 
 A graph with attention blocks (:mod:`edgekit.export.patterns`) gets the transformer scheme:
 SmoothQuant + MatMul/Gemm-only symmetric QDQ on ONNX Runtime, NNCF ``ModelType.TRANSFORMER`` on
