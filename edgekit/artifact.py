@@ -13,9 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Where each runtime's files go in a bundle ("" = the bundle root).
-BUNDLE_FOLDER = {"onnxruntime": "", "openvino": "openvino", "tensorrt": "tensorrt"}
-
 
 @dataclass
 class Artifact:
@@ -39,11 +36,10 @@ class Artifact:
         self.size_bytes = int(self.path.stat().st_size + sum(p.stat().st_size for p in self.extra_files))
         return self.size_bytes
 
-    def place(self, root: Path) -> Path:
+    def place(self, root: Path, sub: str) -> Path:
         """Move the files into the bundle layout (``<folder>/model.<short name><suffix>``), set
         ``path``, ``artifact`` and ``size_bytes``, and return the new path."""
         short = self.name.split("-", 1)[1] if "-" in self.name else self.name
-        sub = BUNDLE_FOLDER.get(self.runtime, self.runtime)
         folder = root / sub if sub else root
         folder.mkdir(parents=True, exist_ok=True)
         dest = folder / f"model.{short}{self.path.suffix}"

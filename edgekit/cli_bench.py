@@ -80,8 +80,9 @@ def bench(
             )
         return
 
-    alias = {"ort": "onnxruntime", "ov": "openvino", "trt": "tensorrt"}
-    rts = [alias.get(r.strip(), r.strip()) for r in runtimes.split(",")] if runtimes else None
+    from edgekit.runtimes import canonical
+
+    rts = [canonical(r) for r in runtimes.split(",")] if runtimes else None
     budget = None
     if max_drop is not None:
         from edgekit.bundle.manifest import read

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekit.benchmarks.backends import for_techniques
 from edgekit.benchmarks.gate import Budget, judge
 from edgekit.compress.base import Context, Variant, handler_for
 from edgekit.compress.quantize import Int8Config, calibration_feeds
@@ -273,7 +274,8 @@ def test_transformer_scheme_calibration_methods(encoder, method: str, tmp_path: 
 
 
 def _context(encoder: dict[str, Any], work: Path, **kw: Any) -> Context:
-    return Context(workdir=work, calib=encoder["calib"], eval=encoder["test"], task="classification", **kw)
+    return Context(workdir=work, calib=encoder["calib"], eval=encoder["test"], task="classification",
+                   backends=for_techniques(), **kw)  # fmt: skip
 
 
 def test_int8_step_picks_the_transformer_scheme_and_records_why(encoder, tmp_path: Path) -> None:
@@ -322,7 +324,8 @@ def test_a_cnn_keeps_the_default_scheme_and_its_bytes(trained, tmp_path: Path) -
     onnx_path = tmp_path / "digits.onnx"
     export_onnx(result.module, onnx_path, sample={"input": data.test.inputs["input"][:16]})
     config = Int8Config(runtimes=("onnxruntime",), calib_size=64)
-    ctx = Context(workdir=tmp_path / "w", calib=data.calib, eval=data.test, task="classification")
+    ctx = Context(workdir=tmp_path / "w", calib=data.calib, eval=data.test, task="classification",
+                  backends=for_techniques())  # fmt: skip
     (auto,) = handler_for(config)[1](config, onnx_path, ctx)
     feeds = calibration_feeds(data.calib, onnx_path, 64)
     direct = ort_int8_static(config, onnx_path, feeds, tmp_path / "direct.onnx")

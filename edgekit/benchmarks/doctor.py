@@ -34,11 +34,14 @@ def _hints(
     graph: dict[str, Any],
     isa: list[str],
     measured: dict[str, Any] | None,
+    on_cpu: bool = True,
 ) -> list[str]:
+    """Plain-language hints; ``on_cpu`` says whether the variant's runtime computes on this CPU
+    (its ISA then decides INT8 and FP16 speed)."""
     hints: list[str] = []
     precision = variant["precision"]
     if precision in ("int8", "mixed"):
-        if not {"avx512_vnni", "avx_vnni", "amx_tile"} & set(isa) and variant["runtime"] != "tensorrt":
+        if not {"avx512_vnni", "avx_vnni", "amx_tile"} & set(isa) and on_cpu:
             hints.append(
                 "this CPU has no VNNI: an INT8 dot product costs several instructions, so INT8 gains are small"
             )
@@ -51,7 +54,7 @@ def _hints(
         if graph.get("float_weighted") or graph.get("float"):
             kept = graph.get("float_weighted") or graph.get("float")
             hints.append(f"weighted layers left in float by the graph: {kept}")
-    if precision == "fp16" and variant["runtime"] != "tensorrt":
+    if precision == "fp16" and on_cpu:
         hints.append(
             "CPUs here have no fp16 arithmetic: weights are stored in fp16 and computed in fp32 (size, not speed)"
         )
@@ -79,6 +82,7 @@ def diagnose(
     import json
 
     from edgekit.benchmarks.accuracy import fidelity
+    from edgekit.benchmarks.backends import REFERENCE_RUNTIME, for_techniques
     from edgekit.benchmarks.harness import cannot_run
     from edgekit.bundle import manifest as mf
     from edgekit.devices.detect import machine
@@ -95,27 +99,23 @@ def diagnose(
     task = manifest.model.get("task", "unknown")
     data = load_npz(root / "data" / "eval.npz", task=task)
     fp32 = root / known["ort-fp32"]["artifact"]
-    reference = get_runtime("onnxruntime", threads=threads).load(fp32)
+    reference = get_runtime(REFERENCE_RUNTIME, threads=threads).load(fp32)
     data = Dataset(inputs=data.bind([s.name for s in reference.inputs]), labels=data.labels, task=task)
     ref = _outputs(reference, data)
     report_path = root / "report.json"
     measured = {r["name"]: r for r in json.loads(report_path.read_text())["variants"]} if report_path.exists() else {}
-    isa = list(machine()["isa"])  # type: ignore[call-overload]
+    isa = list(machine()["isa"])
+    backends = for_techniques().runtimes
     out: dict[str, Any] = {"bundle": str(root), "isa": isa, "variants": []}
     for name in wanted:
         v = known[name]
         path = root / v["artifact"]
         entry: dict[str, Any] = {"name": name, "runtime": v["runtime"], "precision": v["precision"], "hints": []}
         out["variants"].append(entry)
+        backend = backends.get(v["runtime"])
         graph: dict[str, Any] = {}
-        if path.suffix == ".onnx":
-            from edgekit.compress.quantize import quantization_summary
-
-            graph = quantization_summary(path)
-        elif path.suffix == ".xml":
-            from edgekit.compress.quantize_ov import ov_quantized_ops
-
-            graph = ov_quantized_ops(path)
+        if backend is not None and backend.summary is not None:
+            graph = backend.summary(path)
         entry["graph"] = graph
         reason = cannot_run(v["runtime"])
         says: dict[str, Any] = {}
@@ -139,17 +139,13 @@ def diagnose(
                 if k in full
             }
             entry["runtime_says"] = says
-        if (
-            rank_layers
-            and v["precision"] in ("int8", "mixed")
-            and v["runtime"] in ("onnxruntime", "openvino", "tensorrt")
-        ):
+        if rank_layers and v["precision"] in ("int8", "mixed") and backend is not None and backend.placement:
             progress(f"ranking the layers of {name} by sensitivity")
             entry["layers"] = _rank(
-                fp32, data, task, scheme="onnxruntime" if v["runtime"] == "onnxruntime" else "tensorrt",
-                calib=_calibration(root, manifest, data),
+                fp32, data, task, scheme=backend.placement, calib=_calibration(root, manifest, data)
             )
-        entry["hints"] = _hints(v, says, graph, isa, measured.get(name))
+        on_cpu = backend.on_cpu if backend is not None else True
+        entry["hints"] = _hints(v, says, graph, isa, measured.get(name), on_cpu)
     return out
 
 
@@ -163,7 +159,7 @@ def _calibration(root: Path, manifest: Any, data: Dataset) -> Dataset:
 
 
 def _rank(fp32: Path, data: Dataset, task: str, *, scheme: str, calib: Dataset | None = None) -> list[dict[str, Any]]:
-    from edgekit.compress.quantize import calibration_feeds
+    from edgekit.compress.calibration import calibration_feeds
     from edgekit.compress.sensitivity import layer_sensitivity
 
     feeds = calibration_feeds(calib if calib is not None else data, fp32, RANK_SAMPLES)

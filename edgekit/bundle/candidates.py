@@ -1,6 +1,7 @@
 """A bundle's variants as measurement candidates, wherever the bundle is (build host or device).
 
-TensorRT variants ship as ONNX; the engine that runs is built on the device (``edgekit build``)
+Variants of a runtime that builds on the device (``device_build`` in the runtime table: TensorRT)
+ship as ONNX; the engine that runs is built on the device (``edgekit build``)
 beside it as ``model.<variant>.engine``, with ``model.<variant>.engine.json`` recording the GPU and
 TensorRT version it was built with. An engine built for another GPU or TensorRT version is
 refused with the reason, never run.
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.benchmarks.harness import Candidate
+from edgekit.runtimes.table import find
 
 
 def engine_meta_path(engine: Path) -> Path:
@@ -71,7 +73,8 @@ def candidates(root: Path, manifest: Any, runtimes: Collection[str] | None = Non
             continue
         path = root / v["artifact"]
         unavailable = None
-        if v["runtime"] == "tensorrt":
+        info = find(v["runtime"])
+        if info is not None and info.device_build:
             if identity is None:
                 from edgekit.runtimes.tensorrt import device_identity
 

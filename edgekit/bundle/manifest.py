@@ -24,13 +24,20 @@ log = logging.getLogger(__name__)
 
 SCHEMA = 1
 MANIFEST = "manifest.json"
-TOOLCHAIN_PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "nncf", "numpy", "torch-pruning", "tensorrt")
+TOOLS = ("onnx", "nncf", "numpy", "torch-pruning")  # besides each runtime's own package
+
+
+def toolchain_packages() -> tuple[str, ...]:
+    """The packages whose versions a bundle records: every runtime's (the runtime table) and the tools."""
+    from edgekit.runtimes import table
+
+    return (*dict.fromkeys(info.package for info in table.rows()), *TOOLS)
 
 
 def toolchain() -> dict[str, str]:
     """Versions of the packages that produced the artifacts (those installed)."""
     out: dict[str, str] = {"edgekit": __version__}
-    for pkg in TOOLCHAIN_PACKAGES:
+    for pkg in toolchain_packages():
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:

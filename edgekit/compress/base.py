@@ -2,8 +2,9 @@
 
 Two stages exist. *Model* techniques (pruning, distillation, QAT) turn a torch module into another
 torch module before export. *Graph* techniques (quantization, FP16) turn the exported fp32 ONNX
-into one or more deployable :class:`Variant` files for a runtime. Handlers never import a runtime
-at module level.
+into one or more deployable :class:`Variant` files for a runtime. Handlers never import a runtime:
+what they need from the runtimes comes in :attr:`Context.backends`
+(:class:`~edgekit.compress.backend.Backends`), which the API layer builds from the runtime table.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from edgekit.artifact import Artifact
+from edgekit.compress.backend import Backends
 from edgekit.errors import BadInputError
 from edgekit.io.data import Dataset
 
@@ -39,6 +41,7 @@ class Context:
     # use it to search for a variant within budget (e.g. keep sensitive layers in float)
     output: Any = None  # edgekit.benchmarks.accuracy.OutputSpec: how the output is used (the gate's yardstick)
     records: dict[str, Any] = field(default_factory=dict)  # technique → measured facts for the report
+    backends: Backends | None = None  # what graph techniques need from the runtimes (edgekit.benchmarks.backends)
     progress: Callable[[str], None] = lambda _msg: None
 
 

@@ -3,6 +3,8 @@
 - ONNX Runtime: an fp16 ONNX with fp32 inputs and outputs (``keep_io_types``).
 - OpenVINO: an IR with fp16 weights.
 - TensorRT: the fp32 ONNX itself; the device builds the engine with the FP16 flag.
+
+Which function makes a runtime's variant comes from its backend in ``ctx.backends``.
 """
 
 from __future__ import annotations
@@ -11,11 +13,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit.compress.backend import check_runtimes, need
 from edgekit.compress.base import Context, Variant, register
-from edgekit.compress.quantize_ov import ov_fp16_ir
 from edgekit.errors import BadInputError, require
-
-RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -26,17 +26,7 @@ class Fp16Config:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runtimes", tuple(self.runtimes))
-        if not self.runtimes:
-            raise BadInputError(
-                f"Fp16Config needs at least one runtime; choose from: {', '.join(RUNTIMES)}"
-            )
-        for rt in self.runtimes:
-            if rt not in RUNTIMES:
-                raise BadInputError(
-                    f"runtimes={rt!r} is not valid; choose one of: {', '.join(RUNTIMES)}"
-                )
-        if len(set(self.runtimes)) != len(self.runtimes):
-            raise BadInputError(f"runtimes {self.runtimes} lists a runtime twice")
+        check_runtimes("Fp16Config", self.runtimes)
 
 
 def ort_fp16(onnx_path: Path | str, out: Path | str) -> Variant:
@@ -95,14 +85,15 @@ def _fp16(config: Fp16Config, onnx_path: Path, ctx: Context) -> list[Variant]:
     onnx_path = Path(onnx_path).resolve()
     if not onnx_path.is_file():
         raise BadInputError(f"ONNX model {onnx_path} does not exist; export the model first")
+    backends = need(ctx.backends)
+    chosen = [backends.get(rt) for rt in config.runtimes]
+    for b in chosen:
+        if b.fp16 is None:
+            raise BadInputError(f"edgekit cannot make an FP16 variant for {b.runtime} (it has no FP16 backend)")
     workdir = Path(ctx.workdir).resolve()
     variants: list[Variant] = []
-    for runtime in config.runtimes:
-        ctx.progress(f"FP16 ({runtime})")
-        if runtime == "onnxruntime":
-            variants.append(ort_fp16(onnx_path, workdir / "model.ort-fp16.onnx"))
-        elif runtime == "openvino":
-            variants.append(ov_fp16_ir(onnx_path, workdir / "openvino" / "model.ov-fp16.xml"))
-        else:
-            variants.append(trt_fp16(onnx_path, workdir / "tensorrt" / "model.trt-fp16.onnx"))
+    for b in chosen:
+        assert b.fp16 is not None
+        ctx.progress(f"FP16 ({b.runtime})")
+        variants.append(b.fp16(onnx_path, workdir / b.fp16_out))
     return variants

@@ -3,7 +3,8 @@
 - ONNX Runtime: static QDQ (calibrated activations) or dynamic (MatMul/Gemm only), see
   :mod:`edgekit.compress.quantize_ort`.
 - OpenVINO: IR quantized by NNCF, see :mod:`edgekit.compress.quantize_ov`.
-- TensorRT: an explicit, symmetric Q/DQ ONNX that the device turns into an engine.
+- TensorRT: an explicit, symmetric Q/DQ ONNX that the device turns into an engine, see
+  :mod:`edgekit.compress.quantize_trt`.
 
 A graph with attention blocks (:mod:`edgekit.export.patterns`) gets the transformer scheme:
 SmoothQuant + MatMul/Gemm-only symmetric QDQ on ONNX Runtime, NNCF ``ModelType.TRANSFORMER`` on
@@ -16,32 +17,30 @@ Calibration uses the first ``calib_size`` samples of ``ctx.calib`` in order, one
 feed, so the same data set always gives byte-identical files.
 
 Under an accuracy budget (``ctx.budget``, from ``--max-drop`` and the fidelity thresholds) the
-static variants come from :class:`edgekit.compress.sensitivity.BudgetSearch`, which keeps the
+static variants come from :class:`edgekit.compress.budget_search.BudgetSearch`, which keeps the
 most sensitive layers in float until each variant is within budget; the choice is recorded in
 ``ctx.records["budget"]`` and in each variant's notes.
+
+What differs per runtime (which backend function quantizes for it, where its files go, how its
+artifacts are inspected) comes from its :class:`~edgekit.compress.backend.RuntimeBackend` in
+``ctx.backends``: this module dispatches on nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgekit.compress.backend import RuntimeBackend, check_runtimes, need
 from edgekit.compress.base import Context, Variant, register
-from edgekit.compress.quantize_ort import (
-    check_trt_qdq,
-    ort_int8_dynamic,
-    ort_int8_static,
-    ort_int8_static_transformer,
-    quantization_summary,
-    trt_int8_qdq,
-)
-from edgekit.compress.quantize_ov import ov_bf16_ir, ov_fp32_ir, ov_int8, ov_quantized_ops
+from edgekit.compress.calibration import calibration_facts, calibration_feeds, model_inputs
+from edgekit.compress.qdq_summary import quantization_summary
+from edgekit.compress.quantize_ov import ov_fp32_ir, ov_quantized_ops
 from edgekit.errors import BadInputError
-from edgekit.io.data import Dataset
+from edgekit.export.trt_qdq import check_trt_qdq
 
 __all__ = [
     "Int8Config",
@@ -53,18 +52,10 @@ __all__ = [
     "quantization_summary",
 ]
 
-RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
+
 MODES = ("static", "dynamic")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 INT8_SCHEMES = ("auto", "cnn", "transformer")
-CNN_SCHEME = (
-    "scheme: default (every quantizable op, activations uint8 asymmetric, weights int8 "
-    "per-channel)"
-)
-TRT_SCHEME = (
-    "scheme: TensorRT explicit Q/DQ (symmetric int8 on the inputs of weighted layers; TensorRT "
-    "chooses the precision of everything else)"
-)
 
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -112,14 +103,7 @@ class Int8Config:
         # Recipes (TOML) give lists; keep the frozen config hashable.
         object.__setattr__(self, "runtimes", tuple(self.runtimes))
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        if not self.runtimes:
-            raise BadInputError(
-                f"Int8Config needs at least one runtime; choose from: {', '.join(RUNTIMES)}"
-            )
-        for rt in self.runtimes:
-            _check_choice("runtimes", rt, RUNTIMES)
-        if len(set(self.runtimes)) != len(self.runtimes):
-            raise BadInputError(f"runtimes {self.runtimes} lists a runtime twice")
+        check_runtimes("Int8Config", self.runtimes)
         _check_choice("mode", self.mode, MODES)
         _check_choice("calib_method", self.calib_method, CALIB_METHODS)
         _check_choice("scheme", self.scheme, INT8_SCHEMES)
@@ -138,93 +122,26 @@ class Int8Config:
                 raise BadInputError(f"exclude must list ONNX node names (strings), got {name!r}")
 
 
-def model_inputs(onnx_path: Path) -> dict[str, tuple[list[int | str], np.dtype]]:
-    """The graph inputs (initializers excluded): name → (shape, symbolic dims as str; dtype)."""
-    import onnx
-    from onnx import helper
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    initializers = {t.name for t in model.graph.initializer}
-    specs: dict[str, tuple[list[int | str], np.dtype]] = {}
-    for inp in model.graph.input:
-        if inp.name in initializers:
-            continue
-        ttype = inp.type.tensor_type
-        dims: list[int | str] = [
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-            for d in ttype.shape.dim
-        ]
-        specs[inp.name] = (dims, np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type)))
-    return specs
-
-
-def calibration_feeds(
-    data: Dataset, onnx_path: Path, calib_size: int
-) -> list[dict[str, np.ndarray]]:
-    """The first ``calib_size`` samples of ``data`` as feeds keyed by the model's input names.
-
-    One sample per feed (batch 1) unless the model has a fixed batch size, in which case feeds
-    hold that many samples and an incomplete last group is dropped. Arrays are cast to the
-    model's input types.
-    """
-    specs = model_inputs(onnx_path)
-    if len(data) == 0:
-        raise BadInputError(
-            "the calibration data set is empty; pass --data with at least a few samples"
-        )
-    arrays = data.head(calib_size).bind(list(specs))
-    batch = 1
-    for dims, _ in specs.values():
-        if dims and isinstance(dims[0], int) and dims[0] > 0:
-            batch = dims[0]
-    n = len(next(iter(arrays.values())))
-    if n < batch:
-        raise BadInputError(
-            f"the model has a fixed batch size of {batch} but only {n} calibration samples "
-            "were given; pass more samples or export the model with a dynamic batch axis"
-        )
-    return [
-        {k: np.ascontiguousarray(arrays[k][i : i + batch], dtype=specs[k][1]) for k in specs}
-        for i in range(0, n - batch + 1, batch)
-    ]
-
-
-def _calibration_facts(feeds: list[dict[str, np.ndarray]]) -> tuple[dict[str, object], list[str]]:
-    h = hashlib.sha256()
-    identical = True
-    for name in sorted(feeds[0]):
-        stacked = np.concatenate([f[name] for f in feeds])
-        h.update(name.encode())
-        h.update(stacked.tobytes())
-        identical = identical and bool(np.all(stacked == stacked[:1]))
-    n = sum(len(next(iter(f.values()))) for f in feeds)
-    notes = []
-    if identical and n > 1:
-        notes.append(
-            f"all {n} calibration samples are identical: activation ranges cannot be estimated; "
-            "calibrate on real, varied samples"
-        )
-    return {"n": n, "sha256": h.hexdigest()}, notes
-
-
 @register(Int8Config, "graph")
 def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
     """Quantize ``onnx_path`` to INT8 for each runtime of ``config``, into ``ctx.workdir``."""
     onnx_path = Path(onnx_path).resolve()
     if not onnx_path.is_file():
         raise BadInputError(f"ONNX model {onnx_path} does not exist; export the model first")
+    backends = need(ctx.backends)
+    chosen = [backends.get(rt) for rt in config.runtimes]
+    for b in chosen:
+        if b.int8 is None and b.int8_dynamic is None:
+            raise BadInputError(f"edgekit cannot quantize for {b.runtime} (it has no INT8 backend)")
     workdir = Path(ctx.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
 
-    needs_calib = "openvino" in config.runtimes or "tensorrt" in config.runtimes or (
-        "onnxruntime" in config.runtimes and config.mode == "static"
-    )
     feeds: list[dict[str, np.ndarray]] = []
     calib_notes: list[str] = []
     record: dict[str, Any] = ctx.records.setdefault("quantize:int8", {"variants": {}})
-    if needs_calib:
+    if any(not _dynamic(config, b) for b in chosen):
         feeds = calibration_feeds(ctx.calib, onnx_path, config.calib_size)
-        facts, calib_notes = _calibration_facts(feeds)
+        facts, calib_notes = calibration_facts(feeds)
         record["calibration"] = facts
         if ctx.calib.directional_only:
             calib_notes.append(
@@ -241,77 +158,72 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
         ctx.progress(f"transformer scheme: {transformer}")
 
     # Under an accuracy budget the static variants come from a search that keeps the most
-    # sensitive layers in float (edgekit.compress.sensitivity); without one, nothing changes.
+    # sensitive layers in float (edgekit.compress.budget_search); without one, nothing changes.
     search = None
     if ctx.budget is not None and feeds:
-        from edgekit.compress.sensitivity import BudgetSearch
+        from edgekit.compress.budget_search import BudgetSearch
 
         search = BudgetSearch(config, onnx_path, feeds, ctx, transformer=transformer)
-    ort_static_out = workdir / "model.ort-int8-static.onnx"
     variants: list[Variant] = []
-    for runtime in config.runtimes:
-        if runtime == "onnxruntime" and config.mode == "static":
-            ctx.progress(f"INT8 static (ONNX Runtime), calibrating on {len(feeds)} feeds")
-            if search is not None:
-                variant = search.ort_static(ort_static_out)
-            elif transformer:
-                variant = ort_int8_static_transformer(
-                    config, onnx_path, feeds, ort_static_out, why=transformer
-                )
-            else:
-                variant = ort_int8_static(config, onnx_path, feeds, ort_static_out)
-        elif runtime == "onnxruntime":
-            ctx.progress("INT8 dynamic (ONNX Runtime), MatMul/Gemm only")
-            variant = ort_int8_dynamic(config, onnx_path, workdir / "model.ort-int8-dynamic.onnx")
-            if ctx.budget is not None:
-                variant.notes.append(
-                    f"kept in float: {list(config.exclude)} (the accuracy-budget search covers "
-                    "static INT8; the gate still measures this variant)"
-                )
-        elif runtime == "openvino":
-            ctx.progress(f"INT8 (OpenVINO via NNCF), calibrating on {len(feeds)} feeds")
-            out = workdir / "openvino" / "model.ov-int8.xml"
-            if search is not None:
-                variant = search.openvino(out)
-            else:
-                variant = ov_int8(config, onnx_path, feeds, out, transformer=transformer)
+    for b in chosen:
+        if _dynamic(config, b):
+            variant = _dynamic_variant(config, b, onnx_path, workdir, ctx)
         else:
-            ctx.progress(f"INT8 explicit Q/DQ (TensorRT), calibrating on {len(feeds)} feeds")
-            out = workdir / "tensorrt" / "model.trt-int8-qdq.onnx"
+            ctx.progress(f"INT8 static ({b.title}), calibrating on {len(feeds)} feeds")
+            assert b.int8 is not None
+            out = workdir / b.int8_out
             if search is not None:
-                variant = search.tensorrt(out)
+                variant = search.run(b, out)
             else:
-                variant = trt_int8_qdq(config, onnx_path, feeds, out)
-        if variant.name != "ort-int8-dynamic":
+                variant = b.int8(config, onnx_path, feeds, out, transformer=transformer)
             variant.notes.extend(calib_notes)
         variants.append(variant)
-    if transformer and "onnxruntime" in config.runtimes and config.mode == "static":
-        ctx.progress("INT8 dynamic (ONNX Runtime), MatMul/Gemm only: a transformer candidate")
-        dynamic = ort_int8_dynamic(
-            config, onnx_path, workdir / "model.ort-int8-dynamic-matmul.onnx",
-            name="ort-int8-dynamic-matmul",
-        )  # fmt: skip
-        dynamic.notes.insert(0, f"scheme: transformer candidate (dynamic INT8, MatMul/Gemm only) — {transformer}")
-        variants.append(dynamic)
-    if "openvino" in config.runtimes:
-        variants.extend(_bf16_variant(onnx_path, workdir, record, ctx))
+    for b in chosen:
+        if transformer and b.int8_dynamic is not None and not _dynamic(config, b):
+            ctx.progress(f"INT8 dynamic ({b.title}), MatMul/Gemm only: a transformer candidate")
+            name = f"{b.prefix}-int8-dynamic-matmul"
+            dynamic = b.int8_dynamic(config, onnx_path, workdir / b.folder / f"model.{name}.onnx", name=name)
+            dynamic.notes.insert(0, f"scheme: transformer candidate (dynamic INT8, MatMul/Gemm only) — {transformer}")
+            variants.append(dynamic)
+    for b in chosen:
+        if b.int8_extras is not None:
+            variants.extend(b.int8_extras(onnx_path, workdir, record, ctx.progress))
     if search is not None:
         search.record()
 
     settings = {k: getattr(config, k) for k in config.__dataclass_fields__}
     for v in variants:
-        summary = (
-            ov_quantized_ops(v.path) if v.runtime == "openvino" else quantization_summary(v.path)
-        )
+        backend = backends.get(v.runtime)
+        summary = backend.summary(v.path) if backend.summary is not None else {}
         used = settings
         if search is not None and search.kept(v.name):
             used = {**settings, "exclude": (*config.exclude, *search.kept(v.name))}
         scheme = next((n for n in v.notes if n.startswith("scheme: ")), None)
-        if scheme is None and v.precision in ("int8", "mixed") and v.runtime != "openvino":
-            scheme = CNN_SCHEME if v.runtime == "onnxruntime" else TRT_SCHEME
+        if scheme is None and v.precision in ("int8", "mixed") and backend.default_scheme:
+            scheme = backend.default_scheme
             v.notes.insert(0, scheme)
         record["variants"][v.name] = {"config": used, "summary": summary, "scheme": scheme}
     return variants
+
+
+def _dynamic(config: Int8Config, backend: RuntimeBackend) -> bool:
+    """Whether ``backend`` quantizes dynamically under ``config`` (``mode`` applies to runtimes
+    that have a dynamic INT8 backend; the others are always static)."""
+    return backend.int8_dynamic is not None and (config.mode == "dynamic" or backend.int8 is None)
+
+
+def _dynamic_variant(
+    config: Int8Config, b: RuntimeBackend, onnx_path: Path, workdir: Path, ctx: Context
+) -> Variant:
+    ctx.progress(f"INT8 dynamic ({b.title}), MatMul/Gemm only")
+    assert b.int8_dynamic is not None
+    variant = b.int8_dynamic(config, onnx_path, workdir / b.int8_dynamic_out)
+    if ctx.budget is not None:
+        variant.notes.append(
+            f"kept in float: {list(config.exclude)} (the accuracy-budget search covers "
+            "static INT8; the gate still measures this variant)"
+        )
+    return variant
 
 
 def _transformer_reason(config: Int8Config, found: str, is_transformer: bool) -> str | None:
@@ -321,15 +233,3 @@ def _transformer_reason(config: Int8Config, found: str, is_transformer: bool) ->
     if config.scheme == "transformer":
         return f"requested (scheme='transformer'); {found}"
     return found if is_transformer else None
-
-
-def _bf16_variant(onnx_path: Path, workdir: Path, record: dict[str, Any], ctx: Context) -> list[Variant]:
-    """``ov-bf16`` when the CPU computes bf16 natively; otherwise none, and the record says why."""
-    from edgekit.runtimes.openvino import bf16_support
-
-    ok, why = bf16_support()
-    record["bf16"] = why
-    if not ok:
-        return []
-    ctx.progress("OpenVINO bf16 (same IR, INFERENCE_PRECISION_HINT=bf16)")
-    return [ov_bf16_ir(onnx_path, workdir / "openvino" / "model.ov-bf16.xml")]

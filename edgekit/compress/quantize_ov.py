@@ -20,7 +20,7 @@ from edgekit.compress.base import Variant
 from edgekit.errors import BadInputError, require
 
 if TYPE_CHECKING:
-    from edgekit.compress.quantize import Int8Config
+    from edgekit.compress.backend import Int8Settings
 
 WEIGHTED_TYPES = (
     "Convolution",
@@ -132,7 +132,7 @@ def ov_fp16_ir(onnx_path: Path | str, out_xml: Path | str) -> Variant:
 
 def ov_bf16_ir(onnx_path: Path | str, out_xml: Path | str) -> Variant:
     """The fp32 IR again, run with ``INFERENCE_PRECISION_HINT=bf16``: variant ``ov-bf16``. Offer
-    it only on a CPU with native bf16 (:func:`edgekit.runtimes.openvino.bf16_support`)."""
+    it only on a CPU with native bf16 (the OpenVINO runtime module checks that)."""
     variant = ov_fp32_ir(onnx_path, out_xml)
     variant.name, variant.precision, variant.techniques = "ov-bf16", "bf16", ["quantize:bf16"]
     variant.notes = [
@@ -196,12 +196,13 @@ NNCF_SMOOTH_ALPHA = 0.95  # NNCF's own default for MatMul in AdvancedSmoothQuant
 
 
 def ov_int8(
-    config: Int8Config,
+    config: Int8Settings,
     onnx_path: Path,
     feeds: list[dict[str, np.ndarray]],
     out_xml: Path,
     *,
     transformer: str | None = None,
+    calibration_cache: Path | None = None,
 ) -> Variant:
     """INT8 OpenVINO IR: ``openvino.convert_model`` then ``nncf.quantize`` (default preset:
     symmetric int8 weights per channel and activations, fast bias correction).
@@ -209,7 +210,7 @@ def ov_int8(
     ``transformer`` (the reason, e.g. "attention blocks detected") switches NNCF to
     ``model_type=nncf.ModelType.TRANSFORMER`` with SmoothQuant on MatMul inputs: NNCF then
     leaves Softmax, LayerNorm and the residual path in float and migrates activation outliers
-    into the weights."""
+    into the weights. ``calibration_cache`` is not used: NNCF estimates its own ranges."""
     require("nncf")
     import nncf
     from nncf.quantization.advanced_parameters import (

@@ -8,20 +8,30 @@ import platform
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import tomllib
 
 from edgekit.errors import BadInputError
+from edgekit.runtimes import table
+from edgekit.runtimes.table import ONNXRUNTIME, OPENVINO, TENSORRT
 
 # target name → (runtime, family of devices it is meant for)
 TARGETS: dict[str, tuple[str, str]] = {
-    "x86-onnxruntime": ("onnxruntime", "x86_64"),
-    "x86-openvino": ("openvino", "x86_64"),
-    "arm64-onnxruntime": ("onnxruntime", "aarch64"),
-    "jetson-tensorrt": ("tensorrt", "aarch64"),
-    "gpu-tensorrt": ("tensorrt", "x86_64"),
+    f"x86-{ONNXRUNTIME.name}": (ONNXRUNTIME.name, "x86_64"),
+    f"x86-{OPENVINO.name}": (OPENVINO.name, "x86_64"),
+    f"arm64-{ONNXRUNTIME.name}": (ONNXRUNTIME.name, "aarch64"),
+    f"jetson-{TENSORRT.name}": (TENSORRT.name, "aarch64"),
+    f"gpu-{TENSORRT.name}": (TENSORRT.name, "x86_64"),
 }
-RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
+
+
+def runtime_packages() -> dict[str, str]:
+    """Runtime name → the package its runner imports, from the runtime table."""
+    return {info.name: info.module for info in table.rows()}
+
+
+RUNTIME_PACKAGES = runtime_packages()  # the built-in runtimes (runtime_packages() sees later rows too)
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine() -> dict[str, object]:
+def machine() -> dict[str, Any]:
     """What this host is: CPU, cores, the ISA features that decide INT8 speed, runtimes installed."""
     flags = cpu_flags()
     isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "asimddp") if f in flags]
@@ -88,7 +98,7 @@ def machine() -> dict[str, object]:
         "arch": platform.machine(),
         "cores": os.cpu_count() or 1,
         "isa": isa,
-        "runtimes": {rt: importlib.util.find_spec(pkg) is not None for rt, pkg in RUNTIME_PACKAGES.items()},
+        "runtimes": {rt: importlib.util.find_spec(pkg) is not None for rt, pkg in runtime_packages().items()},
     }
 
 
@@ -97,7 +107,7 @@ def closest_profile() -> DeviceProfile | None:
     info = machine()
     if info["arch"] not in ("x86_64", "AMD64"):
         return profiles().get("arm64-cortex-a76") if info["arch"] == "aarch64" else None
-    isa = set(info["isa"])  # type: ignore[arg-type]
+    isa = set(info["isa"])
     name = "x86-avx512-vnni" if {"avx512_vnni", "avx_vnni", "amx_tile"} & isa else "x86-avx2"
     return profiles().get(name)
 
@@ -106,9 +116,9 @@ def default_target() -> str:
     info = machine()
     runtimes = info["runtimes"]
     arch = "x86" if info["arch"] in ("x86_64", "AMD64") else "arm64"
-    if arch == "x86" and runtimes.get("openvino"):  # type: ignore[union-attr]
-        return "x86-openvino"
-    return f"{arch}-onnxruntime"
+    if arch == "x86" and runtimes.get(OPENVINO.name):
+        return f"x86-{OPENVINO.name}"
+    return f"{arch}-{ONNXRUNTIME.name}"
 
 
 def runnable_targets() -> dict[str, str]:
@@ -116,9 +126,9 @@ def runnable_targets() -> dict[str, str]:
     info = machine()
     out: dict[str, str] = {}
     for target, (runtime, arch) in TARGETS.items():
-        if not info["runtimes"].get(runtime):  # type: ignore[union-attr]
-            out[target] = f"no: the {RUNTIME_PACKAGES[runtime]} package is not installed"
-        elif runtime == "tensorrt" and not Path("/dev/nvidia0").exists():
+        if not info["runtimes"].get(runtime):
+            out[target] = f"no: the {table.get(runtime).module} package is not installed"
+        elif runtime == TENSORRT.name and not Path("/dev/nvidia0").exists():
             out[target] = "no: needs an NVIDIA GPU"
         elif arch != info["arch"]:
             out[target] = f"no: needs a {arch} device (artifacts can still be built here and shipped)"

@@ -14,8 +14,6 @@ from edgekit.errors import BadInputError
 from edgekit.io.data import bundle_samples
 from edgekit.pipeline.options import MeasureOptions, OutputOptions, Progress, threads_info
 
-KNOWN_RUNTIMES = {"onnxruntime", "openvino", "tensorrt", "torch"}
-
 
 @dataclass
 class BenchJob:
@@ -46,9 +44,11 @@ def run(job: BenchJob, progress: Progress) -> tuple[Report, Path]:
     inputs = [root / mf.MANIFEST, *(root / f.path for f in manifest.files)]
     check_output_dir(out_dir, inputs=inputs, overwrite=True)
     if job.runtimes:
-        bad = sorted(set(job.runtimes) - KNOWN_RUNTIMES)
+        from edgekit.runtimes import names as runtime_names
+
+        bad = sorted(set(job.runtimes) - set(runtime_names()))
         if bad:
-            raise BadInputError(f"unknown runtime(s) {', '.join(bad)}; choose from onnxruntime, openvino, tensorrt")
+            raise BadInputError(f"unknown runtime(s) {', '.join(bad)}; choose from {', '.join(runtime_names())}")
     report = measure_bundle(job, root, manifest, threads, threads_source, progress)
     with atomic_dir(out_dir, overwrite=True, inputs=inputs) as tmp:
         from edgekit.benchmarks.report import write_all

@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 
 from edgekit.artifact import Artifact
+from edgekit.benchmarks.backends import for_techniques
 from edgekit.benchmarks.gate import Budget
 from edgekit.benchmarks.report import Report, VariantRow
 from edgekit.errors import BadInputError, EdgekitError
 from edgekit.io.splits import CALIB_SIZE, Splits
 from edgekit.pipeline import steps as st
 from edgekit.pipeline.options import DataOptions, MeasureOptions, ModelOptions, OutputOptions, Progress, threads_info
+from edgekit.runtimes.table import folder as runtime_folder
 
 CALIB_FILE = "data/calib.npz"
 EVAL_FILE = "data/eval.npz"
@@ -106,6 +108,7 @@ def run(job: CompressJob, progress: Progress) -> CompressResult:
     bundle = job.bundle
     check_output_dir(bundle, inputs=job.inputs, overwrite=job.overwrite)
     model_steps, graph_steps = st.split_steps(job.steps)
+    st.check_step_runtimes(job.steps)
     progress(f"loading {job.model}")
     loaded = load_model(job.model, **dataclasses.asdict(job.load))
     if model_steps and not (loaded.module is not None and loaded.eager):
@@ -176,6 +179,7 @@ def prepare(
         baseline=fp32_path,
         threads=threads,
         output=output,
+        backends=for_techniques(),
     )
     baseline = Artifact(
         name="ort-fp32",
@@ -221,7 +225,7 @@ def build_artifacts(
     if len(set(names)) != len(names):
         raise BadInputError(f"two steps made variants with the same name ({names}); keep one int8/fp16 step per mode")
     for v in made:
-        v.place(root)
+        v.place(root, runtime_folder(v.runtime))
     shutil.rmtree(prep.ctx.workdir)
     return artifacts + made, not_built
 

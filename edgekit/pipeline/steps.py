@@ -19,9 +19,9 @@ from edgekit.artifact import Artifact, PartialBuild
 from edgekit.benchmarks.report import VariantRow
 from edgekit.errors import BadInputError, EdgekitError
 from edgekit.pipeline.options import SHAPES_HINT, Progress
+from edgekit.runtimes.table import prefix as runtime_prefix
 
 MODEL_STAGE = "model"
-_PREFIX = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt"}
 
 
 def technique(config: object) -> str:
@@ -165,7 +165,7 @@ def apply_graph_step(step: Any, graph_input: Path, ctx: Any) -> tuple[list[Artif
     if not made:
         raise first
     tag = short(label(step))
-    rows = [not_built(f"{_PREFIX.get(rt, rt)}-{tag}", rt, [label(step)], first_line(e)) for rt, e in failed]
+    rows = [not_built(f"{runtime_prefix(rt)}-{tag}", rt, [label(step)], first_line(e)) for rt, e in failed]
     for row in rows:
         ctx.progress(f"{row.name}: {row.not_measured_reason}")
     return made, rows
@@ -231,3 +231,14 @@ def onnx_sparsity(path: Path) -> float | None:
             zeros += int(np.count_nonzero(arr == 0))
             total += arr.size
     return round(zeros / total, 4) if total else None
+
+
+def check_step_runtimes(steps: Sequence[object]) -> None:
+    """Fail before any work on a step naming a runtime compress cannot target."""
+    from edgekit.runtimes import table
+
+    targets = table.targets()
+    for step in steps:
+        for rt in getattr(step, "runtimes", ()) or ():
+            if rt not in targets:
+                raise BadInputError(f"runtimes={rt!r} is not valid; choose one of: {', '.join(targets)}")

@@ -1,7 +1,8 @@
 """Inference runtimes behind one contract (:class:`~edgekit.runtimes.base.Runtime`).
 
-``get_runtime("onnxruntime", threads=1).load("model.onnx").run({"x": batch})``. Runtime modules
-are imported on first use, and their packages only when a model is loaded.
+``get_runtime("onnxruntime", threads=1).load("model.onnx").run({"x": batch})``. The runtimes and
+their metadata are the rows of :mod:`edgekit.runtimes.table` (one line adds a runtime); runtime
+modules are imported on first use, and their packages only when a model is loaded.
 """
 
 from __future__ import annotations
@@ -9,41 +10,17 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from edgekit.registry import LazyRegistry
+from edgekit.registry import import_object
+from edgekit.runtimes import table
+from edgekit.runtimes.table import canonical, names
 
-_REGISTRY: LazyRegistry[Any] = LazyRegistry(
-    "runtime",
-    {
-        "onnxruntime": "edgekit.runtimes.onnxruntime:OnnxRuntime",
-        "openvino": "edgekit.runtimes.openvino:OpenVINORuntime",
-        "tensorrt": "edgekit.runtimes.tensorrt:TensorRTRuntime",
-        "torch": "edgekit.runtimes.torch_eager:TorchRuntime",
-    },
-)
-ALIASES = {"ort": "onnxruntime", "ov": "openvino", "trt": "tensorrt", "pytorch": "torch"}
-# import name, pip extra (None when a core dependency)
-_PACKAGES: dict[str, tuple[str, str | None]] = {
-    "onnxruntime": ("onnxruntime", None),
-    "openvino": ("openvino", None),
-    "tensorrt": ("tensorrt", "tensorrt"),
-    "torch": ("torch", None),
-}
-
-
-def canonical(name: str) -> str:
-    """The registry name for ``name`` or one of its aliases (``ort``, ``ov``, ``trt``)."""
-    return ALIASES.get(name.strip().lower(), name.strip().lower())
-
-
-def names() -> list[str]:
-    """Every runtime edgekit knows, whether installed or not."""
-    return _REGISTRY.names()
+ALIASES = {alias: info.name for info in table.rows() for alias in info.aliases}
 
 
 def get_runtime(name: str, **kw: Any) -> Any:
     """A new, unloaded runtime: ``get_runtime("openvino", threads=2)``; aliases are accepted.
     Unknown names raise :class:`~edgekit.errors.BadInputError` listing the known ones."""
-    cls = _REGISTRY.get(canonical(name))
+    cls = import_object(table.get(name).runner)
     return cls(**kw)
 
 
@@ -54,14 +31,20 @@ def available() -> dict[str, bool | str]:
     needs an NVIDIA GPU; ``edgekit.runtimes.tensorrt.gpu_available()`` checks that.
     """
     status: dict[str, bool | str] = {}
-    for name in names():
-        module, extra = _PACKAGES[name]
-        if importlib.util.find_spec(module) is not None:
-            status[name] = True
+    for info in table.rows():
+        if importlib.util.find_spec(info.module) is not None:
+            status[info.name] = True
         else:
-            how = f"pip install 'edgekit[{extra}]'" if extra else f"pip install {module}"
-            status[name] = f"the {module} package is not installed ({how})"
-    return status
+            status[info.name] = f"the {info.module} package is not installed ({info.install_hint()})"
+    return dict(sorted(status.items()))
 
 
-__all__ = ["ALIASES", "available", "canonical", "get_runtime", "names"]
+def technique_backends(names: Any = None) -> dict[str, Any]:
+    """What the techniques need from each runtime compress can target (or from those in
+    ``names``): runtime name → :class:`~edgekit.compress.backend.RuntimeBackend`, built by the
+    function each table row names."""
+    rows = [table.get(n) for n in names] if names is not None else table.rows()
+    return {r.name: import_object(r.techniques)() for r in rows if r.techniques is not None}
+
+
+__all__ = ["ALIASES", "available", "canonical", "get_runtime", "names", "technique_backends"]

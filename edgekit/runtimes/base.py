@@ -13,11 +13,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from edgekit.errors import BadInputError, EdgekitError, require
+
+if TYPE_CHECKING:
+    from edgekit.runtimes.table import RuntimeInfo
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # Layer types whose precision decides how a model really runs (OpenVINO runtime-graph names and
@@ -60,11 +63,30 @@ class Runtime(ABC):
     ``outputs = rt.run({"x": batch})`` (a list of arrays in the order of ``rt.outputs``).
     """
 
-    name: ClassVar[str]  # "onnxruntime" | "openvino" | "tensorrt" | "torch"
-    package: ClassVar[str]  # the pip distribution
-    module: ClassVar[str]  # the import name checked with importlib.util.find_spec
-    extra: ClassVar[str | None]  # the edgekit extra that installs it, if optional
-    suffixes: ClassVar[tuple[str, ...]]  # accepted model-file suffixes
+    name: ClassVar[str]  # its row in edgekit.runtimes.table, which holds its package and file suffixes
+
+    @classmethod
+    def info(cls) -> RuntimeInfo:
+        """This runtime's row of the runtime table (package, pip extra, file suffixes, …)."""
+        from edgekit.runtimes.table import get
+
+        return get(cls.name)
+
+    @property
+    def package(self) -> str:
+        return self.info().package
+
+    @property
+    def module(self) -> str:
+        return self.info().module
+
+    @property
+    def extra(self) -> str | None:
+        return self.info().extra
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return self.info().suffixes
 
     def __init__(self, threads: int = 1, precision_hint: str | None = None) -> None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -92,7 +114,8 @@ class Runtime(ABC):
             raise BadInputError(
                 f"{self.name} cannot load {p.name}: expected a {self._kinds()} file"
             )
-        require(self.module, package=self.package, extra=self.extra)
+        info = self.info()
+        require(info.module, package=info.package, extra=info.extra)
         try:
             inputs, outputs = self._load(p)
         except BadInputError:
@@ -212,11 +235,12 @@ class Runtime(ABC):
     @classmethod
     def version(cls) -> str | None:
         """Version of the runtime package (without importing it when it is not imported yet)."""
-        mod = sys.modules.get(cls.module)
+        info = cls.info()
+        mod = sys.modules.get(info.module)
         if mod is not None and isinstance(getattr(mod, "__version__", None), str):
             return str(mod.__version__)
         try:
-            return importlib.metadata.version(cls.package)
+            return importlib.metadata.version(info.package)
         except importlib.metadata.PackageNotFoundError:
             return None
 

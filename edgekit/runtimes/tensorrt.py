@@ -3,7 +3,8 @@
 
 Engines are tied to the GPU and the TensorRT version that built them, so they are built on the
 device itself (``edgekit build``). Nothing here imports ``tensorrt`` at module level: the checks
-that need no GPU (shapes, command lines, Q/DQ validation) run anywhere. Running an engine uses
+that need no GPU (shapes, command lines, the Q/DQ rules of :mod:`edgekit.export.trt_qdq`) run
+anywhere. Running an engine uses
 torch CUDA tensors as I/O buffers and the TensorRT 10 tensor API (``set_input_shape``,
 ``set_tensor_address``, ``execute_async_v3``).
 """
@@ -17,18 +18,24 @@ import os
 import shutil
 import subprocess
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.errors import BadInputError, EdgekitError, MissingDependencyError, require
+from edgekit.export.trt_qdq import check_trt_qdq
 from edgekit.runtimes.base import Runtime, TensorSpec, precision_verdict, specs_from_onnx
+from edgekit.runtimes.table import TENSORRT
 
-PACKAGE = "tensorrt"
-EXTRA = "tensorrt"
+if TYPE_CHECKING:
+    from edgekit.compress.backend import RuntimeBackend
+
+__all__ = ["check_trt_qdq", "TensorRTRuntime", "build_engine", "gpu_available", "profile_shapes", "trtexec_command"]
+PACKAGE = TENSORRT.package
+EXTRA = TENSORRT.extra
 Shape = tuple[int, ...]
 ProfileShapes = dict[str, tuple[Shape, Shape, Shape]]  # input → (min, opt, max)
 
@@ -337,105 +344,11 @@ def _atomic_write(path: Path, data: memoryview | bytes) -> None:
     os.replace(tmp, path)
 
 
-# --------------------------------------------------------------------------- Q/DQ check
-def check_trt_qdq(onnx_path: str | Path) -> list[str]:
-    """Problems that stop TensorRT from using a Q/DQ ONNX as an INT8 model; ``[]`` when none.
-
-    TensorRT supports symmetric quantization only: every QuantizeLinear/DequantizeLinear needs
-    constant positive scales and an int8 zero point of 0; quantized (int32) biases are not
-    accepted; per-channel scales need opset 13 or later. A model without any Q/DQ node is not
-    an explicit-quantization model at all.
-    """
-    import onnx
-
-    p = Path(onnx_path)
-    if not p.is_file():
-        raise BadInputError(f"ONNX file {p} does not exist; check the path")
-    try:
-        model = onnx.load(str(p))
-    except Exception as exc:
-        raise BadInputError(f"{p} is not a readable ONNX file ({exc})") from exc
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    consts = _constants(model.graph)
-    issues: dict[str, list[str]] = defaultdict(list)
-    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    if not qdq:
-        return [
-            f"{p.name} has no QuantizeLinear/DequantizeLinear nodes: "
-            "it is not an explicit-quantization model"
-        ]
-    for node in qdq:
-        label = node.name or node.output[0]
-        scale = consts.get(node.input[1]) if len(node.input) > 1 else None
-        if scale is None:
-            issues["scale is not a constant (TensorRT needs build-time scales)"].append(label)
-        else:
-            if np.any(scale <= 0):
-                issues["scale is not positive"].append(label)
-            if scale.size > 1 and opset < 13:
-                issues[f"per-channel scales need opset >= 13 (model has {opset})"].append(label)
-        zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        if zp_name is not None:
-            zp = consts.get(zp_name)
-            if zp is None:
-                issues["zero point is not a constant"].append(label)
-            elif zp.dtype == np.int32:
-                issues[
-                    "int32 zero point: a quantized bias, which TensorRT does not take; "
-                    "keep biases in float (ONNX Runtime: extra_options={'QuantizeBias': False})"
-                ].append(label)
-            elif zp.dtype != np.int8:
-                issues[
-                    f"{zp.dtype} zero point: asymmetric {zp.dtype} quantization; "
-                    "TensorRT needs int8 with zero point 0 (ONNX Runtime: activation_type=QInt8, "
-                    "extra_options={'ActivationSymmetric': True})"
-                ].append(label)
-            elif np.any(zp != 0):
-                issues[
-                    "int8 zero point is not 0 (asymmetric); TensorRT needs symmetric quantization "
-                    "(ONNX Runtime: extra_options="
-                    "{'ActivationSymmetric': True, 'WeightSymmetric': True})"
-                ].append(label)
-        elif node.op_type == "QuantizeLinear":
-            out_type = next((a.i for a in node.attribute if a.name == "output_dtype"), 0)
-            if out_type != onnx.TensorProto.INT8:
-                issues[
-                    "QuantizeLinear without a zero point quantizes to uint8; "
-                    "TensorRT needs an int8 zero point of 0"
-                ].append(label)
-        if node.op_type == "DequantizeLinear":
-            data = consts.get(node.input[0])
-            if data is not None and data.dtype != np.int8 and zp_name is None:
-                issues[f"dequantizes constant {data.dtype} data; TensorRT needs int8"].append(label)
-    problems = []
-    for message, labels in issues.items():
-        shown = ", ".join(labels[:5]) + (f" and {len(labels) - 5} more" if len(labels) > 5 else "")
-        problems.append(f"{message}: {shown}")
-    return problems
-
-
-def _constants(graph: Any) -> dict[str, np.ndarray]:
-    """Initializers and Constant-node outputs of a graph, as numpy arrays."""
-    from onnx import numpy_helper
-
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    consts[node.output[0]] = numpy_helper.to_array(attr.t)
-    return consts
-
-
 # --------------------------------------------------------------------------- runtime
 class TensorRTRuntime(Runtime):
     """A serialized TensorRT engine on the first CUDA device; I/O through torch CUDA tensors."""
 
-    name = "tensorrt"
-    package = PACKAGE
-    module = PACKAGE
-    extra = EXTRA
-    suffixes = (".engine", ".plan", ".trt")
+    name = TENSORRT.name
 
     def _load(self, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
         ok, reason = gpu_available()
@@ -458,7 +371,8 @@ class TensorRTRuntime(Runtime):
                 "TensorRT version that built them: rebuild it here with `edgekit build`"
             )
         self._context = self._engine.create_execution_context()
-        inputs, outputs = [], []
+        inputs: list[TensorSpec] = []
+        outputs: list[TensorSpec] = []
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             dims = tuple(d if d >= 0 else None for d in self._engine.get_tensor_shape(name))
@@ -518,3 +432,30 @@ class TensorRTRuntime(Runtime):
 
 def _torch_dtype(torch: Any, dtype: str) -> Any:
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+
+
+def techniques() -> RuntimeBackend:
+    """What the techniques need from TensorRT: the symmetric explicit Q/DQ ONNX and the fp32 ONNX
+    for an FP16 build, both turned into engines on the device. Without a GPU here, the budget
+    search executes the Q/DQ graph in ONNX Runtime (same scales and placement)."""
+    from edgekit.compress.backend import RuntimeBackend
+    from edgekit.compress.fp16 import trt_fp16
+    from edgekit.compress.qdq_summary import quantization_summary
+    from edgekit.compress.quantize_trt import TRT_SCHEME, trt_int8_qdq
+    from edgekit.runtimes.table import ONNXRUNTIME
+
+    row = TENSORRT
+    return RuntimeBackend(
+        runtime=row.name, title="TensorRT explicit Q/DQ", prefix=row.prefix, folder=row.folder,
+        int8=trt_int8_qdq, int8_out=f"{row.folder}/model.{row.prefix}-int8-qdq.onnx",
+        fp16=trt_fp16, fp16_out=f"{row.folder}/model.{row.prefix}-fp16.onnx",
+        placement=row.name, follows_transformer=False, summary=quantization_summary,
+        default_scheme=TRT_SCHEME, measured_in=ONNXRUNTIME.name, proxy_note=PROXY_NOTE,
+        device_build=row.device_build, on_cpu=False,
+    )  # fmt: skip
+
+
+PROXY_NOTE = (
+    "measured by executing the Q/DQ graph in ONNX Runtime on the CPU; TensorRT's kernels "
+    "(and FP16 for the float layers) may differ: check with 'edgekit bench' on the device"
+)

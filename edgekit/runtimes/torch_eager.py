@@ -13,6 +13,7 @@ import numpy as np
 
 from edgekit.errors import BadInputError
 from edgekit.runtimes.base import Runtime, TensorSpec, precision_name, precision_verdict
+from edgekit.runtimes.table import TORCH
 
 EXPORTED_SUFFIX = ".pt2"
 
@@ -20,11 +21,7 @@ EXPORTED_SUFFIX = ".pt2"
 class TorchRuntime(Runtime):
     """PyTorch eager, CPU."""
 
-    name = "torch"
-    package = "torch"
-    module = "torch"
-    extra = None
-    suffixes = (EXPORTED_SUFFIX, ".pt", ".pth", ".ts", ".jit")
+    name = TORCH.name
 
     def __init__(
         self,
@@ -36,6 +33,7 @@ class TorchRuntime(Runtime):
         not record them (``specs_from_onnx(exported.onnx)[0]`` gives them); a ``.pt2`` file
         carries its own and ignores it."""
         super().__init__(threads, precision_hint)
+        self._module: Any = None
         self._given_specs = list(input_specs) if input_specs is not None else None
 
     @classmethod

@@ -20,22 +20,24 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.io.data import Dataset
+from edgekit.runtimes.table import ONNXRUNTIME, OPENVINO, TORCH
 
-SHORT = {"onnxruntime": "ort", "openvino": "ov", "torch": "torch"}
+ORT, OV, PT = ONNXRUNTIME.name, OPENVINO.name, TORCH.name
+SHORT = {ORT: ONNXRUNTIME.prefix, OV: OPENVINO.prefix, PT: PT}
 GRAPH = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-mixed")  # cheapest first
 RUNTIMES_OF = {
-    "fp32": ("onnxruntime", "openvino"),
-    "fp16": ("onnxruntime", "openvino"),
-    "int8-dynamic": ("onnxruntime",),
-    "int8-static": ("onnxruntime", "openvino"),
-    "int8-mixed": ("onnxruntime", "openvino"),
+    "fp32": (ORT, OV),
+    "fp16": (ORT, OV),
+    "int8-dynamic": (ORT,),
+    "int8-static": (ORT, OV),
+    "int8-mixed": (ORT, OV),
 }
 PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8", "int8-mixed": "mixed"}
 PEERS = {
-    "peer:ort-quantize_static": "onnxruntime",
-    "peer:ort-quantize_dynamic": "onnxruntime",
-    "peer:nncf-quantize-openvino": "openvino",
-    "peer:torch-eager-fp32": "torch",
+    "peer:ort-quantize_static": ORT,
+    "peer:ort-quantize_dynamic": ORT,
+    "peer:nncf-quantize-openvino": OV,
+    "peer:torch-eager-fp32": PT,
 }
 
 
@@ -59,14 +61,14 @@ class Spec:
     @property
     def root(self) -> bool:
         """The fp32 ONNX Runtime candidate of a (pruned or not) model: the source of its graph variants."""
-        return self.graph == "fp32" and self.runtime == "onnxruntime"
+        return self.graph == "fp32" and self.runtime == ORT
 
     @property
     def parents(self) -> tuple[str, ...]:
         """Candidates that must pass the gate before this one is built ("never extend a failure")."""
         if self.peer or self.prune is None:
             return ()
-        pruned_root = Spec("fp32", "onnxruntime", self.prune).name
+        pruned_root = Spec("fp32", ORT, self.prune).name
         if self.root:
             return ()
         return (pruned_root, Spec(self.graph, self.runtime).name)
@@ -74,7 +76,7 @@ class Spec:
     @property
     def precision(self) -> str:
         if self.peer:
-            return "fp32" if self.runtime == "torch" else "int8"
+            return "fp32" if self.runtime == PT else "int8"
         return PRECISION[self.graph]
 
     @property
@@ -96,7 +98,7 @@ def space(
     # fp32 on ONNX Runtime is the gate's reference (and the source of every pruned graph), so it is
     # built whatever the target; the winner is chosen among the target's runtimes only.
     base = [Spec(g, rt) for g in graphs for rt in RUNTIMES_OF[g] if rt in runtimes or Spec(g, rt).root]
-    roots = [Spec("fp32", "onnxruntime", r) for r in prune_ratios]
+    roots = [Spec("fp32", ORT, r) for r in prune_ratios]
     level0 = base + roots
     if peers:
         level0 += [Spec(p, rt) for p, rt in PEERS.items()]
@@ -174,7 +176,14 @@ def _context(job: Job, budget: Any) -> Any:
         budget=budget,
         baseline=job.baseline_onnx,
         threads=job.threads,
+        backends=_backends(),
     )
+
+
+def _backends() -> Any:
+    from edgekit.benchmarks.backends import for_techniques
+
+    return for_techniques()
 
 
 def _build(job: Job) -> tuple[Path, list[Path], list[str]]:
@@ -185,7 +194,7 @@ def _build(job: Job) -> tuple[Path, list[Path], list[str]]:
         return peers.build(spec.graph, job)
     if spec.root and spec.prune:
         return _pruned_root(job)
-    if spec.graph == "fp32" and spec.runtime == "onnxruntime":
+    if spec.graph == "fp32" and spec.runtime == ORT:
         return job.source_onnx, [], []
     if spec.graph == "fp32":
         from edgekit.compress.quantize_ov import ov_fp32_ir
