@@ -12,7 +12,7 @@ output are never pruned on their output dimension; embedding tables keep their v
 widths are multiples of 8, which CPU kernels need to actually run faster.
 
 After each pruning step BatchNorm statistics are re-estimated on real samples, then the model is
-fine-tuned with :func:`edgekit.zoo.fit` on ``ctx.train``.
+fine-tuned with :func:`edgekit.training.fit` on ``ctx.train``.
 
 Both kinds may run as an iterative schedule: prune ``amount * k / steps``, fine-tune, for
 ``k = 1 .. steps``. Measured facts land in ``ctx.records["prune"]``.
@@ -23,15 +23,15 @@ from __future__ import annotations
 import copy
 import gzip
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, TypeGuard
 
-import numpy as np
 import torch
 from torch import nn
 
 from edgekit.compress.base import Context, register
 from edgekit.errors import BadInputError, EdgekitError
 from edgekit.io.data import Dataset
+from edgekit.training import fit, score, to_tensor
 
 KINDS = ("structured", "unstructured")
 SCOPES = ("global", "layer")
@@ -54,6 +54,12 @@ AUTO: dict[str, dict[str, Any]] = {
     "structured": {"finetune_epochs": 8, "lr": 3e-3, "steps": 1},
     "unstructured": {"finetune_epochs": 5, "lr": 1e-2, "steps": lambda amount: 4 if float(amount) >= 0.8 else 1},
 }
+
+
+class Schedule(NamedTuple):
+    epochs: int  # of fine-tuning after each step
+    lr: float
+    steps: int
 
 
 @dataclass(frozen=True)
@@ -104,13 +110,14 @@ class PruneConfig:
             raise BadInputError(
                 f"prune scope {self.scope!r} is unknown; choose one of: {', '.join(SCOPES)}"
             )
-        if not _is_int(self.finetune_epochs) or self.finetune_epochs < 0:
+        epochs, lr, steps = self.finetune_epochs, self.lr, self.steps
+        if not _is_int(epochs) or epochs < 0:
             raise BadInputError(
                 f"finetune_epochs must be a non-negative integer, got {self.finetune_epochs!r}"
             )
-        if not _is_number(self.lr) or not self.lr > 0:
+        if not _is_number(lr) or not lr > 0:
             raise BadInputError(f"fine-tuning lr must be a positive number, got {self.lr!r}")
-        if not _is_int(self.steps) or self.steps < 1:
+        if not _is_int(steps) or steps < 1:
             raise BadInputError(f"prune steps must be an integer >= 1, got {self.steps!r}")
         if isinstance(self.ignore, str):
             raise BadInputError(
@@ -124,25 +131,33 @@ class PruneConfig:
             )
         object.__setattr__(self, "ignore", names)
         object.__setattr__(self, "amount", float(self.amount))
-        object.__setattr__(self, "lr", float(self.lr))
+        object.__setattr__(self, "lr", float(lr))
+
+    @property
+    def schedule(self) -> Schedule:
+        """The fine-tuning schedule, every value filled in (by :data:`AUTO` when left unset)."""
+        assert self.finetune_epochs is not None and self.lr is not None and self.steps is not None
+        return Schedule(self.finetune_epochs, self.lr, self.steps)
 
     def label(self) -> str:
         """Short name used in reports, e.g. ``"prune:structured:0.5"``."""
         return f"prune:{self.kind}:{self.amount:g}"
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 # --- measurements -----------------------------------------------------------------------------
 
 
-def prunable_layers(module: nn.Module, ignore: tuple[str, ...] = ()) -> dict[str, nn.Module]:
+def prunable_layers(
+    module: nn.Module, ignore: tuple[str, ...] = ()
+) -> dict[str, nn.modules.conv._ConvNd | nn.Linear]:
     """Conv and Linear layers by qualified name, minus ``ignore``."""
     return {
         name: m
@@ -196,31 +211,13 @@ def _channels(module: nn.Module) -> dict[str, int]:
 # --- model inputs and metrics -----------------------------------------------------------------
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    if np.issubdtype(array.dtype, np.floating):
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    if array.dtype == np.bool_:
-        return torch.from_numpy(np.ascontiguousarray(array))
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
-
-
 def example_inputs(data: Dataset, n: int = _EXAMPLE_SAMPLES) -> tuple[torch.Tensor, ...]:
     """The first ``n`` real samples of ``data``, one tensor per input in data order.
 
-    That is the positional order in which :func:`edgekit.zoo.fit` and ``predict`` call a model.
+    That is the positional order in which :func:`edgekit.training.fit` and ``predict`` call a model.
     """
     head = data.head(n)
-    return tuple(_to_tensor(a) for a in head.inputs.values())
-
-
-def _metric(module: nn.Module, data: Dataset | None, task: str) -> tuple[str, float] | None:
-    from edgekit.benchmarks.accuracy import primary_metric
-
-    if data is None or data.labels is None or task not in _TRAINABLE_TASKS:
-        return None
-    from edgekit.zoo import predict
-
-    return primary_metric(task, predict(module, data), data.labels)
+    return tuple(to_tensor(a) for a in head.inputs.values())
 
 
 def recalibrate_batchnorm(
@@ -236,20 +233,20 @@ def recalibrate_batchnorm(
     if not norms or len(data) < 2:
         return False
     modes = [(m, m.training) for m in module.modules()]
-    momenta = [(m, m.momentum) for m in norms]
+    momenta = [(norm, norm.momentum) for norm in norms]
     module.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over all batches
-        m.train()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over all batches
+        norm.train()
     try:
         with torch.no_grad():
             for feed in data.batches(batch_size):
                 if len(next(iter(feed.values()))) >= 2:
-                    module(*(_to_tensor(a) for a in feed.values()))
+                    module(*(to_tensor(a) for a in feed.values()))
     finally:
-        for m, momentum in momenta:
-            m.momentum = momentum
+        for norm, momentum in momenta:
+            norm.momentum = momentum
         for m, mode in modes:
             m.training = mode
     return True
@@ -262,15 +259,13 @@ def _inputs_for_stats(ctx: Context) -> Dataset:
 def _finetune(
     module: nn.Module, config: PruneConfig, ctx: Context, task: str, step: int
 ) -> nn.Module:
-    from edgekit.zoo import fit
-
     assert ctx.train is not None
     tuned = fit(
         module,
         ctx.train,
         task,
-        epochs=config.finetune_epochs,
-        lr=config.lr,
+        epochs=config.schedule.epochs,
+        lr=config.schedule.lr,
         batch_size=FINETUNE_BATCH_SIZE,
         seed=ctx.seed + step,
         threads=torch.get_num_threads(),
@@ -302,7 +297,7 @@ def _check_inputs(config: PruneConfig, module: nn.Module, ctx: Context) -> str:
     task = ctx.task
     if task == "unknown" and ctx.train is not None:
         task = ctx.train.task
-    if config.finetune_epochs > 0:
+    if config.schedule.epochs > 0:
         if ctx.train is None or ctx.train.labels is None:
             raise BadInputError(
                 "pruning with fine-tuning needs labelled data: pass --data with a 'y' array "
@@ -328,7 +323,7 @@ def prune(config: PruneConfig, module: nn.Module, ctx: Context) -> nn.Module:
     task = _check_inputs(config, module, ctx)
     model = copy.deepcopy(module).cpu().float()
     model.eval()
-    metric_before = _metric(model, ctx.eval, task)
+    metric_before = score(model, ctx.eval, task)
     params_before = count_params(model)
     sizes_before = state_dict_sizes(model)
     record: dict[str, Any] = {
@@ -338,7 +333,7 @@ def prune(config: PruneConfig, module: nn.Module, ctx: Context) -> nn.Module:
         "scope": config.scope,
         "steps": config.steps,
         "finetune_epochs": config.finetune_epochs,
-        "finetune_epochs_total": config.finetune_epochs * config.steps,
+        "finetune_epochs_total": config.schedule.epochs * config.schedule.steps,
         "ignored": list(config.ignore),
         "params_before": params_before,
     }
@@ -347,7 +342,7 @@ def prune(config: PruneConfig, module: nn.Module, ctx: Context) -> nn.Module:
     else:
         model, metric_pruned = _structured(config, model, ctx, task, record)
     model.eval()
-    metric_after = _metric(model, ctx.eval, task)
+    metric_after = score(model, ctx.eval, task)
 
     params_after = count_params(model)
     sizes_after = state_dict_sizes(model)
@@ -384,8 +379,8 @@ def _unstructured(
     layers = prunable_layers(model, config.ignore)
     params = [(m, "weight") for m in layers.values()]
     metric_pruned = None
-    for k in range(1, config.steps + 1):
-        target = config.amount * k / config.steps
+    for k in range(1, config.schedule.steps + 1):
+        target = config.amount * k / config.schedule.steps
         # Zeros made permanent by the previous step are the smallest magnitudes, so pruning the
         # whole tensor to ``target`` keeps them and adds the next ones.
         if config.scope == "global":
@@ -394,9 +389,9 @@ def _unstructured(
             for m, name in params:
                 tprune.l1_unstructured(m, name, amount=target)
         record["batchnorm_recalibrated"] = recalibrate_batchnorm(model, _inputs_for_stats(ctx))
-        if k == config.steps:
-            metric_pruned = _metric(model, ctx.eval, task)
-        if config.finetune_epochs > 0:
+        if k == config.schedule.steps:
+            metric_pruned = score(model, ctx.eval, task)
+        if config.schedule.epochs > 0:
             ctx.progress(f"fine-tuning step {k}/{config.steps} at sparsity {target:.2f}")
             model = _finetune(model, config, ctx, task, k)
         for m, name in params:
@@ -426,7 +421,7 @@ def output_layers(model: nn.Module, graph: Any) -> list[nn.Module]:
     """Layers whose output channels reach a model output (pruning them would change its shape)."""
     import torch_pruning as tp
 
-    found = []
+    found: list[nn.Module] = []
     for m in model.modules():
         if not isinstance(m, _ROOT_TYPES) or m not in graph.module2node:
             continue
@@ -539,13 +534,13 @@ def _structured(
         pruning_ratio_dict={
             m: 1.0 - (keep + 0.5) / channels_before[name_of[m]] for m, keep in planned.items()
         },
-        iterative_steps=config.steps,
+        iterative_steps=config.schedule.steps,
         ignored_layers=list(kept),
         # Embeddings as roots too: their width (never their vocabulary) is a hidden dimension.
         root_module_types=list(_ROOT_TYPES),
     )
     metric_pruned = None
-    for k in range(1, config.steps + 1):
+    for k in range(1, config.schedule.steps + 1):
         model.eval()
         pruner.step()
         shapes = _output_shapes(model, inputs)
@@ -554,12 +549,12 @@ def _structured(
                 f"structured pruning changed the model's output shapes {shapes_before} -> "
                 f"{shapes}; add the output layer's name to ignore"
             )
-        if k == config.steps and _channels(model) == channels_before:
+        if k == config.schedule.steps and _channels(model) == channels_before:
             raise nothing_to_do  # e.g. every planned layer is coupled to an ignored one
         record["batchnorm_recalibrated"] = recalibrate_batchnorm(model, _inputs_for_stats(ctx))
-        if k == config.steps:
-            metric_pruned = _metric(model, ctx.eval, task)
-        if config.finetune_epochs > 0:
+        if k == config.schedule.steps:
+            metric_pruned = score(model, ctx.eval, task)
+        if config.schedule.epochs > 0:
             ctx.progress(f"fine-tuning step {k}/{config.steps} after removing channels")
             model = _finetune(model, config, ctx, task, k)
     model.eval()
