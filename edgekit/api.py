@@ -654,7 +654,7 @@ def _save_npz(path: Path, ds: Dataset) -> None:
     if ds.labels is not None:
         arrays["y"] = ds.labels
     with open(path, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
 
 
 def build(

@@ -116,7 +116,7 @@ def verify(
     """Check BUNDLE here: hashes, signature, runtime versions, smoke inference, fidelity gate."""
     from edgekit.bundle import verify as v
 
-    kw = dict(pubkey=pubkey, require_signature=require_signature, gate=not no_gate)
+    kw: dict[str, Any] = dict(pubkey=pubkey, require_signature=require_signature, gate=not no_gate)
     result = v.probe(bundle, **kw) if probe else v.verify(bundle, **kw)
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -118,6 +118,7 @@ def run_outputs(runtime: Any, data: Dataset, *, batch: int = EVAL_BATCH) -> Outp
     values = np.zeros((len(data), t_max, *first.shape[2:]), dtype=first.dtype)
     valid_all = np.zeros((len(data), t_max), dtype=bool)
     for rows, out, valid in chunks:
+        assert valid is not None  # every output with positions has its mask
         values[rows, : out.shape[1]] = np.where(valid.reshape(*valid.shape, *[1] * (out.ndim - 2)), out, 0)
         valid_all[rows, : out.shape[1]] = valid
     return Outputs(values, valid_all)
@@ -238,7 +239,7 @@ def measure(
     for name, out in outputs.items():
         v = gate(out)
         row = rows[name]
-        row.fidelity, row.metrics, row.metric, row.metric_drop = v.fidelity, v.metrics, v.metric, v.metric_drop
+        row.fidelity, row.metrics, row.metric, row.metric_drop = v.fidelity, {**v.metrics}, v.metric, v.metric_drop
         if name != baseline:
             row.deployable = v.reason is None
             row.rejected_reason = v.reason

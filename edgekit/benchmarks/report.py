@@ -113,7 +113,9 @@ class Report:
             return VariantRow(**{k: v for k, v in r.items() if k in known}) if r else None
 
         fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k not in ("baseline", "variants")}
-        return cls(**fields, baseline=row(d.get("baseline")), variants=[row(r) for r in d.get("variants", [])])
+        return cls(
+            **fields, baseline=row(d.get("baseline")), variants=[v for r in d.get("variants", []) if (v := row(r))],
+        )
 
     def row(self, name: str) -> VariantRow:
         for r in self.rows():

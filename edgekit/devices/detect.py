@@ -97,7 +97,7 @@ def closest_profile() -> DeviceProfile | None:
     info = machine()
     if info["arch"] not in ("x86_64", "AMD64"):
         return profiles().get("arm64-cortex-a76") if info["arch"] == "aarch64" else None
-    isa = set(info["isa"])  # type: ignore[arg-type]
+    isa = set(info["isa"]) if isinstance(info["isa"], list) else set()
     name = "x86-avx512-vnni" if {"avx512_vnni", "avx_vnni", "amx_tile"} & isa else "x86-avx2"
     return profiles().get(name)
 
@@ -106,7 +106,7 @@ def default_target() -> str:
     info = machine()
     runtimes = info["runtimes"]
     arch = "x86" if info["arch"] in ("x86_64", "AMD64") else "arm64"
-    if arch == "x86" and runtimes.get("openvino"):  # type: ignore[union-attr]
+    if arch == "x86" and isinstance(runtimes, dict) and runtimes.get("openvino"):
         return "x86-openvino"
     return f"{arch}-onnxruntime"
 
@@ -116,7 +116,7 @@ def runnable_targets() -> dict[str, str]:
     info = machine()
     out: dict[str, str] = {}
     for target, (runtime, arch) in TARGETS.items():
-        if not info["runtimes"].get(runtime):  # type: ignore[union-attr]
+        if not (isinstance(info["runtimes"], dict) and info["runtimes"].get(runtime)):
             out[target] = f"no: the {RUNTIME_PACKAGES[runtime]} package is not installed"
         elif runtime == "tensorrt" and not Path("/dev/nvidia0").exists():
             out[target] = "no: needs an NVIDIA GPU"

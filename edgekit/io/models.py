@@ -481,7 +481,7 @@ def parse_input_shapes(text: str, *, known_names: list[str] | None = None) -> li
     """
     import numpy as np
 
-    specs = []
+    specs: list[InputSpec] = []
     items = [s.strip() for s in text.split(",") if s.strip()]
     if not items:
         raise BadInputError(

@@ -458,7 +458,7 @@ class TensorRTRuntime(Runtime):
                 "TensorRT version that built them: rebuild it here with `edgekit build`"
             )
         self._context = self._engine.create_execution_context()
-        inputs, outputs = [], []
+        inputs, outputs = list[TensorSpec](), list[TensorSpec]()
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             dims = tuple(d if d >= 0 else None for d in self._engine.get_tensor_shape(name))
