@@ -17,7 +17,8 @@ import torch
 import edgekit.zoo as zoo
 from edgekit import api
 from edgekit.errors import BadInputError
-from edgekit.export.onnx import _session, declared_axes
+from edgekit.export.onnx import declared_axes
+from edgekit.export.parity import ort_session as _session
 from edgekit.io.data import Dataset, load_npz, save_npz
 from edgekit.io.models import load_model
 from edgekit.io.splits import resolve_data

@@ -150,7 +150,7 @@ def slim(teacher: nn.Module, example: tuple[torch.Tensor, ...], width: float) ->
     """
     import torch_pruning as tp
 
-    from edgekit.compress.prune import output_layers
+    from edgekit.compress.surgery import output_layers
 
     model = copy.deepcopy(teacher).cpu().float().eval()
     inputs: torch.Tensor | tuple[torch.Tensor, ...] = example[0] if len(example) == 1 else example
@@ -261,6 +261,17 @@ def train_student(
     )
 
 
+def _timed(
+    student: nn.Module, train: Dataset, task: str, teacher: nn.Module | None, config: DistillConfig, seed: int
+) -> tuple[nn.Module, float]:
+    """A copy of ``student`` trained (with ``teacher`` or alone), and the seconds it took."""
+    start = time.perf_counter()
+    trained = train_student(
+        _clone(student), train, task, teacher=teacher, config=config, seed=seed, threads=torch.get_num_threads()
+    )
+    return trained, time.perf_counter() - start
+
+
 # --- the technique ----------------------------------------------------------------------------
 
 
@@ -309,31 +320,10 @@ def distill(config: DistillConfig, module: nn.Module, ctx: Context) -> nn.Module
     shift = config.shift if shiftable(ctx.train) else 0.0
     eval_data = ctx.eval if ctx.eval is not None and len(ctx.eval) else ctx.train
     init_metric = score(student, eval_data, task)
-    threads = torch.get_num_threads()
     ctx.progress(f"distill: training the student ({student_params} params) with the teacher, {config.epochs} epochs")
-    start = time.perf_counter()
-    distilled = train_student(
-        _clone(student),
-        ctx.train,
-        task,
-        teacher=teacher,
-        config=config,
-        seed=ctx.seed,
-        threads=threads,
-    )
-    seconds_kd = time.perf_counter() - start
+    distilled, seconds_kd = _timed(student, ctx.train, task, teacher, config, ctx.seed)
     ctx.progress("distill: training the same student without the teacher, for comparison")
-    start = time.perf_counter()
-    alone = train_student(
-        _clone(student),
-        ctx.train,
-        task,
-        teacher=None,
-        config=config,
-        seed=ctx.seed,
-        threads=threads,
-    )
-    seconds_alone = time.perf_counter() - start
+    alone, seconds_alone = _timed(student, ctx.train, task, None, config, ctx.seed)
 
     outputs = [predict(m, eval_data) for m in (teacher, distilled, alone)]
     record: dict[str, Any] = {

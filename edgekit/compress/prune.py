@@ -21,7 +21,6 @@ Both kinds may run as an iterative schedule: prune ``amount * k / steps``, fine-
 from __future__ import annotations
 
 import copy
-import gzip
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeGuard
 
@@ -29,14 +28,19 @@ import torch
 from torch import nn
 
 from edgekit.compress.base import Context, register
+from edgekit.compress.prune_structured import structured
+from edgekit.compress.surgery import (
+    count_params,
+    prunable_layers,
+    recover,
+    state_dict_sizes,
+    weight_sparsity,
+)
 from edgekit.errors import BadInputError, EdgekitError
-from edgekit.io.data import Dataset
-from edgekit.training import fit, score, to_tensor
+from edgekit.training import score
 
 KINDS = ("structured", "unstructured")
 SCOPES = ("global", "layer")
-FINETUNE_BATCH_SIZE = 32
-_EXAMPLE_SAMPLES = 2  # real samples used to trace the dependency graph
 _TRAINABLE_TASKS = ("classification", "binary", "regression")
 
 RUNTIME_BENEFIT = {
@@ -152,130 +156,6 @@ def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# --- measurements -----------------------------------------------------------------------------
-
-
-def prunable_layers(
-    module: nn.Module, ignore: tuple[str, ...] = ()
-) -> dict[str, nn.modules.conv._ConvNd | nn.Linear]:
-    """Conv and Linear layers by qualified name, minus ``ignore``."""
-    return {
-        name: m
-        for name, m in module.named_modules()
-        if isinstance(m, nn.modules.conv._ConvNd | nn.Linear) and name not in ignore
-    }
-
-
-def count_params(module: nn.Module) -> dict[str, int]:
-    """Total and non-zero parameter elements."""
-    total = sum(p.numel() for p in module.parameters())
-    nonzero = sum(int(torch.count_nonzero(p.detach())) for p in module.parameters())
-    return {"total": total, "nonzero": nonzero}
-
-
-def weight_sparsity(module: nn.Module, ignore: tuple[str, ...] = ()) -> float:
-    """Fraction of zero weights over the Conv/Linear layers not in ``ignore``."""
-    layers = prunable_layers(module, ignore)
-    total = sum(m.weight.numel() for m in layers.values())
-    zeros = sum(int((m.weight.detach() == 0).sum()) for m in layers.values())
-    return zeros / total if total else 0.0
-
-
-def state_dict_sizes(module: nn.Module) -> dict[str, int]:
-    """Bytes of the ``state_dict`` tensors laid end to end, raw and gzip-compressed.
-
-    The raw tensor bytes, not a ``torch.save`` archive: on a small model the archive's own
-    headers would hide what the zeros buy.
-    """
-    raw = b"".join(
-        t.detach().cpu().contiguous().numpy().tobytes() for t in module.state_dict().values()
-    )
-    return {"raw": len(raw), "gzip": len(gzip.compress(raw, compresslevel=9, mtime=0))}
-
-
-def _width(m: nn.Module) -> int | None:
-    """Output channels of a Conv, output features of a Linear, the width of an Embedding."""
-    if isinstance(m, nn.modules.conv._ConvNd):
-        return int(m.out_channels)
-    if isinstance(m, nn.Linear):
-        return int(m.out_features)
-    if isinstance(m, nn.Embedding):
-        return int(m.embedding_dim)
-    return None
-
-
-def _channels(module: nn.Module) -> dict[str, int]:
-    return {name: w for name, m in module.named_modules() if (w := _width(m)) is not None}
-
-
-# --- model inputs and metrics -----------------------------------------------------------------
-
-
-def example_inputs(data: Dataset, n: int = _EXAMPLE_SAMPLES) -> tuple[torch.Tensor, ...]:
-    """The first ``n`` real samples of ``data``, one tensor per input in data order.
-
-    That is the positional order in which :func:`edgekit.training.fit` and ``predict`` call a model.
-    """
-    head = data.head(n)
-    return tuple(to_tensor(a) for a in head.inputs.values())
-
-
-def recalibrate_batchnorm(
-    module: nn.Module, data: Dataset, batch_size: int = FINETUNE_BATCH_SIZE
-) -> bool:
-    """Re-estimate BatchNorm running statistics on ``data`` without a gradient step.
-
-    Removing channels or weights shifts the activations every later BatchNorm normalizes, so its
-    stored statistics no longer fit; one pass over real samples restores them. Only the BatchNorm
-    layers run in training mode (dropout stays off). Returns False when the model has none.
-    """
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or len(data) < 2:
-        return False
-    modes = [(m, m.training) for m in module.modules()]
-    momenta = [(norm, norm.momentum) for norm in norms]
-    module.eval()
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a cumulative average over all batches
-        norm.train()
-    try:
-        with torch.no_grad():
-            for feed in data.batches(batch_size):
-                if len(next(iter(feed.values()))) >= 2:
-                    module(*(to_tensor(a) for a in feed.values()))
-    finally:
-        for norm, momentum in momenta:
-            norm.momentum = momentum
-        for m, mode in modes:
-            m.training = mode
-    return True
-
-
-def _inputs_for_stats(ctx: Context) -> Dataset:
-    return ctx.train if ctx.train is not None else ctx.calib
-
-
-def _finetune(
-    module: nn.Module, config: PruneConfig, ctx: Context, task: str, step: int
-) -> nn.Module:
-    assert ctx.train is not None
-    tuned = fit(
-        module,
-        ctx.train,
-        task,
-        epochs=config.schedule.epochs,
-        lr=config.schedule.lr,
-        batch_size=FINETUNE_BATCH_SIZE,
-        seed=ctx.seed + step,
-        threads=torch.get_num_threads(),
-    )
-    if tuned is not module:
-        # Pruning state (masks, the dependency graph) refers to ``module``: keep training there.
-        module.load_state_dict(tuned.state_dict())
-    return module
-
-
 def _check_inputs(config: PruneConfig, module: nn.Module, ctx: Context) -> str:
     if isinstance(module, torch.jit.ScriptModule) or not isinstance(module, nn.Module):
         raise BadInputError(
@@ -340,7 +220,7 @@ def prune(config: PruneConfig, module: nn.Module, ctx: Context) -> nn.Module:
     if config.kind == "unstructured":
         model, metric_pruned = _unstructured(config, model, ctx, task, record)
     else:
-        model, metric_pruned = _structured(config, model, ctx, task, record)
+        model, metric_pruned = structured(config, model, ctx, task, record)
     model.eval()
     metric_after = score(model, ctx.eval, task)
 
@@ -388,12 +268,10 @@ def _unstructured(
         else:
             for m, name in params:
                 tprune.l1_unstructured(m, name, amount=target)
-        record["batchnorm_recalibrated"] = recalibrate_batchnorm(model, _inputs_for_stats(ctx))
-        if k == config.schedule.steps:
-            metric_pruned = score(model, ctx.eval, task)
         if config.schedule.epochs > 0:
             ctx.progress(f"fine-tuning step {k}/{config.steps} at sparsity {target:.2f}")
-            model = _finetune(model, config, ctx, task, k)
+        model, metric_pruned = recover(model, ctx, task, epochs=config.schedule.epochs, lr=config.schedule.lr,
+                                       step=k, last=k == config.schedule.steps, record=record)
         for m, name in params:
             tprune.remove(m, name)
 
@@ -413,167 +291,3 @@ def _unstructured(
     return model, metric_pruned
 
 
-_ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding)
-_BLOCK = 8  # channel multiple kept by structured pruning (see _round_width)
-
-
-def output_layers(model: nn.Module, graph: Any) -> list[nn.Module]:
-    """Layers whose output channels reach a model output (pruning them would change its shape)."""
-    import torch_pruning as tp
-
-    found: list[nn.Module] = []
-    for m in model.modules():
-        if not isinstance(m, _ROOT_TYPES) or m not in graph.module2node:
-            continue
-        pruner = graph.get_pruner_of_module(m)
-        group = graph.get_pruning_group(m, pruner.prune_out_channels, idxs=[0])
-        # The graph is traced back from the outputs: a node nothing consumes produces an output.
-        if any(
-            dep.target.type == tp.ops.OPTYPE.OUTPUT
-            or (graph.is_out_channel_pruning_fn(dep.handler) and not dep.target.outputs)
-            for dep, _ in group
-        ):
-            found.append(m)
-    return found
-
-
-def _round_width(keep: int, width: int) -> int:
-    """``keep`` rounded to the nearest multiple of 8 (never above ``width``), when it is >= 8.
-
-    CPU kernels work on blocks of 8 channels (AVX2, and ONNX Runtime's NCHWc layout): a pruned
-    edge-cnn with 43-channel layers ran 1.9x *slower* in ONNX Runtime than the unpruned model,
-    and 0.55x once its widths were multiples of 8.
-    """
-    if keep < _BLOCK:
-        return max(1, keep)
-    rounded = max(_BLOCK, int(keep / _BLOCK + 0.5) * _BLOCK)
-    return rounded if rounded <= width else width - width % _BLOCK
-
-
-def _plan_widths(
-    model: nn.Module, example: Any, config: PruneConfig, kept: set[nn.Module]
-) -> dict[nn.Module, int]:
-    """How many channels each prunable layer keeps.
-
-    ``layer`` scope: ``width * (1 - amount)`` per layer. ``global`` scope: Torch-Pruning ranks all
-    channels of the model together on a trial copy, with LAMP-normalized L2 magnitudes (the same
-    order as plain magnitude inside a layer, but comparable across layers), which decides each
-    layer's share of the budget. Both are then rounded to multiples of 8.
-    """
-    import torch_pruning as tp
-
-    widths = {m: w for m in model.modules() if m not in kept and (w := _width(m)) is not None}
-    if config.scope == "layer":
-        target = {m: int(round(w * (1.0 - config.amount))) for m, w in widths.items()}
-    else:
-        name_of = {m: n for n, m in model.named_modules()}
-        trial = copy.deepcopy(model)
-        trial_modules = dict(trial.named_modules())
-        tp.pruner.BasePruner(
-            trial,
-            example,
-            importance=tp.importance.LAMPImportance(p=2),
-            global_pruning=True,
-            pruning_ratio=config.amount,
-            ignored_layers=[trial_modules[name_of[m]] for m in kept],
-            root_module_types=list(_ROOT_TYPES),
-        ).step()
-        target = {m: _width(trial_modules[name_of[m]]) or w for m, w in widths.items()}
-    return {m: _round_width(target[m], w) for m, w in widths.items()}
-
-
-def _output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
-    with torch.no_grad():
-        out = model(*inputs)
-    outs = out if isinstance(out, tuple | list) else [out]
-    return [tuple(o.shape) for o in outs if isinstance(o, torch.Tensor)]
-
-
-def _structured(
-    config: PruneConfig, model: nn.Module, ctx: Context, task: str, record: dict[str, Any]
-) -> tuple[nn.Module, tuple[str, float] | None]:
-    import torch_pruning as tp
-
-    sample = ctx.calib if ctx.calib is not None and len(ctx.calib) else ctx.train
-    if sample is None:
-        raise BadInputError("structured pruning needs a real input sample: pass --data")
-    inputs = example_inputs(sample)
-    example: torch.Tensor | tuple[torch.Tensor, ...] = inputs[0] if len(inputs) == 1 else inputs
-    one = tuple(t[:1] for t in inputs)
-    shapes_before = _output_shapes(model, inputs)
-    channels_before = _channels(model)
-    macs_before, _ = tp.utils.count_ops_and_params(model, one[0] if len(one) == 1 else one)
-
-    named = dict(model.named_modules())
-    name_of = {m: n for n, m in named.items()}
-    try:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    except Exception as exc:  # tracing a user's model can fail in many ways
-        raise BadInputError(
-            f"Torch-Pruning could not trace the model's dependency graph ({exc}); "
-            "use kind = 'unstructured', or ignore the layers it cannot follow"
-        ) from exc
-    outputs = output_layers(model, graph)
-    kept = {named[n] for n in config.ignore} | set(outputs)
-    plan = _plan_widths(model, example, config, kept)
-    planned = {m: keep for m, keep in plan.items() if keep < channels_before[name_of[m]]}
-    nothing_to_do = BadInputError(
-        f"structured pruning would remove no channel: amount {config.amount} is too small for "
-        "layers this narrow, or every prunable layer is ignored or produces an output; "
-        "raise amount, remove names from ignore or use kind = 'unstructured'"
-    )
-    if not planned:
-        raise nothing_to_do
-    pruner = tp.pruner.BasePruner(
-        model,
-        example,
-        importance=tp.importance.MagnitudeImportance(p=2),
-        global_pruning=False,
-        pruning_ratio=0.0,
-        # Half a channel of slack so that width * (1 - ratio) truncates to exactly ``keep``.
-        pruning_ratio_dict={
-            m: 1.0 - (keep + 0.5) / channels_before[name_of[m]] for m, keep in planned.items()
-        },
-        iterative_steps=config.schedule.steps,
-        ignored_layers=list(kept),
-        # Embeddings as roots too: their width (never their vocabulary) is a hidden dimension.
-        root_module_types=list(_ROOT_TYPES),
-    )
-    metric_pruned = None
-    for k in range(1, config.schedule.steps + 1):
-        model.eval()
-        pruner.step()
-        shapes = _output_shapes(model, inputs)
-        if shapes != shapes_before:
-            raise EdgekitError(
-                f"structured pruning changed the model's output shapes {shapes_before} -> "
-                f"{shapes}; add the output layer's name to ignore"
-            )
-        if k == config.schedule.steps and _channels(model) == channels_before:
-            raise nothing_to_do  # e.g. every planned layer is coupled to an ignored one
-        record["batchnorm_recalibrated"] = recalibrate_batchnorm(model, _inputs_for_stats(ctx))
-        if k == config.schedule.steps:
-            metric_pruned = score(model, ctx.eval, task)
-        if config.schedule.epochs > 0:
-            ctx.progress(f"fine-tuning step {k}/{config.steps} after removing channels")
-            model = _finetune(model, config, ctx, task, k)
-    model.eval()
-
-    channels_after = _channels(model)
-    pruned_names = [n for n in channels_before if named[n] not in kept]
-    macs_after, _ = tp.utils.count_ops_and_params(model, one[0] if len(one) == 1 else one)
-    record.update(
-        sparsity=weight_sparsity(model, config.ignore),
-        removed_channels={
-            n: channels_before[n] - channels_after[n]
-            for n in channels_before
-            if channels_after[n] != channels_before[n]
-        },
-        channel_sparsity=1.0
-        - sum(channels_after[n] for n in pruned_names)
-        / max(1, sum(channels_before[n] for n in pruned_names)),
-        channels={n: [channels_before[n], channels_after[n]] for n in channels_before},
-        output_layers=sorted(name_of[m] for m in outputs),
-        macs_per_sample={"before": int(macs_before), "after": int(macs_after)},
-    )
-    return model, metric_pruned

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgekit.errors import BadInputError
 from edgekit.io.data import Dataset
+from edgekit.io.inputs import META_FILE
 from edgekit.training import Progress, fit, torch_settings
 from edgekit.zoo.datasets import load_data
 from edgekit.zoo.evaluation import evaluate
@@ -29,9 +30,6 @@ from edgekit.zoo.evaluation import evaluate
 if TYPE_CHECKING:
     import torch
 
-META_FILE = (
-    "edgekit.json"  # JSON metadata stored in a saved TorchScript archive (its extra/ folder)
-)
 _META_MEMBER = re.compile(r"[^/]+/extra/" + re.escape(META_FILE))
 
 
