@@ -1,14 +1,10 @@
-"""Task metrics against labels, and fidelity of a compressed model to its fp32 baseline.
+"""Fidelity of a compressed model to its fp32 baseline, measured the way its output is used.
 
-Conventions for model outputs (the first output of the model):
-- ``classification``: logits or probabilities ``(N, C)``; metric ``accuracy`` in percent.
-- ``binary``: one probability per sample ``(N, 1)`` or ``(N,)``, threshold 0.5; ``accuracy`` in percent.
-- ``regression``: ``(N, 1)`` or ``(N,)``; primary metric ``r2`` (higher is better), ``mae`` too.
-
-Without labels a variant is judged by its fidelity to fp32, the way its output is used: the
-output kinds of :data:`KINDS` (classifier, embedding, sequence, regression, raw) each compute
+The output kinds of :data:`KINDS` (classifier, embedding, sequence, regression, raw) each compute
 their figures over real positions only (padding never counts) and name the rules the gate
-(:mod:`edgekit.benchmarks.gate`) applies.
+(:mod:`edgekit.benchmarks.gate`) applies; with labels, the kind's task metrics
+(:mod:`edgekit.metrics`, one module per metric) decide instead. :func:`detect` reads the kind from
+the model's metadata and output shape, :func:`resolve` applies the user's choices.
 """
 
 from __future__ import annotations
