@@ -67,6 +67,11 @@ def primary_metric(task: str, outputs: np.ndarray, labels: np.ndarray) -> tuple[
     return name, task_metrics(task, outputs, labels)[name]
 
 
+def default_budgets() -> dict[str, float]:
+    """The drop the gate allows per metric without ``--max-drop`` (metrics that declare one)."""
+    return {name: m.default_budget for name, m in _REGISTRY.items() if m.default_budget is not None}
+
+
 def metric_drop(name: str, baseline: float, value: float) -> float:
     """How much worse ``value`` is than ``baseline``, in the metric's units (positive = worse)."""
     return (baseline - value) if higher_is_better(name) else (value - baseline)
@@ -80,6 +85,7 @@ __all__ = [
     "Scoring",
     "as_outputs",
     "compute",
+    "default_budgets",
     "get",
     "higher_is_better",
     "metric_drop",
