@@ -236,8 +236,8 @@ def test_config_rejects_bad_values(kwargs: dict[str, Any]) -> None:
 
 
 def test_shift_moves_images_and_is_skipped_for_other_inputs() -> None:
-    from edgekit.zoo.training import shift_images as _shift
-    from edgekit.zoo.training import shiftable as _shiftable
+    from edgekit.training import shift_images as _shift
+    from edgekit.training import shiftable as _shiftable
 
     x = torch.zeros(2, 1, 8, 8)
     x[:, :, 3:5, 3:5] = 1.0

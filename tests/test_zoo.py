@@ -350,3 +350,9 @@ def test_read_meta_without_metadata(tmp_path: Path) -> None:
         zoo.read_meta(broken)
     with pytest.raises(BadInputError, match="does not exist"):
         zoo.read_meta(tmp_path / "missing.pt")
+
+
+def test_model_files_may_name_exactly_the_zoo_factories() -> None:
+    from edgekit.io.models import SHIPPED_FACTORIES
+
+    assert {zoo.spec(n).factory for n in zoo.names()} == SHIPPED_FACTORIES

@@ -17,11 +17,12 @@ import torch
 import edgekit.zoo as zoo
 from edgekit import api
 from edgekit.errors import BadInputError
-from edgekit.export.onnx import _session, declared_axes
+from edgekit.export.onnx import declared_axes
+from edgekit.export.parity import ort_session as _session
 from edgekit.io.data import Dataset, load_npz, save_npz
 from edgekit.io.models import load_model
 from edgekit.io.splits import resolve_data
-from edgekit.zoo import datasets, training
+from edgekit.zoo import datasets, evaluation, training
 from edgekit.zoo.models import mean_pool
 
 Trained = Callable[[str], tuple[zoo.TrainResult, Path]]
@@ -90,16 +91,16 @@ def test_ctc_decode_sequence_metrics_and_centroids() -> None:
     blank = 10
     path = [blank, 3, 3, blank, 3, 5, 5, blank, blank]
     scores = np.eye(11)[path][None]
-    assert training.ctc_greedy_decode(scores, blank) == [[3, 3, 5]]
-    assert training.ctc_greedy_decode(scores, blank, np.array([5])) == [[3, 3]]
+    assert evaluation.ctc_greedy_decode(scores, blank) == [[3, 3, 5]]
+    assert evaluation.ctc_greedy_decode(scores, blank, np.array([5])) == [[3, 3]]
     labels = np.array([[3, 3, 5, -1], [3, 5, -1, -1]])
-    m = training.sequence_metrics(np.concatenate([scores, scores]), labels, blank)
+    m = evaluation.sequence_metrics(np.concatenate([scores, scores]), labels, blank)
     assert m["sequence_accuracy"] == 0.5 and m["cer"] == pytest.approx(1 / 5)
     emb = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     y = np.array([0, 0, 1, 1])
-    assert training.centroid_accuracy(emb, y, emb, y) == 100.0
-    assert training.centroid_accuracy(emb, y, emb, 1 - y) == 0.0
+    assert evaluation.centroid_accuracy(emb, y, emb, y) == 100.0
+    assert evaluation.centroid_accuracy(emb, y, emb, 1 - y) == 0.0
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -134,7 +135,7 @@ def test_text_encoder_held_out(trained: Trained) -> None:
     states = torch.from_numpy(zoo.predict(result.module, test))
     pooled = mean_pool(states, torch.from_numpy(test.inputs["attention_mask"]))
     np.testing.assert_allclose(
-        training.sentence_embeddings(result.module, test),
+        evaluation.sentence_embeddings(result.module, test),
         torch.nn.functional.normalize(pooled, dim=-1).numpy(),
         atol=1e-5,
     )

@@ -1,63 +1,28 @@
-"""Task metrics against labels, and fidelity of a compressed model to its fp32 baseline.
+"""Fidelity of a compressed model to its fp32 baseline, measured the way its output is used.
 
-Conventions for model outputs (the first output of the model):
-- ``classification``: logits or probabilities ``(N, C)``; metric ``accuracy`` in percent.
-- ``binary``: one probability per sample ``(N, 1)`` or ``(N,)``, threshold 0.5; ``accuracy`` in percent.
-- ``regression``: ``(N, 1)`` or ``(N,)``; primary metric ``r2`` (higher is better), ``mae`` too.
-
-Without labels a variant is judged by its fidelity to fp32, the way its output is used: the
-output kinds of :data:`KINDS` (classifier, embedding, sequence, regression, raw) each compute
+The output kinds of :data:`KINDS` (classifier, embedding, sequence, regression, raw) each compute
 their figures over real positions only (padding never counts) and name the rules the gate
-(:mod:`edgekit.benchmarks.gate`) applies.
+(:mod:`edgekit.benchmarks.gate`) applies; with labels, the kind's task metrics
+(:mod:`edgekit.metrics`, one module per metric) decide instead. :func:`detect` reads the kind from
+the model's metadata and output shape, :func:`resolve` applies the user's choices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-# The primary metric of each task, and whether a higher value is better.
-PRIMARY = {"classification": "accuracy", "binary": "accuracy", "regression": "r2"}
-HIGHER_IS_BETTER = {"accuracy": True, "r2": True, "mae": False}
+from edgekit.metrics import TASKS, Scoring, compute, metric_drop, primary_metric, task_metrics
+from edgekit.metrics.accuracy import predictions
+from edgekit.metrics.ctc import ctc_collapse, decode_all
+from edgekit.metrics.outputs import Outputs, as_outputs, pooled
+from edgekit.metrics.user import load_metric, user_metric
 
-
-def predictions(task: str, outputs: np.ndarray) -> np.ndarray:
-    """Discrete predictions for classification tasks (class index per sample)."""
-    out = np.asarray(outputs)
-    if task == "binary":
-        return (out.reshape(len(out), -1)[:, 0] > 0.5).astype(np.int64)
-    return out.reshape(len(out), -1).argmax(axis=1)
-
-
-def task_metrics(task: str, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """All metrics of ``task``; the primary one is ``PRIMARY[task]``."""
-    out = np.asarray(outputs, dtype=np.float64)
-    y = np.asarray(labels)
-    if task in ("classification", "binary"):
-        pred = predictions(task, out)
-        return {"accuracy": float(100.0 * np.mean(pred == y.reshape(-1)))}
-    if task == "regression":
-        pred = out.reshape(len(out), -1)[:, 0]
-        target = y.reshape(-1).astype(np.float64)
-        ss_res = float(np.sum((target - pred) ** 2))
-        ss_tot = float(np.sum((target - target.mean()) ** 2)) or 1e-12
-        return {"r2": 1.0 - ss_res / ss_tot, "mae": float(np.mean(np.abs(target - pred)))}
-    return {}
-
-
-def primary_metric(task: str, outputs: np.ndarray, labels: np.ndarray) -> tuple[str, float] | None:
-    name = PRIMARY.get(task)
-    if name is None:
-        return None
-    return name, task_metrics(task, outputs, labels)[name]
-
-
-def metric_drop(name: str, baseline: float, value: float) -> float:
-    """How much worse ``value`` is than ``baseline``, in the metric's units (positive = worse)."""
-    return (baseline - value) if HIGHER_IS_BETTER.get(name, True) else (value - baseline)
+# The primary metric of each task with labels (edgekit.metrics.TASKS lists them all).
+PRIMARY = {task: metrics[0] for task, metrics in TASKS.items()}
 
 
 @dataclass(frozen=True)
@@ -110,48 +75,6 @@ DECODERS = ("ctc", "none")
 # A variant's argmax counts as agreeing when the fp32 output at that class is within this
 # fraction of the row's scale of the fp32 maximum: a tie that numerical noise may break either way.
 TIE_RTOL = 1e-3
-
-
-@dataclass(frozen=True)
-class Outputs:
-    """A model's first output on every evaluation sample, in the data's order.
-
-    ``values`` holds ``(N, ...)``; for outputs with positions (``(N, T, ...)``) it is padded with
-    zeros to the longest sample and ``valid`` (``(N, T)`` bool) says which positions are real.
-    ``valid`` is None when every position counts.
-    """
-
-    values: np.ndarray
-    valid: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    @property
-    def has_positions(self) -> bool:
-        return self.values.ndim >= 3
-
-    def positions(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(P, C)`` rows of every real position and the sample index of each (for ``(N, T, C…)``)."""
-        v = self.values.reshape(len(self), self.values.shape[1], -1)
-        valid = self.valid if self.valid is not None else np.ones(v.shape[:2], dtype=bool)
-        return v[valid], np.nonzero(valid)[0]
-
-    def samples(self) -> list[np.ndarray]:
-        """One array per sample with only its real positions (ragged along axis 0 of each)."""
-        if self.valid is None:
-            return list(self.values)
-        return [self.values[i][self.valid[i]] for i in range(len(self))]
-
-    def real_values(self) -> np.ndarray:
-        """Every real output value, flattened (padded positions left out)."""
-        if self.valid is None:
-            return self.values.reshape(-1)
-        return self.values[self.valid].reshape(-1)
-
-
-def as_outputs(values: np.ndarray | Outputs) -> Outputs:
-    return values if isinstance(values, Outputs) else Outputs(np.asarray(values))
 
 
 @dataclass(frozen=True)
@@ -230,8 +153,8 @@ class OutputKind:
     what: str
     figures: Callable[[Outputs, Outputs, OutputSpec], dict[str, Any]]
     rules: tuple[Rule, ...]
-    task_metric: Callable[[Outputs, Outputs, np.ndarray, OutputSpec], dict[str, float]] | None = None
-    primary: str | None = None  # the task metric that decides when there are labels
+    # registered metrics (edgekit.metrics) it reports against labels; the first decides
+    metrics: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------- figures
@@ -287,21 +210,6 @@ def _classifier(ref: Outputs, out: Outputs, spec: OutputSpec) -> dict[str, Any]:
     return {"top1_agreement": top1, "cosine": float(np.mean(_row_cosine(r, o))), **_common(ref, out)}
 
 
-def pooled(out: Outputs) -> np.ndarray:
-    """Mask-aware mean over real positions for token states ``(N, T, D)``, then L2-normalised;
-    ``(N, D)`` outputs are only normalised."""
-    v = out.values.astype(np.float64)
-    if v.ndim >= 3:
-        v = v.reshape(len(v), v.shape[1], -1)
-        valid = out.valid if out.valid is not None else np.ones(v.shape[:2], dtype=bool)
-        w = valid[..., None].astype(np.float64)
-        v = (v * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1.0)
-    else:
-        v = v.reshape(len(v), -1)
-    norm = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.where(norm > 0, norm, 1.0)
-
-
 def nearest_neighbours(emb: np.ndarray) -> np.ndarray:
     """Index of each row's nearest other row by cosine (rows L2-normalised)."""
     sim = emb @ emb.T
@@ -316,20 +224,6 @@ def _embedding(ref: Outputs, out: Outputs, spec: OutputSpec) -> dict[str, Any]:
     return {"cosine": float(cos.mean()), "cosine_min": float(cos.min()), "nn_agreement": nn, **_common(ref, out)}
 
 
-def ctc_collapse(ids: np.ndarray, blank: int) -> list[int]:
-    """Greedy CTC: merge repeats, drop blanks."""
-    seq = np.asarray(ids).reshape(-1)
-    if seq.size == 0:
-        return []
-    keep = np.concatenate([[True], seq[1:] != seq[:-1]]) & (seq != blank)
-    return [int(t) for t in seq[keep]]
-
-
-def _decode_all(ids: np.ndarray, owner: np.ndarray, n: int, blank: int) -> list[list[int]]:
-    bounds = np.searchsorted(owner, np.arange(n + 1))
-    return [ctc_collapse(ids[bounds[i] : bounds[i + 1]], blank) for i in range(n)]
-
-
 def _sequence(ref: Outputs, out: Outputs, spec: OutputSpec) -> dict[str, Any]:
     r, owner = ref.positions()
     o, _ = out.positions()
@@ -340,8 +234,8 @@ def _sequence(ref: Outputs, out: Outputs, spec: OutputSpec) -> dict[str, Any]:
         "cosine": float(np.mean(_row_cosine(r, o))) if len(r) else 1.0,
     }
     if spec.ctc:
-        ref_text = _decode_all(a, owner, len(ref), spec.blank)
-        out_text = _decode_all(b, owner, len(ref), spec.blank)
+        ref_text = decode_all(a, owner, len(ref), spec.blank)
+        out_text = decode_all(b, owner, len(ref), spec.blank)
         exact = float(np.mean([x == y for x, y in zip(ref_text, out_text, strict=True)]))
         figures["exact_match"] = exact
         figures["exact_match_drop"] = 100.0 * (1.0 - exact)  # points vs fp32 reading itself
@@ -353,58 +247,6 @@ def _raw(ref: Outputs, out: Outputs, spec: OutputSpec) -> dict[str, Any]:
     o = out.real_values().astype(np.float64)
     cos = float(_row_cosine(r[None], o[None])[0]) if r.size else 1.0
     return {"cosine": cos, **_common(ref, out)}
-
-
-# -------------------------------------------------------------------- task metrics
-def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
-
-def _sequence_metric(ref: Outputs, out: Outputs, labels: np.ndarray, spec: OutputSpec) -> dict[str, float]:
-    """Sequence accuracy (percent of exactly read samples) and character error rate vs labels
-    ``(N, L)`` padded with -1, after greedy CTC decoding."""
-    if not spec.ctc or labels.ndim != 2:
-        return {}
-    o, owner = out.positions()
-    texts = _decode_all(o.argmax(axis=1), owner, len(out), spec.blank)
-    truth = [[int(t) for t in row if t >= 0] for row in labels]
-    errors = sum(edit_distance(t, p) for t, p in zip(truth, texts, strict=True))
-    chars = max(sum(len(t) for t in truth), 1)
-    exact = np.mean([t == p for t, p in zip(truth, texts, strict=True)])
-    return {"sequence_accuracy": float(100.0 * exact), "cer": errors / chars}
-
-
-def _centroid_metric(ref: Outputs, out: Outputs, labels: np.ndarray, spec: OutputSpec) -> dict[str, float]:
-    """Nearest-centroid accuracy (percent) of ``out``'s pooled embeddings against class centroids
-    of the fp32 embeddings of the same evaluation set, leave-one-out: each sample's own fp32
-    embedding is removed from its class centroid, so no sample is scored against itself. Fixed
-    fp32 centroids measure whether a variant still places samples where the fp32 geometry expects
-    them; the calibration split is not used because it may be unlabelled."""
-    y = np.asarray(labels).reshape(-1)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(np.unique(y)) < 2:
-        return {}
-    r, o = pooled(ref), pooled(out)
-    classes = np.unique(y)
-    sums = np.stack([r[y == c].sum(axis=0) for c in classes])
-    counts = np.array([np.sum(y == c) for c in classes], dtype=np.float64)
-    own = np.searchsorted(classes, y)
-    scores = np.empty((len(y), len(classes)))
-    for k in range(len(classes)):
-        cent = np.repeat(sums[k][None], len(y), axis=0)
-        n = np.full(len(y), counts[k])
-        mine = own == k
-        cent[mine] -= r[mine]
-        n[mine] -= 1
-        cent /= np.maximum(n, 1.0)[:, None]
-        cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
-        scores[:, k] = np.where(n > 0, np.sum(o * cent, axis=1), -np.inf)
-    return {"centroid_accuracy": float(100.0 * np.mean(classes[scores.argmax(axis=1)] == y))}
 
 
 def _top1_floor(budget: Any) -> float | None:
@@ -451,8 +293,7 @@ KINDS: dict[str, OutputKind] = {
                 Rule("cosine_min", "pooled cosine (min)", 0.98),
                 Rule("nn_agreement", "nearest-neighbour agreement", None, override=_agreement_floor),
             ),
-            _centroid_metric,
-            "centroid_accuracy",
+            ("centroid_accuracy",),
         ),
         OutputKind(
             "sequence",
@@ -464,8 +305,7 @@ KINDS: dict[str, OutputKind] = {
                 Rule("position_agreement", "per-position agreement", 0.99, override=_top1_floor,
                      unless="exact_match_drop"),
             ),
-            _sequence_metric,
-            "sequence_accuracy",
+            ("sequence_accuracy", "cer"),
         ),
         OutputKind(
             "regression",
@@ -481,7 +321,6 @@ KINDS: dict[str, OutputKind] = {
         ),
     )
 }
-HIGHER_IS_BETTER.update({"sequence_accuracy": True, "cer": False, "centroid_accuracy": True})
 
 
 def figures(spec: OutputSpec, reference: Outputs | np.ndarray, outputs: Outputs | np.ndarray) -> dict[str, Any]:
@@ -503,9 +342,10 @@ def kind_metrics(
     if labels is None:
         return None, {}
     entry = KINDS[spec.kind]
-    if entry.task_metric is not None:
-        values = entry.task_metric(reference, outputs, labels, spec)
-        return (entry.primary if entry.primary in values else None), values
+    if entry.metrics:
+        scoring = Scoring(outputs, np.asarray(labels), task, reference, spec.blank if spec.ctc else None)
+        values = compute(entry.metrics, scoring)
+        return (entry.metrics[0] if entry.metrics[0] in values else None), values
     if spec.kind in ("classifier", "regression") and task in PRIMARY:
         return PRIMARY[task], task_metrics(task, outputs.values, labels)
     return None, {}
@@ -607,42 +447,33 @@ def resolve(
     )
 
 
-# ------------------------------------------------------------------ user metric
-def load_metric(spec: str) -> Callable[..., Any]:
-    """Import the user's metric ``module:function`` (only because the user named it)."""
-    from edgekit.errors import BadInputError
-    from edgekit.registry import import_object
 
-    fn = import_object(spec)
-    if not callable(fn):
-        raise BadInputError(f"--metric {spec} is not a function")
-    return fn  # type: ignore[no-any-return]
-
-
-def user_metric(fn: Callable[..., Any], name: str, reference: Outputs, outputs: Outputs, data: Any) -> dict[str, Any]:
-    """Call the user's metric as ``fn(fp32_outputs, variant_outputs, data)``.
-
-    Both outputs are :class:`Outputs` (``.values`` padded ``(N, …)``, ``.valid`` real positions
-    or None, ``.samples()`` one array per sample without padding), in the order of ``data`` (the
-    evaluation :class:`~edgekit.io.data.Dataset`: ``.inputs``, ``.labels``). The function returns
-    a float, or a dict with ``"value"`` and optionally ``"passed"`` (bool, then it decides) and
-    ``"higher_is_better"`` (default True). Returns ``{"name", "value", "passed", "higher_is_better"}``.
-    """
-    from edgekit.errors import BadInputError
-
-    try:
-        result = fn(reference, outputs, data)
-    except Exception as exc:
-        raise BadInputError(f"--metric {name} raised {type(exc).__name__}: {exc}") from exc
-    if isinstance(result, dict):
-        value, passed, higher = result.get("value"), result.get("passed"), result.get("higher_is_better", True)
-    else:
-        value, passed, higher = result, None, True
-    try:
-        value = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise BadInputError(
-            f"--metric {name} returned {result!r}; return a float or a dict with a float 'value'"
-        ) from None
-    return {"name": name, "value": value, "passed": None if passed is None else bool(passed),
-            "higher_is_better": bool(higher)}
+__all__ = [
+    "DECODERS",
+    "Fidelity",
+    "KINDS",
+    "KIND_NAMES",
+    "OutputKind",
+    "OutputSpec",
+    "Outputs",
+    "PRIMARY",
+    "Rule",
+    "TIE_RTOL",
+    "as_outputs",
+    "ctc_collapse",
+    "decode_all",
+    "detect",
+    "fidelity",
+    "figures",
+    "kind_metrics",
+    "load_metric",
+    "metric_drop",
+    "nearest_neighbours",
+    "pooled",
+    "predictions",
+    "primary_metric",
+    "resolve",
+    "task_metrics",
+    "tie_aware_argmax",
+    "user_metric",
+]

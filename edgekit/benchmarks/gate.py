@@ -28,11 +28,12 @@ from edgekit.benchmarks.accuracy import (
 )
 from edgekit.errors import BadInputError
 from edgekit.io.data import Dataset
+from edgekit.metrics import default_budgets
 
 # Default allowed drop of each primary metric, in its own units: 1.0 point of accuracy (percent),
 # 0.01 of R² (one point of R² expressed in percent); sequence accuracy and nearest-centroid
 # accuracy in points.
-DEFAULT_MAX_DROP = {"accuracy": 1.0, "r2": 0.01, "sequence_accuracy": 1.0, "centroid_accuracy": 1.0}
+DEFAULT_MAX_DROP = default_budgets()  # declared by each metric (edgekit.metrics)
 DEFAULT_KIND = "classifier"
 
 

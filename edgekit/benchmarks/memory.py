@@ -68,7 +68,7 @@ def peak_rss(
     what = f"memory probe of {model.name} on {runtime}"
     with tempfile.TemporaryDirectory(prefix="edgekit-mem-") as tmp:
         npz = Path(tmp) / "feed.npz"
-        np.savez(npz, **{k: np.asarray(v) for k, v in feed.items()})
+        np.savez(npz, **{k: np.asarray(v) for k, v in feed.items()})  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
         cmd = [
             sys.executable, "-m", "edgekit.benchmarks.memory",
             "--runtime", runtime, "--model", str(model.resolve()), "--batch", str(batch),

@@ -35,11 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekit.benchmarks.accuracy import primary_metric, task_metrics
 from edgekit.compress.base import Context, register
 from edgekit.errors import BadInputError, EdgekitError
 from edgekit.io.data import Dataset
+from edgekit.metrics import task_metrics
 from edgekit.registry import import_object
+from edgekit.training import fit, predict, score, shiftable, to_tensor
 
 _TRAINABLE_TASKS = ("classification", "binary", "regression")
 _ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.LSTM, nn.Embedding)
@@ -115,15 +116,9 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    if np.issubdtype(array.dtype, np.floating):
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
 def _example(data: Dataset) -> tuple[torch.Tensor, ...]:
     """The first real samples of ``data``, one tensor per input in the order ``fit`` passes them."""
-    return tuple(_to_tensor(a) for a in data.head(_EXAMPLE_SAMPLES).inputs.values())
+    return tuple(to_tensor(a) for a in data.head(_EXAMPLE_SAMPLES).inputs.values())
 
 
 def _first_output_shape(module: Any, inputs: tuple[torch.Tensor, ...]) -> tuple[int, ...]:
@@ -155,7 +150,7 @@ def slim(teacher: nn.Module, example: tuple[torch.Tensor, ...], width: float) ->
     """
     import torch_pruning as tp
 
-    from edgekit.compress.prune import output_layers
+    from edgekit.compress.surgery import output_layers
 
     model = copy.deepcopy(teacher).cpu().float().eval()
     inputs: torch.Tensor | tuple[torch.Tensor, ...] = example[0] if len(example) == 1 else example
@@ -226,14 +221,6 @@ def _check_inputs(ctx: Context) -> str:
     return task
 
 
-def _metric(module: Any, data: Dataset, task: str) -> tuple[str, float] | None:
-    from edgekit.zoo import predict
-
-    if data.labels is None:
-        return None
-    return primary_metric(task, predict(module, data), data.labels)
-
-
 def teacher_distance(task: str, teacher_out: np.ndarray, student_out: np.ndarray, temperature: float) -> float:
     """How far a student's outputs are from the teacher's: the KD term without its weight.
 
@@ -268,12 +255,21 @@ def train_student(
     The teacher's targets are computed on the very inputs the student sees ("consistent
     teaching"). Returns the student in eval mode.
     """
-    from edgekit.zoo.training import fit
-
     return fit(
         student, train, task, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=seed,
         threads=threads, teacher=teacher, temperature=config.temperature, alpha=config.alpha, shift=config.shift,
     )
+
+
+def _timed(
+    student: nn.Module, train: Dataset, task: str, teacher: nn.Module | None, config: DistillConfig, seed: int
+) -> tuple[nn.Module, float]:
+    """A copy of ``student`` trained (with ``teacher`` or alone), and the seconds it took."""
+    start = time.perf_counter()
+    trained = train_student(
+        _clone(student), train, task, teacher=teacher, config=config, seed=seed, threads=torch.get_num_threads()
+    )
+    return trained, time.perf_counter() - start
 
 
 # --- the technique ----------------------------------------------------------------------------
@@ -285,8 +281,6 @@ def distill(config: DistillConfig, module: nn.Module, ctx: Context) -> nn.Module
 
     Writes ``ctx.records["distill"]``. The teacher is not modified.
     """
-    from edgekit.zoo import predict
-
     task = _check_inputs(ctx)
     assert ctx.train is not None
     teacher = module
@@ -323,36 +317,13 @@ def distill(config: DistillConfig, module: nn.Module, ctx: Context) -> nn.Module
             f"{teacher_params}; give a smaller student"
         )
 
-    from edgekit.zoo.training import shiftable
-
     shift = config.shift if shiftable(ctx.train) else 0.0
     eval_data = ctx.eval if ctx.eval is not None and len(ctx.eval) else ctx.train
-    init_metric = _metric(student, eval_data, task)
-    threads = torch.get_num_threads()
+    init_metric = score(student, eval_data, task)
     ctx.progress(f"distill: training the student ({student_params} params) with the teacher, {config.epochs} epochs")
-    start = time.perf_counter()
-    distilled = train_student(
-        _clone(student),
-        ctx.train,
-        task,
-        teacher=teacher,
-        config=config,
-        seed=ctx.seed,
-        threads=threads,
-    )
-    seconds_kd = time.perf_counter() - start
+    distilled, seconds_kd = _timed(student, ctx.train, task, teacher, config, ctx.seed)
     ctx.progress("distill: training the same student without the teacher, for comparison")
-    start = time.perf_counter()
-    alone = train_student(
-        _clone(student),
-        ctx.train,
-        task,
-        teacher=None,
-        config=config,
-        seed=ctx.seed,
-        threads=threads,
-    )
-    seconds_alone = time.perf_counter() - start
+    alone, seconds_alone = _timed(student, ctx.train, task, None, config, ctx.seed)
 
     outputs = [predict(m, eval_data) for m in (teacher, distilled, alone)]
     record: dict[str, Any] = {

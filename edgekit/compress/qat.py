@@ -30,6 +30,8 @@ from edgekit.compress.base import Context, Variant, register
 from edgekit.errors import BadInputError, EdgekitError, IntegrityError, require
 from edgekit.export.qdq import fold_weight_quantizers
 from edgekit.io.data import Dataset
+from edgekit.training import fit, score
+from edgekit.training import to_tensor as _to_tensor
 
 BACKEND = "nncf-torch"
 OPSET = 17
@@ -147,12 +149,6 @@ def _set_qdq_export(module: nn.Module) -> int:
     return len(quantizers)
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    if np.issubdtype(array.dtype, np.floating):
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
 def _calibration_set(data: Dataset, n: int) -> Any:
     """An ``nncf.Dataset`` of single samples (batch 1), each a tuple of inputs in data order."""
     import nncf
@@ -160,15 +156,6 @@ def _calibration_set(data: Dataset, n: int) -> Any:
     head = data.head(n)
     arrays = [_to_tensor(a) for a in head.inputs.values()]
     return nncf.Dataset([tuple(a[i : i + 1] for a in arrays) for i in range(len(head))])
-
-
-def _metric(module: nn.Module, data: Dataset | None, task: str) -> tuple[str, float] | None:
-    from edgekit.benchmarks.accuracy import primary_metric
-    from edgekit.zoo import predict
-
-    if data is None or data.labels is None or task not in _TRAINABLE_TASKS:
-        return None
-    return primary_metric(task, predict(module, data), data.labels)
 
 
 def _weights(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -226,14 +213,12 @@ def qat(config: QatConfig, module: nn.Module, ctx: Context) -> nn.Module:
     require("nncf")
     import nncf
 
-    from edgekit.zoo import fit
-
     calib = ctx.calib if ctx.calib is not None and len(ctx.calib) else ctx.train
     kernels = _use_torch_kernels()
     model = copy.deepcopy(module).cpu().float().eval()
     if isinstance(model, nn.Sequential):
         model = _SequentialRoot(model)
-    metric_fp32 = _metric(model, ctx.eval, task)
+    metric_fp32 = score(model, ctx.eval, task)
     weights_fp32 = _weights(model)
 
     start = time.perf_counter()
@@ -252,7 +237,7 @@ def qat(config: QatConfig, module: nn.Module, ctx: Context) -> nn.Module:
             "NNCF inserted no quantizer into the model: nothing to fine-tune in INT8"
         )
     quantized.eval()
-    metric_ptq = _metric(quantized, ctx.eval, task)
+    metric_ptq = score(quantized, ctx.eval, task)
     weights_ptq = _weights(quantized)
 
     start = time.perf_counter()
@@ -271,7 +256,7 @@ def qat(config: QatConfig, module: nn.Module, ctx: Context) -> nn.Module:
     seconds_finetune = time.perf_counter() - start
     quantized.eval()
     n_quantizers = _set_qdq_export(quantized)
-    metric_qat = _metric(quantized, ctx.eval, task)
+    metric_qat = score(quantized, ctx.eval, task)
 
     record: dict[str, Any] = {
         "backend": BACKEND,

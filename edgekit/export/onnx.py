@@ -14,11 +14,10 @@ those axes symbolic, and parity is also checked on the sample cut to about half 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,28 +25,33 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.errors import BadInputError, IntegrityError
+from edgekit.export.graph import (
+    BATCH,
+    cut_along_axes,
+    dim0_is_dynamic,
+    finalise,
+    make_batch_dynamic,
+    opset_of,
+    real_inputs,
+)
+from edgekit.export.parity import (
+    as_tensors,
+    bind_sample,
+    check_parity,
+    default_output_names,
+    eval_mode,
+    first_line,
+    parity_at_two_batches,
+    sample_batch,
+)
 from edgekit.io.atomic import atomic_write_bytes
-from edgekit.io.models import META_FILE, InputSpec, LoadedModel, forward_input_names
+from edgekit.io.models import InputSpec, LoadedModel, forward_input_names
 
 if TYPE_CHECKING:
-    import onnx
     import torch
 
 MIN_OPSET = 13
 DYNAMO_MIN_OPSET = 18  # the dynamo exporter implements 18+; asking for less makes it down-convert
-BATCH = "batch"
-
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int16)": np.int16,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
 
 
 @dataclass(frozen=True)
@@ -96,9 +100,9 @@ def export_onnx(
     module, specs, meta, is_program = _unpack(model)
     axes = declared_axes(meta.get("dynamic_axes") if dynamic_axes is None else dynamic_axes)
     names = [s.name for s in specs] or _names_from_forward(module, sample)
-    feed = _bind(sample, names, {s.name: s.dtype for s in specs})
+    feed = bind_sample(sample, names, {s.name: s.dtype for s in specs})
     trace = feed
-    if dynamic_batch and _batch_size(feed) == 1:
+    if dynamic_batch and sample_batch(feed) == 1:
         # A batch of 1 would be specialised as a constant by tracing; use the sample twice.
         trace = {k: np.concatenate([v, v]) for k, v in feed.items()}
     if is_program and dynamic_batch and _static_batch_placeholders(module):
@@ -107,7 +111,7 @@ def export_onnx(
             f"({', '.join(_static_batch_placeholders(module))}); re-export it with "
             "dynamic_shapes={0: torch.export.Dim('batch')} per input, or export with a static batch"
         )
-    output_names = _output_names(module, trace)
+    output_names = default_output_names(module, trace)
 
     failures: list[str] = []
     parity_error: IntegrityError | None = None
@@ -115,22 +119,22 @@ def export_onnx(
         for exporter in _exporter_order(module, is_program):
             raw = Path(tmp) / f"{exporter}.raw.onnx"
             try:
-                with _eval_mode(module), _quiet():
+                with eval_mode(module), _quiet():
                     _EXPORTERS[exporter](
-                        module, _tensors(trace), raw, names, output_names, opset, dynamic_batch, axes
+                        module, as_tensors(trace), raw, names, output_names, opset, dynamic_batch, axes
                     )
-                proto = _finalise(raw, dynamic_batch, meta, axes)
+                proto = finalise(raw, dynamic_batch, meta, axes)
             except IntegrityError as exc:
                 failures.append(f"{exporter}: {exc}")
                 continue
             except Exception as exc:  # the exporters raise many kinds of errors
-                failures.append(f"{exporter}: {_first_line(exc)}")
+                failures.append(f"{exporter}: {first_line(exc)}")
                 continue
             final = Path(tmp) / f"{exporter}.onnx"
             final.write_bytes(proto.SerializeToString())
             try:
-                err = _parity_at_two_batches(final, module, feed, atol, dynamic_batch)
-                shorter = _cut_along_axes(feed, axes)
+                err = parity_at_two_batches(final, module, feed, atol, dynamic_batch)
+                shorter = cut_along_axes(feed, axes)
                 if shorter is not None:
                     err = max(err, check_parity(final, module, shorter, atol))
             except IntegrityError as exc:
@@ -140,7 +144,7 @@ def export_onnx(
             atomic_write_bytes(out, final.read_bytes())
             return ExportResult(
                 path=out,
-                opset=_opset(proto),
+                opset=opset_of(proto),
                 exporter=exporter,
                 max_abs_err=err,
                 input_names=names,
@@ -172,61 +176,6 @@ def declared_axes(raw: Any) -> dict[str, dict[int, str]]:
     if any(a < 0 for per in axes.values() for a in per):
         raise BadInputError(f"dynamic_axes {raw!r} has a negative axis; count axes from 0 (batch)")
     return {n: {a: s for a, s in per.items() if a > 0} for n, per in axes.items()}
-
-
-def check_parity(
-    onnx_path: Path,
-    module: torch.nn.Module | LoadedModel | Path | str,
-    sample: dict[str, np.ndarray],
-    atol: float,
-) -> float:
-    """Run ``onnx_path`` in ONNX Runtime (1 thread) and ``module`` on the same real ``sample``.
-
-    ``module`` is a torch module, a :class:`LoadedModel`, or the path of a reference ONNX file.
-    Returns the largest absolute difference over all outputs. Raises :class:`IntegrityError` when
-    it exceeds ``atol`` scaled by the outputs' magnitude (``atol × max(1, max|reference|)``, so
-    large regression outputs are judged relative to their size), or when shapes differ.
-    """
-    session = _session(Path(onnx_path))
-    names = [i.name for i in session.get_inputs()]
-    feed = _bind(sample, names, {})
-    feed = {
-        i.name: feed[i.name].astype(_ORT_TYPES.get(i.type, feed[i.name].dtype), copy=False)
-        for i in session.get_inputs()
-    }
-    try:
-        got = session.run(None, feed)
-    except Exception as exc:
-        raise IntegrityError(
-            f"ONNX Runtime cannot run the ONNX model on the sample: {_first_line(exc)}"
-        ) from exc
-    ref = _reference(module, feed)
-    if len(got) != len(ref):
-        raise IntegrityError(f"ONNX model has {len(got)} outputs but the reference has {len(ref)}")
-    err, scale = 0.0, 1.0
-    for i, (a, b) in enumerate(zip(got, ref, strict=True)):
-        a, b = np.asarray(a), np.asarray(b)
-        if a.shape != b.shape:
-            raise IntegrityError(
-                f"ONNX output {i} has shape {a.shape} but the reference gives {b.shape}"
-            )
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        diff = np.abs(a64 - b64)
-        same_nan = np.isnan(a64) & np.isnan(b64)
-        diff = np.where(same_nan, 0.0, np.nan_to_num(diff, nan=np.inf))
-        if diff.size:
-            err = max(err, float(diff.max()))
-            finite = np.abs(b64[np.isfinite(b64)])
-            if finite.size:
-                scale = max(scale, float(finite.max()))
-    limit = atol * scale
-    if err > limit:
-        raise IntegrityError(
-            f"ONNX output differs from torch by {err:.3g} > {limit:.3g} (atol {atol:g}); the "
-            "exported graph does not compute what the model does (data-dependent control flow, "
-            "or values traced as constants?)"
-        )
-    return err
 
 
 def model_params(onnx_path: Path) -> int:
@@ -400,140 +349,7 @@ def _quiet() -> Iterator[None]:
                 lg.setLevel(level)
 
 
-@contextlib.contextmanager
-def _eval_mode(module: Any) -> Iterator[None]:
-    """Put a module in eval mode for the duration.
-
-    Graph modules from torch.export refuse ``.eval()``: their behaviour is baked into the graph,
-    so only their ``training`` flags (which exporters warn about) are cleared and restored.
-    """
-    import torch
-
-    flags = {m: m.training for m in module.modules()} if isinstance(module, torch.nn.Module) else {}
-    try:
-        module.eval()
-    except NotImplementedError:
-        for m in flags:
-            m.training = False
-    try:
-        yield
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
-
-
-def _tensors(feed: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
-    import torch
-
-    return tuple(torch.from_numpy(np.array(v, copy=True)) for v in feed.values())
-
-
-def _flatten(out: Any) -> list[Any]:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (list, tuple)):
-        return [t for item in out for t in _flatten(item)]
-    if isinstance(out, Mapping):
-        return [t for item in out.values() for t in _flatten(item)]
-    raise BadInputError(
-        f"the model returns a {type(out).__name__}; edgekit exports models returning tensors"
-    )
-
-
-def _run_torch(module: Any, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    import torch
-
-    with torch.no_grad(), _eval_mode(module):
-        try:
-            out = module(*_tensors(feed))
-        except Exception as exc:
-            raise BadInputError(
-                f"the model fails on the sample {_shapes(feed)}: {_first_line(exc)}; "
-                "check --input-shape or the data"
-            ) from exc
-    return [t.detach().cpu().numpy() for t in _flatten(out)]
-
-
-def _output_names(module: Any, feed: Mapping[str, np.ndarray]) -> list[str]:
-    n = len(_run_torch(module, feed))
-    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
-
-
-def _reference(module: Any, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    if isinstance(module, LoadedModel):
-        if module.is_torch:
-            module = module.module
-        elif module.onnx_path is not None:
-            module = module.onnx_path
-    if isinstance(module, (str, Path)):
-        return _run_onnx(Path(module), feed)
-    return _run_torch(module, feed)
-
-
-# -- ONNX side --------------------------------------------------------------------------------
-
-
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 4  # failures surface as exceptions; do not also log them
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise IntegrityError(f"ONNX Runtime cannot load {path}: {_first_line(exc)}") from exc
-
-
-def _run_onnx(path: Path, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """Run a reference ONNX file; one with a fixed batch size B is fed in chunks of B."""
-    session = _session(path)
-    n = _batch_size(feed)
-    fixed = {i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
-    step = n
-    if len(fixed) == 1 and n % min(fixed) == 0:
-        step = min(fixed)
-    chunks = []
-    for start in range(0, n, step):
-        part = {
-            i.name: np.asarray(feed[i.name][start : start + step]).astype(
-                _ORT_TYPES.get(i.type, feed[i.name].dtype), copy=False
-            )
-            for i in session.get_inputs()
-        }
-        chunks.append(session.run(None, part))
-    return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
-
-
-def _finalise(
-    raw: Path,
-    dynamic: bool,
-    meta: Mapping[str, Any],
-    axes: Mapping[str, Mapping[int, str]] | None = None,
-) -> onnx.ModelProto:
-    """Load an exporter's output (pulling in any external data), name the batch axis and the
-    declared dynamic axes, check them."""
-    import onnx
-
-    proto = onnx.load(str(raw))
-    if axes:
-        _name_axes(proto, axes)
-    if dynamic:
-        _name_batch_axis(proto)
-        fixed = [v.name for v in _io(proto) if not _dim0_is_dynamic(v)]
-        if fixed:
-            raise IntegrityError(
-                f"the exported batch axis of {', '.join(fixed)} is fixed; the model probably "
-                "hard-codes its batch size (e.g. x.view(1, -1)): use x.flatten(1) or "
-                "x.view(x.size(0), -1)"
-            )
-    if meta:
-        _set_meta(proto, meta)
-    onnx.checker.check_model(proto)
-    return proto
+# -- ONNX input -------------------------------------------------------------------------------
 
 
 def _normalise_onnx(
@@ -546,21 +362,21 @@ def _normalise_onnx(
     try:
         proto = onnx.load(str(src))
     except Exception as exc:
-        raise BadInputError(f"cannot read ONNX file {src}: {_first_line(exc)}") from exc
-    if _opset(proto) < MIN_OPSET:
+        raise BadInputError(f"cannot read ONNX file {src}: {first_line(exc)}") from exc
+    if opset_of(proto) < MIN_OPSET:
         try:
             proto = version_converter.convert_version(proto, opset)
         except Exception as exc:
             raise BadInputError(
-                f"{src} uses opset {_opset(proto)} and cannot be converted to {opset} "
-                f"({_first_line(exc)}); re-export it with opset ≥ {MIN_OPSET}"
+                f"{src} uses opset {opset_of(proto)} and cannot be converted to {opset} "
+                f"({first_line(exc)}); re-export it with opset ≥ {MIN_OPSET}"
             ) from exc
-    names = [i.name for i in _real_inputs(proto)]
-    feed = _bind(sample, names, {})
+    names = [i.name for i in real_inputs(proto)]
+    feed = bind_sample(sample, names, {})
     fixed_batch = {
         v.type.tensor_type.shape.dim[0].dim_value
-        for v in _real_inputs(proto)
-        if not _dim0_is_dynamic(v) and v.type.tensor_type.shape.dim
+        for v in real_inputs(proto)
+        if not dim0_is_dynamic(v) and v.type.tensor_type.shape.dim
     }
     made_dynamic = dynamic and bool(fixed_batch)
     if made_dynamic:
@@ -570,11 +386,11 @@ def _normalise_onnx(
             )
         size = fixed_batch.pop()
         feed = {k: v[: len(v) - len(v) % size] for k, v in feed.items()}
-        if _batch_size(feed) == 0:
+        if sample_batch(feed) == 0:
             raise BadInputError(
                 f"{src} has a fixed batch size of {size}; give a sample of at least {size} rows"
             )
-        _make_batch_dynamic(proto, size)
+        make_batch_dynamic(proto, size)
     # Shape inference is advisory: a model it cannot follow still runs.
     with contextlib.suppress(Exception):
         proto = onnx.shape_inference.infer_shapes(proto)
@@ -582,14 +398,14 @@ def _normalise_onnx(
         onnx.checker.check_model(proto)
     except Exception as exc:
         raise BadInputError(
-            f"{src} is not a valid ONNX model after normalisation: {_first_line(exc)}"
+            f"{src} is not a valid ONNX model after normalisation: {first_line(exc)}"
         ) from exc
 
     with tempfile.TemporaryDirectory(prefix="edgekit-export-") as tmp:
         final = Path(tmp) / "model.onnx"
         final.write_bytes(proto.SerializeToString())
         try:
-            err = _parity_at_two_batches(final, src, feed, atol, dynamic)
+            err = parity_at_two_batches(final, src, feed, atol, dynamic)
         except IntegrityError as exc:
             if made_dynamic:
                 raise BadInputError(
@@ -600,7 +416,7 @@ def _normalise_onnx(
         atomic_write_bytes(out, final.read_bytes())
     return ExportResult(
         path=out,
-        opset=_opset(proto),
+        opset=opset_of(proto),
         exporter="onnx",
         max_abs_err=err,
         input_names=names,
@@ -608,161 +424,13 @@ def _normalise_onnx(
     )
 
 
-def _parity_at_two_batches(
-    path: Path, reference: Any, feed: dict[str, np.ndarray], atol: float, dynamic: bool
-) -> float:
-    """Parity on the whole sample and, when the batch is dynamic, at a second batch size too
-    (its first row alone, or the single row twice)."""
-    err = check_parity(path, reference, feed, atol)
-    if dynamic:
-        if _batch_size(feed) > 1:
-            other = {k: v[:1] for k, v in feed.items()}
-        else:
-            other = {k: np.concatenate([v, v]) for k, v in feed.items()}
-        err = max(err, check_parity(path, reference, other, atol))
-    return err
-
-
-def _real_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    initializers = {t.name for t in proto.graph.initializer}
-    return [v for v in proto.graph.input if v.name not in initializers]
-
-
-def _io(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    return [*_real_inputs(proto), *proto.graph.output]
-
-
-def _dim0_is_dynamic(value: onnx.ValueInfoProto) -> bool:
-    dims = value.type.tensor_type.shape.dim
-    return bool(dims) and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0)
-
-
-def _name_batch_axis(proto: onnx.ModelProto) -> None:
-    """Rename the exporter's symbol for the batch axis (e.g. ``s77``) to ``batch`` everywhere."""
-    symbols = {
-        v.type.tensor_type.shape.dim[0].dim_param
-        for v in _real_inputs(proto)
-        if v.type.tensor_type.shape.dim
-    } - {""}
-    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param in symbols:
-                dim.dim_param = BATCH
-
-
-def _name_axes(proto: onnx.ModelProto, axes: Mapping[str, Mapping[int, str]]) -> None:
-    """Give the declared dynamic axes of the inputs and outputs their symbols (the dynamo exporter
-    writes its own, e.g. ``s53``), everywhere the exporter's symbol appears; a declared axis that
-    came out with a fixed size is an error."""
-    renames: dict[str, str] = {}
-    fixed = []
-    for value in _io(proto):
-        dims = value.type.tensor_type.shape.dim
-        for axis, symbol in axes.get(value.name, {}).items():
-            if axis >= len(dims):
-                fixed.append(f"{value.name}[{axis}] (the tensor has {len(dims)} axes)")
-            elif dims[axis].HasField("dim_value") and dims[axis].dim_value > 0:
-                fixed.append(f"{value.name}[{axis}] = {dims[axis].dim_value}")
-            elif dims[axis].dim_param:
-                renames.setdefault(dims[axis].dim_param, symbol)
-            else:
-                dims[axis].dim_param = symbol
-    if fixed:
-        raise IntegrityError(
-            f"declared dynamic axes came out fixed: {', '.join(fixed)}; the model probably "
-            "turns that size into a constant (use tensor.shape inside forward, not Python ints)"
-        )
-    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param in renames:
-                dim.dim_param = renames[dim.dim_param]
-
-
-def _cut_along_axes(
-    feed: Mapping[str, np.ndarray], axes: Mapping[str, Mapping[int, str]]
-) -> dict[str, np.ndarray] | None:
-    """The sample cut to about half its size along every declared dynamic input axis (inputs
-    sharing a symbol are cut alike), or None when no input has one of at least 2."""
-    sizes: dict[str, int] = {}
-    for name, arr in feed.items():
-        for axis, symbol in axes.get(name, {}).items():
-            if axis < arr.ndim:
-                sizes.setdefault(symbol, arr.shape[axis])
-    if not any(size >= 2 for size in sizes.values()):
-        return None
-    cut = {}
-    for name, arr in feed.items():
-        index: list[slice] = [slice(None)] * arr.ndim
-        for axis, symbol in axes.get(name, {}).items():
-            if axis < arr.ndim and sizes[symbol] >= 2:
-                index[axis] = slice(0, (sizes[symbol] + 1) // 2)
-        cut[name] = np.ascontiguousarray(arr[tuple(index)])
-    return cut
-
-
-def _make_batch_dynamic(proto: onnx.ModelProto, size: int) -> None:
-    for value in _io(proto):
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == size:
-            dims[0].dim_param = BATCH
-    del proto.graph.value_info[:]  # intermediate shapes were inferred for the fixed batch
-
-
-def _set_meta(proto: onnx.ModelProto, meta: Mapping[str, Any]) -> None:
-    for prop in list(proto.metadata_props):
-        if prop.key == META_FILE:
-            proto.metadata_props.remove(prop)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = META_FILE, json.dumps(dict(meta), sort_keys=True)
-
-
-def _opset(proto: onnx.ModelProto) -> int:
-    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
-
-
-# -- samples ----------------------------------------------------------------------------------
-
-
-def _bind(
-    sample: Mapping[str, np.ndarray], names: Sequence[str], dtypes: Mapping[str, str]
-) -> dict[str, np.ndarray]:
-    """The sample keyed and ordered by the model's input names, cast to the declared dtypes.
-
-    Integer arrays stay integer; float arrays without a declared dtype become float32.
-    """
-    if not sample:
-        raise BadInputError("the export sample is empty; give one real array per model input")
-    if set(names) <= set(sample):
-        picked = {n: np.asarray(sample[n]) for n in names}
-    elif len(names) == 1 and len(sample) == 1:
-        picked = {names[0]: np.asarray(next(iter(sample.values())))}
-    else:
-        raise BadInputError(
-            f"the sample has arrays {sorted(sample)} but the model's inputs are {list(names)}; "
-            "name one array per input"
-        )
-    feed = {}
-    for name, arr in picked.items():
-        if arr.ndim == 0:
-            raise BadInputError(f"sample array {name!r} is a scalar; it needs a batch axis first")
-        if name in dtypes:
-            arr = arr.astype(dtypes[name], copy=False)
-        elif arr.dtype.kind == "f":
-            arr = arr.astype(np.float32, copy=False)
-        feed[name] = arr
-    if len({len(v) for v in feed.values()}) != 1:
-        raise BadInputError(f"sample arrays have different batch sizes {_shapes(feed)}")
-    return feed
-
-
-def _batch_size(feed: Mapping[str, np.ndarray]) -> int:
-    return len(next(iter(feed.values())))
-
-
-def _shapes(feed: Mapping[str, np.ndarray]) -> str:
-    return ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in feed.items())
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+__all__ = [
+    "BATCH",
+    "DYNAMO_MIN_OPSET",
+    "MIN_OPSET",
+    "ExportResult",
+    "check_parity",
+    "declared_axes",
+    "export_onnx",
+    "model_params",
+]

@@ -72,7 +72,7 @@ def install() -> Callable[[], None]:
             signum = signal.sigwait(SIGNALS)
             if stop.is_set():
                 return
-            _thread.interrupt_main(signum)
+            _thread.interrupt_main(signal.Signals(signum))
 
     waiter = threading.Thread(target=wait, name="edgekit-signals", daemon=True)
     waiter.start()

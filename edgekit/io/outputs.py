@@ -49,7 +49,7 @@ def _inside(child: Path, parent: Path) -> bool:
 
 
 def _input_files(inputs: Iterable[str | Path | None]) -> list[Path]:
-    out = []
+    out: list[Path] = []
     for p in inputs:
         if p is None:
             continue
@@ -225,7 +225,7 @@ def sweep_stale(parent: Path, name: str | None = None, *, older_than_s: float = 
     """Remove edgekit's own leftovers older than ``older_than_s``: hidden ``.NAME.*.tmp`` / ``.old``
     folders beside an output (``name`` given) or ``edgekit-*`` folders in the system temp dir."""
     now = time.time()
-    removed = []
+    removed: list[Path] = []
     patterns = [f".{name}.*.tmp", f".{name}.*.old"] if name else [f"{TEMP_PREFIX}*"]
     try:
         candidates = [p for pat in patterns for p in Path(parent).glob(pat)]

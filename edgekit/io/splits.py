@@ -76,9 +76,11 @@ def _resolve(loaded: Any, data: str | Path | None, calib: str, seed: int) -> Spl
         raise BadInputError(f"--calib must be 'data' or 'random' (got {calib!r})")
     meta = loaded.meta or {}
     if data is None and calib == "data" and meta.get("zoo"):
-        from edgekit import zoo
+        from edgekit.registry import import_object
 
-        s = zoo.load_data(meta["zoo"], seed=int(meta.get("seed", 0)))
+        # The zoo sits above io (its data sets are io Datasets): it is named here, not imported.
+        load_reference = import_object("edgekit.zoo.datasets:load_data")
+        s = load_reference(meta["zoo"], seed=int(meta.get("seed", 0)))
         info = {"source": f"reference data set of {meta['zoo']}", "calib_n": len(s.calib), "eval_n": len(s.test)}
         return Splits(train=s.train, calib=s.calib, eval=s.test, info=info)
     if data is not None:

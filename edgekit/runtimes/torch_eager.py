@@ -108,7 +108,7 @@ class TorchRuntime(Runtime):
             _spec_from_meta(name, node.meta.get("val") if hasattr(node, "meta") else None)
             for name, node in zip(signature.user_outputs, values, strict=False)
         ]
-        self._module = program.module()
+        self._module = program.module()  # a GraphModule here, any nn.Module from from_module
         self._format = "torch.export"
         return inputs, outputs
 

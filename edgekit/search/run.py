@@ -149,7 +149,7 @@ def search(
     if not runtimes:
         raise BadInputError(f"this machine cannot run {', '.join(wanted)}; search on the device or pick another target")
 
-    load_options = {"arch": arch, "trust_pickle": trust_pickle, "input_shape": input_shape}
+    load_options: dict[str, Any] = {"arch": arch, "trust_pickle": trust_pickle, "input_shape": input_shape}
     if threads is None:
         from edgekit.benchmarks.latency import default_threads
 

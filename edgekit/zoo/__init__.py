@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from edgekit.errors import BadInputError
 from edgekit.registry import import_object
+from edgekit.training import fit, predict
 from edgekit.zoo.datasets import (
     LINE_BLANK,
     LINE_HEIGHT,
@@ -19,16 +20,8 @@ from edgekit.zoo.datasets import (
     Splits,
     load_data,
 )
-from edgekit.zoo.training import (
-    META_FILE,
-    TrainResult,
-    evaluate,
-    fit,
-    predict,
-    read_meta,
-    save,
-    train,
-)
+from edgekit.zoo.evaluation import evaluate
+from edgekit.zoo.training import META_FILE, TrainResult, read_meta, save, train
 
 if TYPE_CHECKING:
     import torch

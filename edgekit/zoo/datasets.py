@@ -320,7 +320,7 @@ def _digit_line_splits(name: str, seed: int) -> Splits:
         f"{GLYPH_HEIGHT}x{GLYPH_WIDTH} on a {LINE_HEIGHT}-pixel line; labels padded with -1",
         "blank": str(LINE_BLANK),
     }
-    parts = {}
+    parts: dict[str, Dataset] = {}
     for part, idx in zip(("train", "test"), split_index(len(glyphs), seed), strict=True):
         rng = np.random.default_rng([seed, len(parts)])
         x, widths, y = digit_lines(glyphs[idx], digits_of[idx], _LINES[part], rng)
