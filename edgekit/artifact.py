@@ -2,7 +2,7 @@
 
 A technique makes an :class:`Artifact` (name, runtime, precision, file); compress places it in the
 bundle (``artifact`` = its path there, ``size_bytes``), the harness measures it into a report row
-(:meth:`Artifact.row`) and the manifest lists it (:meth:`Artifact.manifest_entry`). Those two
+(:meth:`edgekit.benchmarks.report.VariantRow.of`) and the manifest lists it (:meth:`Artifact.manifest_entry`). Those two
 conversions live here and nowhere else.
 """
 
@@ -51,22 +51,6 @@ class Artifact:
         self.artifact = dest.relative_to(root).as_posix()
         self.measure_size()
         return dest
-
-    def row(self) -> Any:
-        """The report row of this artifact before it is measured."""
-        from edgekit.benchmarks.report import VariantRow
-
-        return VariantRow(
-            name=self.name,
-            runtime=self.runtime,
-            precision=self.precision,
-            techniques=list(self.techniques),
-            artifact=self.artifact,
-            size_bytes=self.size_bytes,
-            params=self.params,
-            sparsity=self.sparsity,
-            notes=list(self.notes),
-        )
 
     def manifest_entry(self) -> dict[str, Any]:
         """The manifest's ``variants[]`` entry of this artifact."""

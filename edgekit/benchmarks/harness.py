@@ -123,7 +123,7 @@ def measure(
     says how the output is used (detected from the baseline's output and the data when None);
     ``batches=()`` skips timing (the gate only). The gate (:mod:`edgekit.benchmarks.gate`)
     decides each row's ``deployable``; the rows come back in the order of ``candidates``."""
-    rows = {c.name: c.row() for c in candidates}
+    rows = {c.name: VariantRow.of(c) for c in candidates}
     loaded, outputs = _run_all(candidates, rows, data, threads, progress)
     if baseline not in outputs:
         raise RuntimeError(f"the baseline {baseline} could not be run here")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import __version__
+from edgekit.artifact import Artifact
 
 SCHEMA = 1
 
@@ -50,6 +51,21 @@ class VariantRow:
     first_inference_ms: float | None = None  # the first call after loading (batch 1)
     latency_samples_ms: list[float] = field(default_factory=list)  # raw per-call times behind latency_ms
     energy: dict[str, Any] = field(default_factory=dict)  # energy per inference, where the device exposes it
+
+    @classmethod
+    def of(cls, artifact: Artifact) -> VariantRow:
+        """The report row of ``artifact`` before it is measured."""
+        return cls(
+            name=artifact.name,
+            runtime=artifact.runtime,
+            precision=artifact.precision,
+            techniques=list(artifact.techniques),
+            artifact=artifact.artifact,
+            size_bytes=artifact.size_bytes,
+            params=artifact.params,
+            sparsity=artifact.sparsity,
+            notes=list(artifact.notes),
+        )
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The runtime table: every runtime edgekit knows, described once.
 
 Each row names the runtime's :class:`~edgekit.runtimes.base.Runtime` class and, for a runtime that
-compress can target, the function of its module that says what the techniques need from it (a
+compress can target, the function that says what the techniques need from it (for the built-in
+runtimes, ``edgekit/bindings/<name>.py``, above both the techniques and the runners) (a
 :class:`~edgekit.compress.backend.RuntimeBackend`: how INT8 and FP16 are produced for it, which
 layers it can keep in float, how its artifacts are inspected). Both are ``"module:attr"`` strings,
 imported on first use, so reading the table imports nothing heavy.
@@ -120,17 +121,17 @@ def folder(name: str) -> str:
 ONNXRUNTIME = register(RuntimeInfo(
     "onnxruntime", "edgekit.runtimes.onnxruntime:OnnxRuntime", package="onnxruntime",
     module="onnxruntime", suffixes=(".onnx",), aliases=("ort",), prefix="ort",
-    techniques="edgekit.runtimes.onnxruntime:techniques",
+    techniques="edgekit.bindings.onnxruntime:techniques",
 ))  # fmt: skip
 OPENVINO = register(RuntimeInfo(
     "openvino", "edgekit.runtimes.openvino:OpenVINORuntime", package="openvino", module="openvino",
     suffixes=(".xml", ".onnx"), aliases=("ov",), prefix="ov", folder="openvino",
-    techniques="edgekit.runtimes.openvino:techniques",
+    techniques="edgekit.bindings.openvino:techniques",
 ))  # fmt: skip
 TENSORRT = register(RuntimeInfo(
     "tensorrt", "edgekit.runtimes.tensorrt:TensorRTRuntime", package="tensorrt", module="tensorrt",
     suffixes=(".engine", ".plan", ".trt"), extra="tensorrt", aliases=("trt",), prefix="trt",
-    folder="tensorrt", device_build=True, techniques="edgekit.runtimes.tensorrt:techniques",
+    folder="tensorrt", device_build=True, techniques="edgekit.bindings.tensorrt:techniques",
 ))  # fmt: skip
 TORCH = register(RuntimeInfo(
     "torch", "edgekit.runtimes.torch_eager:TorchRuntime", package="torch", module="torch",
