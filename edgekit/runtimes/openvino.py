@@ -123,14 +123,20 @@ class OpenVINORuntime(Runtime):
         return BoundCall(prepare, partial(self._infer, {}), read, elapsed_ns)
 
     def compile_config(self) -> dict[str, str]:
-        """The CPU properties the model was compiled with, as ``benchmark_app -load_config`` takes
-        them, so the tool compiles the same model the same way."""
-        import openvino.properties as props
-        import openvino.properties.hint as hints
-        import openvino.properties.streams as streams
+        """The CPU properties the model was compiled with, in the form ``benchmark_app -load_config``
+        takes them, so the tool compiles the same model the same way."""
+        import openvino as ov
 
-        keys = (hints.performance_mode, props.inference_num_threads, streams.num, hints.inference_precision)
-        return {key(): str(self._compiled.get_property(key())) for key in keys}
+        keys = ("PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "INFERENCE_PRECISION_HINT")
+        config = {}
+        for key in keys:
+            value = self._compiled.get_property(key)
+            config[key] = value.get_type_name() if isinstance(value, ov.Type) else str(value)
+        return config
+
+    def compiled_property(self, name: str) -> str:
+        """One property of the compiled model, printed as ``benchmark_app`` prints it."""
+        return str(self._compiled.get_property(name))
 
     def _tensor(self, arr: np.ndarray) -> Any:
         import openvino as ov
