@@ -5,6 +5,12 @@ never times one variant after the other: after a warm-up it runs ``rounds`` roun
 round every variant runs a slice of its iterations (the order rotating from round to round), so
 a slow period hits every variant alike. Figures are quoted as medians; compare ratios, not
 absolute milliseconds across machines.
+
+What is inside the clock is the inference alone, as the runtimes' own tools time it
+(:class:`Cycle` over :meth:`Runtime.bind_for_timing`): inputs bound once per feed, the next feed
+made current before the clock starts, outputs copied out after it stops; OpenVINO's sample is its
+infer request's own latency, the figure ``benchmark_app`` reports (see
+:mod:`edgekit.benchmarks.calibrate`, which checks the agreement).
 """
 
 from __future__ import annotations
