@@ -106,6 +106,23 @@ def test_bound_calls_give_the_outputs_of_run(name: str, two: bool, models, data)
 
 
 @pytest.mark.parametrize("name", RUNTIMES)
+def test_a_bound_call_keeps_its_inputs_alive(name: str, models, data) -> None:
+    import gc
+
+    rt = _runtime(name, models, True)
+    feed = {k: data[k][5:7].copy() for k in ("x", "z")}  # arrays only this test holds
+    expected = rt.run(feed)[0]
+    call = rt.bind_for_timing(rt.validate(feed))
+    del feed
+    gc.collect()
+    litter = [np.full((2, 64), 1e6, np.float32) for _ in range(64)]  # reuse freed memory, if any
+    call.prepare()
+    call.infer()
+    np.testing.assert_array_equal(call.read()[0], expected)
+    assert len(litter) == 64
+
+
+@pytest.mark.parametrize("name", RUNTIMES)
 def test_timing_loop_gives_per_call_samples(name: str, models, data) -> None:
     rt = _runtime(name, models, True)
     feeds = feeds_from({s.name: data[s.name] for s in rt.inputs}, batch=2, n_feeds=4, seed=1)

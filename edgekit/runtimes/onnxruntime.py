@@ -77,7 +77,7 @@ class OnnxRuntime(Runtime):
         import onnxruntime as ort
 
         binding = self._session.io_binding()
-        for name, arr in feed.items():  # the OrtValue keeps a reference to the array it shares
+        for name, arr in feed.items():  # the bound OrtValue holds a reference to the array it shares
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr)))
         for name in self._output_names:
             binding.bind_output(name, "cpu")
