@@ -250,8 +250,9 @@ class Cycle:
 
     :func:`measure` times only the inference: :meth:`next` makes the next feed current (untimed) and
     returns the call to time, as OpenVINO's ``benchmark_app`` times ``infer()`` alone on inputs set
-    beforehand. Calling the object runs one whole inference (prepare, infer) for callers that
-    time or meter it themselves; :meth:`outputs` reads what the last one produced."""
+    beforehand. Calling the object runs one whole inference on the next feed and returns its
+    outputs, like :meth:`Runtime.run` (for callers that time or meter whole calls themselves);
+    :meth:`outputs` reads again what the last inference produced."""
 
     def __init__(self, calls: Sequence[BoundCall]) -> None:
         self._calls = list(calls)
@@ -264,8 +265,10 @@ class Cycle:
         call.prepare()
         return call
 
-    def __call__(self) -> None:
-        self.next().infer()
+    def __call__(self) -> list[np.ndarray]:
+        call = self.next()
+        call.infer()
+        return call.read()
 
     def outputs(self) -> list[np.ndarray]:
         """The outputs of the last inference (copied out; never inside a timed call)."""
