@@ -214,6 +214,7 @@ def test_calibrate_writes_ratios_commands_and_spread(models, data, tmp_path: Pat
     assert ov_row["tool"] == "benchmark_app" and "-load_config" in ov_row["command"]
     assert ov_row["config_json"]["CPU"]["INFERENCE_NUM_THREADS"] == "1"
     assert ov_row["config_json"]["CPU"]["NUM_STREAMS"] == "1"
+    assert ov_row["config_json"]["CPU"]["ENABLE_CPU_PINNING"] == "NO"
     # benchmark_app printed the properties it compiled with; edgekit's compiled model has the same
     assert {"NUM_STREAMS", "INFERENCE_NUM_THREADS", "PERFORMANCE_HINT"} <= set(ov_row["compiled_properties"])
     assert ov_row["property_mismatches"] == {}
