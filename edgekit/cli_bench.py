@@ -109,7 +109,8 @@ def bench(
     emit(report, path, as_json)
     for name, cal in report.timer_calibration.get("variants", {}).items():
         if not as_json:
-            detail = f"edgekit/{cal['tool']} p50 ratio {cal['ratio']:.2f}" if "ratio" in cal else cal["reason"]
+            ref = cal.get("reference", cal["tool"])
+            detail = f"edgekit/{ref} p50 ratio {cal['ratio']:.2f}" if "ratio" in cal else cal["reason"]
             click.echo(f"timer calibration, {name}: {detail}")
 
 

@@ -5,12 +5,17 @@ never times one variant after the other: after a warm-up it runs ``rounds`` roun
 round every variant runs a slice of its iterations (the order rotating from round to round), so
 a slow period hits every variant alike. Figures are quoted as medians; compare ratios, not
 absolute milliseconds across machines.
+
+What is inside the clock is the inference alone, as the runtimes' own tools time it
+(:class:`Cycle` over :meth:`Runtime.bind_for_timing`): inputs bound once per feed, the next feed
+made current before the clock starts, outputs copied out after it stops; OpenVINO's sample is its
+infer request's own latency, the figure ``benchmark_app`` reports (see
+:mod:`edgekit.benchmarks.calibrate`, which checks the agreement).
 """
 
 from __future__ import annotations
 
 import gc
-import itertools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +26,7 @@ import numpy as np
 
 from edgekit.errors import BadInputError
 from edgekit.io.extents import Extents
+from edgekit.runtimes.base import BoundCall
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ def measure(
     min_iters: int = 20,
     max_iters: int = 100_000,
     rounds: int = 10,
+    wall_clock: bool = False,
 ) -> dict[str, LatencyStats]:
     """Time each callable of ``fns`` (one inference each), interleaved; returns stats per name.
 
@@ -88,7 +95,11 @@ def measure(
     are spread over ``rounds`` rounds; each round runs a slice of every function in turn, the
     starting function rotating each round. Total time is about ``budget_s`` times the number of
     functions. Every call is timed alone with ``perf_counter_ns``; the garbage collector is
-    paused during a round, as ``timeit`` does.
+    paused during a round, as ``timeit`` does. A :class:`Cycle` (from :func:`cycle`) is timed
+    like the runtimes' own tools time a request: inputs bound beforehand, the inference alone
+    inside the clock, output conversion outside it; where the runtime times its own requests
+    (OpenVINO), that clock gives the sample, unless ``wall_clock`` asks for ``perf_counter_ns``
+    around the Python call.
     """
     if not fns:
         raise BadInputError("nothing to measure: pass at least one function")
@@ -109,30 +120,47 @@ def measure(
         total = min(max(fitting, min_iters), max_iters)
         per_round[name] = max(1, math.ceil(total / rounds))
 
-    samples: dict[str, list[int]] = {name: [] for name in names}
+    samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            _timed(fns[name], per_round[name], samples[name])
+            _timed(fns[name], per_round[name], samples[name], wall_clock)
     return {name: summarize([ns / 1e6 for ns in samples[name]], batch) for name in names}
 
 
 def _warm_up(fn: Callable[[], object], calls: int) -> float:
-    """Run ``fn`` ``calls`` times (at least once) and return the median call time in ns."""
+    """Run ``fn`` ``calls`` times (at least once) and return the median time of a whole call in ns
+    (for a :class:`Cycle` with its untimed steps, which the time budget must cover too)."""
+    clock = time.perf_counter_ns
     times: list[int] = []
-    _timed(fn, max(calls, 1), times)
+    for _ in range(max(calls, 1)):
+        start = clock()
+        fn()
+        times.append(clock() - start)
     return float(np.median(times))
 
 
-def _timed(fn: Callable[[], object], calls: int, out: list[int]) -> None:
+def _timed(fn: Callable[[], object], calls: int, out: list[float], wall_clock: bool = False) -> None:
+    """Time ``calls`` calls of ``fn`` in ns. For a :class:`Cycle`, the inference alone: the next
+    feed is made current before the clock starts, and a runtime that times its own requests is
+    read by its clock (unless ``wall_clock``)."""
     clock = time.perf_counter_ns
+    advance = fn.next if isinstance(fn, Cycle) else None
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         for _ in range(calls):
+            if advance is None:
+                start = clock()
+                fn()
+                out.append(clock() - start)
+                continue
+            call = advance()
+            infer = call.infer
             start = clock()
-            fn()
-            out.append(clock() - start)
+            infer()
+            wall = clock() - start
+            out.append(wall if wall_clock or call.elapsed_ns is None else call.elapsed_ns())
     finally:
         if was_enabled:
             gc.enable()
@@ -217,18 +245,42 @@ def default_threads() -> tuple[int, str]:
     return physical_cores(), "physical cores"
 
 
-def cycle(runtime: Any, feeds: Sequence[Mapping[str, np.ndarray]]) -> Callable[[], object]:
-    """A no-argument closure that runs ``runtime`` on the next feed of ``feeds`` (round robin).
+class Cycle:
+    """Round robin over the feeds of one runtime, each bound once (:meth:`Runtime.bind_for_timing`).
 
-    Every feed is validated once here, so the timed call measures the runtime, not the checks.
-    """
+    :func:`measure` times only the inference: :meth:`next` makes the next feed current (untimed) and
+    returns the call to time, as OpenVINO's ``benchmark_app`` times ``infer()`` alone on inputs set
+    beforehand. Calling the object runs one whole inference on the next feed and returns its
+    outputs, like :meth:`Runtime.run` (for callers that time or meter whole calls themselves);
+    :meth:`outputs` reads again what the last inference produced."""
+
+    def __init__(self, calls: Sequence[BoundCall]) -> None:
+        self._calls = list(calls)
+        self._i = -1
+
+    def next(self) -> BoundCall:
+        """Make the next feed current (untimed) and return its bound call."""
+        self._i = (self._i + 1) % len(self._calls)
+        call = self._calls[self._i]
+        call.prepare()
+        return call
+
+    def __call__(self) -> list[np.ndarray]:
+        call = self.next()
+        call.infer()
+        return call.read()
+
+    def outputs(self) -> list[np.ndarray]:
+        """The outputs of the last inference (copied out; never inside a timed call)."""
+        if self._i < 0:
+            raise BadInputError("no inference has run yet; call the cycle first")
+        return self._calls[self._i].read()
+
+
+def cycle(runtime: Any, feeds: Sequence[Mapping[str, np.ndarray]]) -> Cycle:
+    """The feeds of ``runtime`` in round robin, validated and bound once here, so the timed call
+    measures the runtime's inference, not the checks, the binding or the output copy."""
     if not feeds:
         raise BadInputError("cycle needs at least one feed")
     checked = [runtime.validate(feed) for feed in feeds]
-    it = itertools.cycle(checked)
-    run = runtime.run
-
-    def call() -> object:
-        return run(next(it), validate=False)
-
-    return call
+    return Cycle([runtime.bind_for_timing(feed) for feed in checked])

@@ -320,6 +320,10 @@ def to_markdown(report: Report) -> str:
             flat = facts if isinstance(facts, dict) else {"value": facts}
             shown = {k: v for k, v in flat.items() if not isinstance(v, dict | list)}
             lines.append(f"- **{name}**: " + "; ".join(f"{k} = {_scalar(v)}" for k, v in shown.items()))
+    if report.timer_calibration:
+        from edgekit.benchmarks.calibrate import markdown
+
+        lines.extend(markdown(report.timer_calibration))
     for w in report.warnings:
         lines.append(f"\n> warning: {w}")
     return "\n".join(lines) + "\n"

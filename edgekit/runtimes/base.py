@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib.metadata
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -54,6 +54,20 @@ class TensorSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+class BoundCall(NamedTuple):
+    """One inference over one feed whose inputs were bound to the runtime beforehand, split the way
+    the runtimes' own benchmark tools time it: ``prepare()`` makes this feed the current input (no
+    copy; not timed), ``infer()`` is the inference alone (timed), ``read()`` returns the outputs of
+    the last ``infer()`` as arrays the caller owns (not timed). ``elapsed_ns``, when the runtime
+    times its own requests (OpenVINO's ``InferRequest.latency``, the clock ``benchmark_app``
+    reports), gives the duration of the last ``infer()`` by that clock."""
+
+    prepare: Callable[[], object]
+    infer: Callable[[], object]
+    read: Callable[[], list[np.ndarray]]
+    elapsed_ns: Callable[[], float] | None = None
 
 
 class Runtime(ABC):
@@ -220,6 +234,20 @@ class Runtime(ABC):
             )
         return outputs
 
+    def bind_for_timing(self, feed: Mapping[str, np.ndarray]) -> BoundCall:
+        """``feed`` (already passed through :meth:`validate`) bound once for the latency loop.
+
+        This default times :meth:`run` whole (output conversion included); runtimes override it to
+        bind inputs without copying and leave output conversion out of ``infer``. Outputs read
+        through the bound call equal :meth:`run`'s on the same feed."""
+        checked = dict(feed)
+        last: list[list[np.ndarray]] = [[]]
+
+        def infer() -> None:
+            last[0] = self.run(checked, validate=False)
+
+        return BoundCall(_nothing, infer, lambda: last[0])
+
     def describe(self) -> dict[str, Any]:
         """What this runtime is and what it really ran: version, threads, device, precision."""
         info: dict[str, Any] = {
@@ -281,6 +309,10 @@ class Runtime(ABC):
     def __repr__(self) -> str:
         where = f" {self.path.name}" if self.path else ""
         return f"<{type(self).__name__}{where} threads={self.threads}>"
+
+
+def _nothing() -> None:
+    return None
 
 
 def _shape_text(shape: tuple[int | str | None, ...]) -> str:

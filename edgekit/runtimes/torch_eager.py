@@ -5,14 +5,14 @@ intra-op threads. It is the reference the exported variants are compared with.""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekit.errors import BadInputError
-from edgekit.runtimes.base import Runtime, TensorSpec, precision_name, precision_verdict
+from edgekit.runtimes.base import BoundCall, Runtime, TensorSpec, precision_name, precision_verdict
 from edgekit.runtimes.table import TORCH
 
 EXPORTED_SUFFIX = ".pt2"
@@ -79,6 +79,27 @@ class TorchRuntime(Runtime):
         with torch.no_grad():
             out = self._module(*args)
         return [t.detach().cpu().numpy() for t in _flatten(out)]
+
+    def bind_for_timing(self, feed: Mapping[str, np.ndarray]) -> BoundCall:
+        """Input tensors made once over the feed's arrays (``torch.from_numpy`` shares memory);
+        ``infer`` is the module call under ``no_grad`` and ``read`` turns its outputs into arrays."""
+        import torch
+
+        args = [torch.from_numpy(_writable(feed[s.name])) for s in self._inputs or []]
+        module, last = self._module, [None]
+
+        def prepare() -> None:
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
+
+        def infer() -> None:
+            with torch.no_grad():
+                last[0] = module(*args)
+
+        def read() -> list[np.ndarray]:
+            return [t.detach().cpu().numpy() for t in _flatten(last[0])]
+
+        return BoundCall(prepare, infer, read)
 
     def _describe(self) -> dict[str, Any]:
         module = self._module
