@@ -67,10 +67,15 @@ class Runtime(ABC):
 
     @classmethod
     def info(cls) -> RuntimeInfo:
-        """This runtime's row of the runtime table (package, pip extra, file suffixes, …)."""
-        from edgekit.runtimes.table import get
+        """This runtime's row of the runtime table (package, pip extra, file suffixes, …); a
+        subclass that is not in the table has its parent's row."""
+        from edgekit.runtimes.table import find, get
 
-        return get(cls.name)
+        for klass in cls.__mro__:
+            row = find(str(klass.__dict__.get("name", "")))
+            if row is not None:
+                return row
+        return get(cls.name)  # raises, naming the known runtimes
 
     @property
     def package(self) -> str:
@@ -114,8 +119,7 @@ class Runtime(ABC):
             raise BadInputError(
                 f"{self.name} cannot load {p.name}: expected a {self._kinds()} file"
             )
-        info = self.info()
-        require(info.module, package=info.package, extra=info.extra)
+        require(self.module, package=self.package, extra=self.extra)
         try:
             inputs, outputs = self._load(p)
         except BadInputError:
