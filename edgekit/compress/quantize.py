@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.artifact import PartialBuild
 from edgekit.compress.backend import RuntimeBackend, check_runtimes, need
 from edgekit.compress.base import Context, Variant, register
 from edgekit.compress.calibration import calibration_facts, calibration_feeds, model_inputs
@@ -114,9 +115,7 @@ class Int8Config:
                 f"search_minutes={self.search_minutes!r} must be a positive number of minutes (e.g. 10)"
             )
         if not isinstance(self.calib_size, int) or self.calib_size < 1:
-            raise BadInputError(
-                f"calib_size={self.calib_size!r} must be a positive integer (e.g. 300)"
-            )
+            raise BadInputError(f"calib_size={self.calib_size!r} must be a positive integer (e.g. 300)")
         for name in self.exclude:
             if not isinstance(name, str) or not name:
                 raise BadInputError(f"exclude must list ONNX node names (strings), got {name!r}")
@@ -144,9 +143,7 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
         facts, calib_notes = calibration_facts(feeds)
         record["calibration"] = facts
         if ctx.calib.directional_only:
-            calib_notes.append(
-                "calibrated on generated (random) samples: accuracy figures are indicative only"
-            )
+            calib_notes.append("calibrated on generated (random) samples: accuracy figures are indicative only")
 
     from edgekit.export.patterns import detect
 
@@ -165,29 +162,30 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
 
         search = BudgetSearch(config, onnx_path, feeds, ctx, transformer=transformer)
     variants: list[Variant] = []
+    failed: dict[str, BaseException] = {}
+
+    def attempt(b: RuntimeBackend, build: Any) -> None:
+        """Run one runtime's part; with several runtimes, a failure stays that runtime's."""
+        if b.runtime in failed:
+            return
+        try:
+            variants.extend(build())
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except Exception as exc:
+            if len(chosen) < 2:
+                raise
+            failed[b.runtime] = exc
+
     for b in chosen:
-        if _dynamic(config, b):
-            variant = _dynamic_variant(config, b, onnx_path, workdir, ctx)
-        else:
-            ctx.progress(f"INT8 static ({b.title}), calibrating on {len(feeds)} feeds")
-            assert b.int8 is not None
-            out = workdir / b.int8_out
-            if search is not None:
-                variant = search.run(b, out)
-            else:
-                variant = b.int8(config, onnx_path, feeds, out, transformer=transformer)
-            variant.notes.extend(calib_notes)
-        variants.append(variant)
+        args = (config, b, onnx_path, workdir, ctx, feeds, search, transformer, calib_notes)
+        attempt(b, lambda args=args: [_main_variant(*args)])
     for b in chosen:
         if transformer and b.int8_dynamic is not None and not _dynamic(config, b):
-            ctx.progress(f"INT8 dynamic ({b.title}), MatMul/Gemm only: a transformer candidate")
-            name = f"{b.prefix}-int8-dynamic-matmul"
-            dynamic = b.int8_dynamic(config, onnx_path, workdir / b.folder / f"model.{name}.onnx", name=name)
-            dynamic.notes.insert(0, f"scheme: transformer candidate (dynamic INT8, MatMul/Gemm only) — {transformer}")
-            variants.append(dynamic)
+            attempt(b, lambda b=b: [_matmul_candidate(config, b, onnx_path, workdir, ctx, transformer)])
     for b in chosen:
         if b.int8_extras is not None:
-            variants.extend(b.int8_extras(onnx_path, workdir, record, ctx.progress))
+            attempt(b, lambda b=b: b.int8_extras(onnx_path, workdir, record, ctx.progress))
     if search is not None:
         search.record()
 
@@ -203,7 +201,41 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
             scheme = backend.default_scheme
             v.notes.insert(0, scheme)
         record["variants"][v.name] = {"config": used, "summary": summary, "scheme": scheme}
+    if failed:
+        if not variants:
+            raise next(iter(failed.values()))
+        raise PartialBuild(variants, failed)
     return variants
+
+
+def _main_variant(
+    config: Int8Config, b: RuntimeBackend, onnx_path: Path, workdir: Path, ctx: Context,
+    feeds: list[dict[str, np.ndarray]], search: Any, transformer: str | None, calib_notes: list[str],
+) -> Variant:  # fmt: skip
+    """The runtime's INT8 variant: dynamic, or static (searched under an accuracy budget)."""
+    if _dynamic(config, b):
+        return _dynamic_variant(config, b, onnx_path, workdir, ctx)
+    ctx.progress(f"INT8 static ({b.title}), calibrating on {len(feeds)} feeds")
+    assert b.int8 is not None
+    out = workdir / b.int8_out
+    if search is not None:
+        variant = search.run(b, out)
+    else:
+        variant = b.int8(config, onnx_path, feeds, out, transformer=transformer)
+    variant.notes.extend(calib_notes)
+    return variant
+
+
+def _matmul_candidate(
+    config: Int8Config, b: RuntimeBackend, onnx_path: Path, workdir: Path, ctx: Context, transformer: str
+) -> Variant:
+    """Dynamic INT8 on MatMul/Gemm only: the transformer candidate next to the static scheme."""
+    assert b.int8_dynamic is not None
+    ctx.progress(f"INT8 dynamic ({b.title}), MatMul/Gemm only: a transformer candidate")
+    name = f"{b.prefix}-int8-dynamic-matmul"
+    dynamic = b.int8_dynamic(config, onnx_path, workdir / b.folder / f"model.{name}.onnx", name=name)
+    dynamic.notes.insert(0, f"scheme: transformer candidate (dynamic INT8, MatMul/Gemm only) — {transformer}")
+    return dynamic
 
 
 def _dynamic(config: Int8Config, backend: RuntimeBackend) -> bool:
@@ -212,9 +244,7 @@ def _dynamic(config: Int8Config, backend: RuntimeBackend) -> bool:
     return backend.int8_dynamic is not None and (config.mode == "dynamic" or backend.int8 is None)
 
 
-def _dynamic_variant(
-    config: Int8Config, b: RuntimeBackend, onnx_path: Path, workdir: Path, ctx: Context
-) -> Variant:
+def _dynamic_variant(config: Int8Config, b: RuntimeBackend, onnx_path: Path, workdir: Path, ctx: Context) -> Variant:
     ctx.progress(f"INT8 dynamic ({b.title}), MatMul/Gemm only")
     assert b.int8_dynamic is not None
     variant = b.int8_dynamic(config, onnx_path, workdir / b.int8_dynamic_out)
