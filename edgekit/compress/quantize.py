@@ -293,6 +293,9 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
         )  # fmt: skip
         dynamic.notes.insert(0, f"scheme: transformer candidate (dynamic INT8, MatMul/Gemm only) — {transformer}")
         variants.append(dynamic)
+    from edgekit.compress.quantize_rnn import rnn_candidates
+
+    variants.extend(rnn_candidates(config, onnx_path, feeds, workdir, patterns, ctx, variants, record))
     if "openvino" in config.runtimes:
         variants.extend(_bf16_variant(onnx_path, workdir, record, ctx))
     if search is not None:

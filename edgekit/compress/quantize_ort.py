@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 Feeds = list[dict[str, np.ndarray]]
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-INTEGER_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
+INTEGER_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeLSTM")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _WEIGHTED_INTEGER_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
 _NO_SATURATION = (
