@@ -727,8 +727,11 @@ def bench(
     command: str = "edgekit bench",
     progress: Progress = _quiet,
     calibrate_timer: bool = False,
+    shapes: Mapping[str, Any] | None = None,
 ) -> tuple[Report, Path]:
-    """Verify a bundle's hashes, then measure its variants (all, or those on ``runtimes``)."""
+    """Verify a bundle's hashes, then measure its variants (all, or those on ``runtimes``).
+    ``shapes`` (``{input: (min, opt, max)}``, as :func:`edgekit.export.shapes.parse_shapes`
+    gives) adds timings at each of those shapes (``latency_by_shape`` of every row)."""
     from edgekit.benchmarks import harness
     from edgekit.benchmarks.report import machine_info, write_all
     from edgekit.bundle import manifest as mf
@@ -799,6 +802,14 @@ def bench(
         progress=progress,
     )
     report.warnings.extend(f"{f} is in the bundle but not in its manifest; ignored" for f in manifest.extra_files)
+    if shapes:
+        from edgekit.benchmarks.at_shapes import time_at_shapes
+        from edgekit.export.shapes import describe
+
+        report.data["shapes"] = describe(shapes)
+        time_at_shapes(
+            report.rows(), candidates, ds, shapes, threads=threads, budget_s=time_budget_s, progress=progress
+        )
     if calibrate_timer:
         from edgekit.benchmarks.calibrate import calibrate
 

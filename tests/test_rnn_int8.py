@@ -33,7 +33,7 @@ class Tagger(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(ROW + 1, 32, 3, padding=1)
+        self.conv = nn.Conv1d(ROW + 1, 32, 5, padding=2)
         self.rnn = nn.LSTM(32, HIDDEN, batch_first=True, bidirectional=True)
         self.head = nn.Linear(2 * HIDDEN, CLASSES)
 
