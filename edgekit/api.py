@@ -766,6 +766,10 @@ def bench(
     from edgekit.devices import probe
 
     candidates = bundle_candidates(root, manifest, wanted)
+    if shapes and candidates:
+        from edgekit.benchmarks.at_shapes import check
+
+        check(candidates, ds, shapes)
     budget = budget or Budget(**manifest.budget)
     report = Report(
         command=command,

@@ -109,19 +109,30 @@ def test_recurrent_layers_are_detected(tagger) -> None:
     assert patterns.as_dict()["rnn"] is True
 
 
-def test_unseen_lstm_tagger_gets_the_recurrent_scheme_gated_and_recorded(tagger, tmp_path: Path) -> None:
+def invoke(args: list[str]) -> tuple[int, str]:
     from click.testing import CliRunner
 
     from edgekit.cli import main
 
-    model, data, accuracy = tagger
-    assert accuracy >= 0.8, accuracy  # a real, trained tagger (per-row digit accuracy)
-    out = tmp_path / "b"
     with CliRunner().isolation() as streams:
-        code = main(["compress", str(model), "--int8", "--data", str(data), "--runtime", "onnxruntime",
-                     "--threads", "1", "--time-budget", "0.05", "--no-memory", "-o", str(out)])
-        err = streams[1].getvalue().decode()
+        code = main(args)
+        return code, streams[1].getvalue().decode()
+
+
+@pytest.fixture(scope="module")
+def bundle(tagger, tmp_path_factory) -> tuple[Path, str]:
+    model, data, _ = tagger
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    code, err = invoke(["compress", str(model), "--int8", "--data", str(data), "--runtime", "onnxruntime",
+                        "--threads", "1", "--time-budget", "0.05", "--no-memory", "-o", str(out)])
     assert code == 0, err
+    return out, err
+
+
+def test_unseen_lstm_tagger_gets_the_recurrent_scheme_gated_and_recorded(tagger, bundle) -> None:
+    accuracy = tagger[2]
+    assert accuracy >= 0.8, accuracy  # a real, trained tagger (per-row digit accuracy)
+    out, err = bundle
     assert "recurrent scheme: recurrent layers detected (1 LSTM)" in err
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["output_kind"] == "sequence"
@@ -165,3 +176,45 @@ def test_a_model_without_recurrent_layers_gets_no_recurrent_candidate(tmp_path: 
     ctx = Context(workdir=tmp_path, calib=None, eval=None, task="raw")  # type: ignore[arg-type]
     assert rnn_candidates(Int8Config(), path, [], tmp_path, patterns, ctx, [], record) == []
     assert "scheme" not in record
+
+
+def test_bench_times_at_each_given_shape(bundle) -> None:
+    out, _ = bundle
+    code, err = invoke(["bench", str(out), "--threads", "1", "--time-budget", "0.02", "--no-memory", "--runtime",
+                        "onnxruntime", "--shapes", "rows:1x8x8/2x16x8/2x32x8", "-o", str(out.parent / "bench")])
+    assert code == 0, err
+    assert "timing" in err and "at the max shape rows:2x32x8" in err
+    report = json.loads((out.parent / "bench" / "report.json").read_text())
+    assert report["data"]["shapes"] == {"rows": "1x8x8/2x16x8/2x32x8"}
+    rows = [report["baseline"], *report["variants"]]
+    assert {r["name"] for r in rows} >= {"ort-fp32", "ort-int8-dynamic-rnn", "ort-int8-rnn"}
+    for r in rows:
+        by_shape = r["latency_by_shape"]
+        assert list(by_shape) == ["rows:1x8x8", "rows:2x16x8", "rows:2x32x8"], r["name"]
+        assert [v["role"] for v in by_shape.values()] == ["min", "opt", "max"]
+        # pos shares the dynamic axis "t" with rows, so it follows; the batch follows the shape.
+        assert by_shape["rows:2x16x8"]["shape"] == {"rows": [2, 16, 8], "pos": [2, 16, 1]}
+        assert all(v["p50"] > 0 for v in by_shape.values())
+        assert r["latency_ms"]["shape"]["rows"][1] == 24, report["data"]["extents"]  # and the median real shape
+    md = (out.parent / "bench" / "report.md").read_text()
+    assert "| rows:2x32x8 | max |" in md
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("rows:1x8/1x16/1x32", "has rank 2, the input has 3"),
+        ("rows:1x8x9/1x16x9/1x32x9", "axis 2 of 1x8x9 is fixed at 8"),
+        ("nope:1x8x8/1x16x8/1x32x8", "not model inputs"),
+        ("rows:1x32x8/1x16x8/1x8x8", "MIN <= OPT <= MAX"),
+        ("rows:1x8x8", "needs three shapes"),
+    ],
+)
+def test_bench_refuses_bad_shapes_in_one_line(bundle, spec: str, says: str) -> None:
+    out, _ = bundle
+    report = out.parent / f"bad-{abs(hash(spec))}"
+    code, err = invoke(["bench", str(out), "--threads", "1", "--no-memory", "--shapes", spec, "-o", str(report)])
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and says in lines[0], err
+    assert not report.exists()

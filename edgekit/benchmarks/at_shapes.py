@@ -62,6 +62,7 @@ def time_at_shapes(
         return []
     first = next(iter(loaded.values()))
     profiles = profile_from_data(first.inputs, [data], given=given)
+    axes = {s.name: list(s.shape) for s in first.inputs}
     labels: list[str] = []
     for i, role in enumerate(ROLES):
         for target, triple in given.items():
@@ -74,7 +75,7 @@ def time_at_shapes(
             for name, rt in loaded.items():
                 bound = data.bind([s.name for s in rt.inputs])
                 feed = {
-                    k: fit(v, shape if k == target else _opt_for(k, v, profiles, shape[0]))
+                    k: fit(v, shape if k == target else _shape_for(k, v, profiles, axes, (target, shape)))
                     for k, v in bound.items()
                 }
                 fns[name] = lat.cycle(rt, [feed])
@@ -85,8 +86,29 @@ def time_at_shapes(
     return labels
 
 
-def _opt_for(name: str, array: np.ndarray, profiles: Mapping[str, Profile], batch: int) -> tuple[int, ...]:
-    """The median real shape of an input ``--shapes`` does not name, at ``batch``."""
-    if name in profiles:
-        return (batch, *profiles[name][1][1:])
-    return (batch, *array.shape[1:])
+def check(candidates: Sequence[Any], data: Any, given: Mapping[str, Profile]) -> None:
+    """Check ``given`` against the inputs of the first candidate (unknown input, wrong rank, a
+    fixed axis given another size): :class:`BadInputError` before anything is measured."""
+    from edgekit.runtimes import get_runtime
+
+    first = get_runtime(candidates[0].runtime, threads=1).load(candidates[0].path)
+    profile_from_data(first.inputs, [data], given=given)
+
+
+def _shape_for(
+    name: str,
+    array: np.ndarray,
+    profiles: Mapping[str, Profile],
+    axes: Mapping[str, Sequence[Any]],
+    given: tuple[str, Sequence[int]],
+) -> tuple[int, ...]:
+    """The shape of an input ``--shapes`` does not name: its median real shape at the given
+    batch, except along a dynamic axis it shares (by name) with the given input, which follows."""
+    target, shape = given
+    base = list(profiles[name][1]) if name in profiles else list(array.shape)
+    base[0] = shape[0]
+    shared = {d: size for d, size in zip(axes[target], shape, strict=True) if isinstance(d, str)}
+    for a, d in enumerate(axes.get(name, ())):
+        if a > 0 and isinstance(d, str) and d in shared:
+            base[a] = shared[d]
+    return tuple(base)
