@@ -151,6 +151,7 @@ def _run_model_steps(
     seed: int,
     sample: dict[str, np.ndarray],
     progress: Progress,
+    dynamic_axes: Any = None,
 ) -> tuple[list[str], Path | None, list[Any]]:
     """Apply the torch-level techniques in order. Returns their labels, the fp32 ONNX of the
     transformed model (None after QAT), and the INT8 variants QAT made (empty otherwise)."""
@@ -174,7 +175,7 @@ def _run_model_steps(
     tag = "-".join(_short(lbl) for lbl in labels)
     path = root / f"model.fp32-{tag}.onnx"
     progress(f"exporting the {tag} model to ONNX (checked against torch)")
-    export_onnx(module, path, sample=sample)
+    export_onnx(module, path, sample=sample, dynamic_axes=dynamic_axes)  # the source model's dynamic axes
     return labels, path, []
 
 
@@ -389,7 +390,8 @@ def compress(
         if model_steps:
             sample = splits.eval.head(16).inputs
             model_labels, transformed, qat_made = _run_model_steps(
-                model_steps, loaded.module, ctx, root, seed, sample, progress
+                model_steps, loaded.module, ctx, root, seed, sample, progress,
+                dynamic_axes=(loaded.meta or {}).get("dynamic_axes"),
             )
             if transformed is not None:
                 graph_input = transformed

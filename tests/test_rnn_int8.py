@@ -218,3 +218,20 @@ def test_bench_refuses_bad_shapes_in_one_line(bundle, spec: str, says: str) -> N
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and says in lines[0], err
     assert not report.exists()
+
+
+def test_pruned_model_keeps_the_dynamic_axes(trained, tmp_path: Path) -> None:
+    """The export after a torch-level step (pruning here) keeps the source model's dynamic axes
+    (text-recognizer: the width), not only the batch."""
+    import onnx
+
+    from edgekit import api
+    from edgekit.compress.prune import PruneConfig
+
+    _, path = trained("text-recognizer")
+    api.compress(path, steps=[PruneConfig(kind="unstructured", amount=0.3, finetune_epochs=0)],
+                 out=tmp_path / "b", threads=1, time_budget_s=0.02, with_memory=False)  # fmt: skip
+    for name in ("model.fp32.onnx", "model.fp32-prune.onnx"):
+        proto = onnx.load(str(tmp_path / "b" / name), load_external_data=False)
+        x = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        assert x == ["batch", 1, 32, "width"], name
