@@ -249,9 +249,11 @@ def bench(
     command: str = "edgekit bench",
     progress: Progress = _quiet,
     calibrate_timer: bool = False,
+    shapes: Mapping[str, Any] | None = None,
 ) -> tuple[Report, Path]:
     """Verify a bundle's hashes, then measure its variants (all, or those on ``runtimes``)
-    (:mod:`edgekit.pipeline.bench`)."""
+    (:mod:`edgekit.pipeline.bench`). ``shapes`` (``{input: (min, opt, max)}``, as
+    :func:`edgekit.export.shapes.parse_shapes` gives) adds timings at each of those shapes."""
     from edgekit.pipeline import bench as pipeline
     from edgekit.pipeline.options import MeasureOptions, OutputOptions
 
@@ -264,6 +266,7 @@ def bench(
         out=Path(out) if out else None,
         command=command,
         calibrate_timer=calibrate_timer,
+        shapes=shapes,
     )
     return pipeline.run(job, progress)
 

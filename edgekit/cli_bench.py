@@ -34,6 +34,13 @@ from edgekit.pipeline.options import MeasureOptions, OutputOptions
     help="Also time each OpenVINO IR with benchmark_app (and ONNX with onnxruntime_perf_test) and report the ratio.",
 )
 @click.option(
+    "--shapes",
+    "shapes",
+    multiple=True,
+    metavar="NAME:MIN/OPT/MAX",
+    help="Also time at each of these shapes, e.g. x:1x1x32x64/1x1x32x96/1x1x32x160 (always: the median real shape).",
+)
+@click.option(
     "--host",
     default=None,
     metavar="ssh://[user@]host[:port]",
@@ -53,10 +60,14 @@ def bench(
     host: str | None = None,
     ssh_opts: tuple[str, ...] = (),
     remote_edgekit: str | None = None,
+    shapes: tuple[str, ...] = (),
 ) -> None:
     """Verify BUNDLE's hashes and measure its variants: latency, memory, size, accuracy, fidelity."""
     from edgekit import api
     from edgekit.benchmarks.gate import Budget
+    from edgekit.export.shapes import parse_shapes
+
+    profiles = parse_shapes(shapes)
 
     if host:
         args = ["--batch", ",".join(map(str, measure.batches)), "--time-budget", str(measure.time_budget_s)]
@@ -64,6 +75,7 @@ def bench(
         args += ["--runtime", runtimes] if runtimes else []
         args += ["--max-drop", str(max_drop)] if max_drop is not None else []
         args += ["--no-memory"] if not measure.with_memory else []
+        args += [a for spec in shapes for a in ("--shapes", spec)]
         with _progress(not as_json) as step:
             step(f"measuring {bundle} on {host}")
             report, path = api.bench_remote(
@@ -105,6 +117,7 @@ def bench(
             command=_command_line(),
             progress=step,
             calibrate_timer=calibrate_timer,
+            shapes=profiles,
         )
     emit(report, path, as_json)
     for name, cal in report.timer_calibration.get("variants", {}).items():

@@ -31,6 +31,7 @@ class VariantRow:
     sparsity: float | None = None
     latency_ms: dict[str, Any] | None = None  # batch 1 (or the first batch measured): p50, p90, p99, mean, n
     latency_by_batch: dict[str, dict[str, Any]] = field(default_factory=dict)  # "8" → stats
+    latency_by_shape: dict[str, dict[str, Any]] = field(default_factory=dict)  # "x:1x1x32x64" → stats (--shapes)
     throughput_ips: float | None = None
     peak_rss_mb: float | None = None
     metric: dict[str, Any] | None = None  # {"name", "value"}
@@ -309,6 +310,7 @@ def to_markdown(report: Report) -> str:
         + " (b8 = batch 8, …): median of interleaved runs, in ms; `× fp32` = fp32 p50 / variant p50 at the first"
         " batch on the same runtime (>1 is faster)."
     )
+    lines.extend(_shape_table(report))
     if report.recommended:
         lines.append(f"\n**Recommended:** `{report.recommended}` — {report.recommendation_reason}")
     for r in report.rows():
@@ -397,3 +399,19 @@ def print_table(report: Report) -> None:
         console.print(f"recommended: [bold]{report.recommended}[/bold] — {escape(report.recommendation_reason or '')}")
     for w in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(w)}")
+
+
+def _shape_table(report: Report) -> list[str]:
+    """``bench --shapes``: p50 (ms) of each variant at each shape, one row per shape."""
+    rows = [r for r in report.rows() if r.latency_by_shape]
+    if not rows:
+        return []
+    labels = list(rows[0].latency_by_shape)
+    out = ["", "Latency at the `--shapes` shapes (p50 ms, batch = the shape's first axis):", ""]
+    out.append("| shape | role | " + " | ".join(r.name for r in rows) + " |")
+    out.append("|" + "---|" * (len(rows) + 2))
+    for key in labels:
+        role = rows[0].latency_by_shape[key].get("role", "")
+        cells = [_fmt((r.latency_by_shape.get(key) or {}).get("p50")) for r in rows]
+        out.append(f"| {key} | {role} | " + " | ".join(cells) + " |")
+    return out

@@ -29,6 +29,7 @@ artifacts are inspected) comes from its :class:`~edgekit.compress.backend.Runtim
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,15 @@ def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
     for b in chosen:
         if transformer and b.int8_dynamic is not None and not _dynamic(config, b):
             attempt(b, lambda b=b: [_matmul_candidate(config, b, onnx_path, workdir, ctx, transformer)])
+    from edgekit.compress.quantize_rnn import rnn_candidates
+
+    # Recurrent layers (LSTM/GRU): ONNX Runtime candidates with dynamic INT8 on them; notes on the rest.
+    rnn = partial(rnn_candidates, config, onnx_path, feeds, workdir, patterns, ctx, variants, record)
+    ort = next((b for b in chosen if b.runtime == "onnxruntime"), None)
+    if ort is not None:
+        attempt(ort, rnn)
+    else:
+        variants.extend(rnn())
     for b in chosen:
         if b.int8_extras is not None:
             attempt(b, lambda b=b: b.int8_extras(onnx_path, workdir, record, ctx.progress))

@@ -1,10 +1,14 @@
-"""Graph patterns that decide how a model is quantized: is this ONNX a transformer?
+"""Graph patterns that decide how a model is quantized: is this ONNX a transformer, a recurrent
+network?
 
 A transformer is recognised by its attention blocks: ``MatMul → (Mul/Div/Add/Where …) →
 Softmax → MatMul`` where both MatMuls multiply two activations (queries × keys, then
 probabilities × values). LayerNorm (``LayerNormalization``, or its decomposed form
 ``ReduceMean → Sub → Pow → ReduceMean → Add → Sqrt → Div``) and GELU (``Gelu``, or ``Erf`` /
 ``Tanh`` inside ``x · 0.5 · (1 + erf(x/√2))``) are counted as supporting evidence.
+
+A recurrent network is recognised by its ``LSTM``, ``GRU`` or ``RNN`` nodes (what the exporters
+emit for ``nn.LSTM``/``nn.GRU``/``nn.RNN``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 # Ops allowed between the scores MatMul and the Softmax (scaling, masking, casts, layout).
 _SCORE_PATH = ("Mul", "Div", "Add", "Sub", "Where", "Cast", "Reshape", "Transpose", "Identity")
 _MAX_HOPS = 6
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
 
 @dataclass(frozen=True)
@@ -28,11 +33,24 @@ class GraphPatterns:
     layernorm_decomposed: int  # ReduceMean/Sub/Pow/Sqrt/Div chains
     gelu: int  # Gelu ops, or Erf-based GELUs
     attention_nodes: tuple[str, ...] = ()  # the Softmax node of each attention block
+    recurrent: tuple[tuple[str, str], ...] = ()  # (op type, node name) of each LSTM/GRU/RNN
 
     @property
     def transformer(self) -> bool:
         """A transformer has at least one attention block."""
         return self.attention > 0
+
+    @property
+    def rnn(self) -> bool:
+        """A recurrent network has at least one LSTM, GRU or RNN node."""
+        return bool(self.recurrent)
+
+    def describe_rnn(self) -> str:
+        if not self.rnn:
+            return "no LSTM/GRU/RNN node detected"
+        counts = Counter(op for op, _ in self.recurrent)
+        found = ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
+        return f"recurrent layers detected ({found})"
 
     def describe(self) -> str:
         if not self.transformer:
@@ -46,7 +64,9 @@ class GraphPatterns:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["attention_nodes"] = list(self.attention_nodes)
+        d["recurrent"] = [list(r) for r in self.recurrent]
         d["transformer"] = self.transformer
+        d["rnn"] = self.rnn
         d["summary"] = self.describe()
         return d
 
@@ -111,11 +131,14 @@ def _detect_graph(graph: Any) -> GraphPatterns:
         layernorm_decomposed=decomposed,
         gelu=gelu,
         attention_nodes=attention,
+        recurrent=tuple(
+            (n.op_type, n.name or n.output[0]) for n in graph.node if n.op_type in RECURRENT_OPS
+        ),
     )
 
 
 def detect(onnx_path: Path | str) -> GraphPatterns:
-    """Find attention blocks, LayerNorms and GELUs in the ONNX at ``onnx_path`` (weights are
+    """Find attention blocks, LayerNorms, GELUs and recurrent layers in the ONNX at ``onnx_path`` (weights are
     not loaded)."""
     import onnx
 

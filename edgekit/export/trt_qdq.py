@@ -12,7 +12,7 @@ from edgekit.errors import BadInputError
 from edgekit.export.qdq import _constants
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-INTEGER_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
+INTEGER_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeLSTM")
 
 
 def check_trt_qdq(onnx_path: str | Path) -> list[str]:

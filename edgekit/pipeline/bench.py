@@ -3,7 +3,7 @@ and gate as compress (:func:`edgekit.benchmarks.harness.measure`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ class BenchJob:
     out: Path | None = None
     command: str = "edgekit bench"
     calibrate_timer: bool = False
+    shapes: Mapping[str, Any] | None = None  # {input: (min, opt, max)}: also timed at each shape
 
 
 def run(job: BenchJob, progress: Progress) -> tuple[Report, Path]:
@@ -70,6 +71,10 @@ def measure_bundle(
     wanted = set(job.runtimes) if job.runtimes else {v["runtime"] for v in variants}
     ds = bundle_samples(root, manifest.model)
     candidates = bundle_candidates(root, manifest, wanted)
+    if job.shapes and candidates:
+        from edgekit.benchmarks.at_shapes import check
+
+        check(candidates, ds, job.shapes)
     budget = job.budget or Budget(**manifest.budget)
     report = Report(
         command=job.command,
@@ -97,6 +102,13 @@ def measure_bundle(
     harness.fill(report, candidates, ds, target_runtime=target_rt, budget=budget, batches=m.batches, threads=threads,
                  budget_s=m.time_budget_s, with_memory=m.with_memory, output=output, progress=progress)  # fmt: skip
     report.warnings.extend(f"{f} is in the bundle but not in its manifest; ignored" for f in manifest.extra_files)
+    if job.shapes:
+        from edgekit.benchmarks.at_shapes import time_at_shapes
+        from edgekit.export.shapes import describe
+
+        report.data["shapes"] = describe(job.shapes)
+        time_at_shapes(report.rows(), candidates, ds, job.shapes, threads=threads, budget_s=m.time_budget_s,
+                       progress=progress)  # fmt: skip
     if job.calibrate_timer:
         from edgekit.benchmarks.calibrate import calibrate
 

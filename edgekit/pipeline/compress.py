@@ -204,7 +204,10 @@ def build_artifacts(
     start = prep.baseline
     if model_steps:
         sample = prep.splits.eval.head(16).inputs
-        transformed, made = st.run_model_steps(model_steps, prep.loaded.module, prep.ctx, root, sample, progress)
+        axes = (prep.loaded.meta or {}).get("dynamic_axes")
+        transformed, made = st.run_model_steps(
+            model_steps, prep.loaded.module, prep.ctx, root, sample, progress, dynamic_axes=axes
+        )
         if transformed is not None:
             artifacts.append(transformed)
             start = transformed

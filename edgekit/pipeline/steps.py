@@ -68,10 +68,12 @@ def split_steps(steps: Sequence[object]) -> tuple[list[object], list[object]]:
 
 
 def run_model_steps(
-    steps: Sequence[object], module: Any, ctx: Any, root: Path, sample: dict[str, np.ndarray], progress: Progress
+    steps: Sequence[object], module: Any, ctx: Any, root: Path, sample: dict[str, np.ndarray], progress: Progress,
+    dynamic_axes: Any = None,
 ) -> tuple[Artifact | None, list[Artifact]]:
     """Apply the torch-level techniques in order. Returns the fp32 ONNX artifact of the
-    transformed model (None after QAT) and the INT8 artifacts QAT made (empty otherwise)."""
+    transformed model (None after QAT) and the INT8 artifacts QAT made (empty otherwise); the
+    export keeps the source model's ``dynamic_axes``."""
     import torch
 
     from edgekit.compress.base import handler_for
@@ -95,7 +97,7 @@ def run_model_steps(
     tag = "-".join(short(lbl) for lbl in labels)
     path = root / f"model.fp32-{tag}.onnx"
     progress(f"exporting the {tag} model to ONNX (checked against torch)")
-    export_onnx(module, path, sample=sample)
+    export_onnx(module, path, sample=sample, dynamic_axes=dynamic_axes)
     transformed = Artifact(
         name=f"ort-{path.stem.removeprefix('model.')}",
         runtime="onnxruntime",

@@ -134,7 +134,7 @@ _SPECS: dict[str, ReferenceSpec] = {
         ),
         ReferenceSpec(
             name="text-recognizer",
-            description="CRNN (conv features, bidirectional GRU) with CTC reading 3 to 8 "
+            description="CRNN (conv features, bidirectional LSTM) with CTC reading 3 to 8 "
             "scikit-learn digits side by side; any line width",
             task="sequence",
             metric="sequence_accuracy",

@@ -260,14 +260,18 @@ def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 class TextRecognizer(nn.Module):
-    """CRNN for CTC: conv features → one vector per column → bidirectional GRU → classes.
+    """CRNN for CTC: conv features → one vector per column → bidirectional LSTM → classes.
 
     ``forward(x)`` takes float images ``(B, 1, 32, W)`` (ink 1, background 0) of any width
     W ≥ 4 and returns per-column class scores ``(B, W // 4, classes)`` (logits; the CTC blank is
     the last class).
+
+    Shaped like the recognisers users bring (CRNN, EasyOCR, PaddleOCR's CRNN head): a VGG-style
+    conv stack (32-64-64 channels) and a bidirectional LSTM (128 per direction), scaled down so
+    that it trains in about a minute.
     """
 
-    def __init__(self, classes: int = 11, height: int = 32, width: int = 16, hidden: int = 64) -> None:
+    def __init__(self, classes: int = 11, height: int = 32, width: int = 32, hidden: int = 128) -> None:
         super().__init__()
         self.stride = 4  # input columns per output position
         w = width
@@ -280,7 +284,7 @@ class TextRecognizer(nn.Module):
             nn.MaxPool2d((2, 1)),  # H/8, W/4
         )
         self.column = nn.Linear(2 * w * (height // 8), 2 * hidden)
-        self.rnn = nn.GRU(2 * hidden, hidden, batch_first=True, bidirectional=True)
+        self.rnn = nn.LSTM(2 * hidden, hidden, batch_first=True, bidirectional=True)
         self.head = nn.Linear(2 * hidden, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ RECIPES: dict[str, Recipe] = {
     "text-classifier": Recipe(epochs=12, lr=5e-3, batch_size=32),
     "edge-cnn": Recipe(epochs=6, lr=3e-3, batch_size=32),
     "text-encoder": Recipe(epochs=3, lr=1e-3, batch_size=32, weight_decay=0.01),
-    "text-recognizer": Recipe(epochs=10, lr=5e-3, batch_size=32),
+    "text-recognizer": Recipe(epochs=7, lr=5e-3, batch_size=32),
 }
 SUPCON_TEMPERATURE = 0.1
 

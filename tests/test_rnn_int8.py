@@ -1,0 +1,237 @@
+"""INT8 for recurrent networks, on a model edgekit has never seen.
+
+A small tagger (Conv1d over each row → bidirectional LSTM → per-position classes) with two
+inputs — the rows of scikit-learn digits stacked into lines of 2 to 4 digits (``rows``,
+``(B, T, 8)``) and each row's position inside its glyph (``pos``, ``(B, T, 1)``), both of
+dynamic length — is trained here to tag every row with its digit. ``edgekit compress
+tagger.onnx --int8 --data d.npz --runtime onnxruntime`` must detect the LSTM, produce the
+recurrent-scheme variants (``ort-int8-dynamic-rnn``: DynamicQuantizeLSTM + MatMulInteger;
+``ort-int8-rnn``: the same plus static QDQ on the Conv), run them on ONNX Runtime, judge them
+with the sequence fidelity over real positions, and record the scheme and why.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgekit.export.patterns import detect
+
+ROW, HIDDEN, CLASSES = 8, 32, 10
+DIGITS_PER_LINE = (2, 4)
+TRAIN_STEPS = 120
+
+
+class Tagger(nn.Module):
+    """Conv1d over the row features, a BiLSTM over the rows, a Linear per position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(ROW + 1, 32, 5, padding=2)
+        self.rnn = nn.LSTM(32, HIDDEN, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * HIDDEN, CLASSES)
+
+    def forward(self, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(self.conv(torch.cat([rows, pos], dim=-1).transpose(1, 2))).transpose(1, 2)
+        seq, _ = self.rnn(f)
+        return self.head(seq)
+
+
+def _lines(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` lines of 2–4 digit images stacked row after row, right-padded; with each row's
+    position in its glyph, the real lengths and the per-row digit (-1 on padding)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    rng = np.random.default_rng(seed)
+    lo, hi = DIGITS_PER_LINE
+    t_max = hi * ROW
+    rows = np.zeros((n, t_max, ROW), np.float32)
+    pos = np.zeros((n, t_max, 1), np.float32)
+    y = np.full((n, t_max), -1, np.int64)
+    lengths = np.zeros(n, np.int64)
+    for i in range(n):
+        picks = rng.integers(0, len(bunch.images), size=int(rng.integers(lo, hi + 1)))
+        t = len(picks) * ROW
+        rows[i, :t] = np.concatenate([bunch.images[p] / 16.0 for p in picks])
+        pos[i, :t, 0] = np.tile(np.arange(ROW) / (ROW - 1), len(picks))
+        y[i, :t] = np.repeat(bunch.target[picks], ROW)
+        lengths[i] = t
+    return rows, pos, lengths, y
+
+
+@pytest.fixture(scope="module")
+def tagger(tmp_path_factory) -> tuple[Path, Path, float]:
+    d = tmp_path_factory.mktemp("tagger")
+    torch.manual_seed(0)
+    model = Tagger()
+    rows, pos, lengths, y = _lines(600, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    gen = np.random.default_rng(1)
+    with torch.random.fork_rng(devices=[]):
+        torch.set_num_threads(1)
+        for _ in range(TRAIN_STEPS):
+            idx = gen.integers(0, len(rows), size=32)
+            out = model(torch.from_numpy(rows[idx]), torch.from_numpy(pos[idx]))
+            loss = nn.functional.cross_entropy(out.reshape(-1, CLASSES), torch.from_numpy(y[idx]).reshape(-1),
+                                               ignore_index=-1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    rows_t, pos_t, len_t, y_t = _lines(200, seed=2)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(rows_t), torch.from_numpy(pos_t)).argmax(-1).numpy()
+    accuracy = float((pred == y_t)[y_t >= 0].mean())
+    onnx_path = d / "tagger.onnx"
+    axes = {"rows": {0: "batch", 1: "t"}, "pos": {0: "batch", 1: "t"}, "out": {0: "batch", 1: "t"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter says it is deprecated
+        torch.onnx.export(model, (torch.from_numpy(rows_t[:2]), torch.from_numpy(pos_t[:2])), str(onnx_path),
+                          input_names=["rows", "pos"], output_names=["out"], dynamic_axes=axes,
+                          opset_version=17, dynamo=False)  # fmt: skip
+    data = d / "d.npz"
+    np.savez(data, rows=rows_t, pos=pos_t, rows_length=len_t, pos_length=len_t, y=y_t)
+    return onnx_path, data, accuracy
+
+
+def test_recurrent_layers_are_detected(tagger) -> None:
+    patterns = detect(tagger[0])
+    assert patterns.rnn and not patterns.transformer
+    assert [op for op, _ in patterns.recurrent] == ["LSTM"]
+    assert patterns.describe_rnn() == "recurrent layers detected (1 LSTM)"
+    assert patterns.as_dict()["rnn"] is True
+
+
+def invoke(args: list[str]) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    with CliRunner().isolation() as streams:
+        code = main(args)
+        return code, streams[1].getvalue().decode()
+
+
+@pytest.fixture(scope="module")
+def bundle(tagger, tmp_path_factory) -> tuple[Path, str]:
+    model, data, _ = tagger
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    code, err = invoke(["compress", str(model), "--int8", "--data", str(data), "--runtime", "onnxruntime",
+                        "--threads", "1", "--time-budget", "0.05", "--no-memory", "-o", str(out)])
+    assert code == 0, err
+    return out, err
+
+
+def test_unseen_lstm_tagger_gets_the_recurrent_scheme_gated_and_recorded(tagger, bundle) -> None:
+    accuracy = tagger[2]
+    assert accuracy >= 0.8, accuracy  # a real, trained tagger (per-row digit accuracy)
+    out, err = bundle
+    assert "recurrent scheme: recurrent layers detected (1 LSTM)" in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["output_kind"] == "sequence"
+    rows = {r["name"]: r for r in report["variants"]}
+    record = report["techniques"]["quantize:int8"]
+    assert record["scheme"] == "recurrent" and record["patterns"]["rnn"]
+    for name, convs in (("ort-int8-dynamic-rnn", False), ("ort-int8-rnn", True)):
+        row = rows[name]
+        assert row["runtime"] == "onnxruntime" and row["measured"], name
+        assert row["fidelity"]["kind"] == "sequence"
+        assert row["fidelity"]["positions"] == int(np.load(out / "data" / "eval.npz")["rows_length"].sum())
+        assert row["deployable"] or row["rejected_reason"], name  # the gate judged it
+        scheme = record["variants"][name]["scheme"]
+        assert scheme.startswith("scheme: recurrent") and scheme.endswith("recurrent layers detected (1 LSTM)")
+        assert ("static QDQ on Conv" in scheme) == convs
+        assert row["notes"][0] == scheme
+        summary = record["variants"][name]["summary"]
+        assert summary["quantized_op_types"].get("DynamicQuantizeLSTM") == 1, summary
+        assert summary["MatMulInteger"] >= 1
+        assert ("Conv" in summary["quantized_op_types"]) == convs
+    # The recurrent candidates are faithful on this tagger: argmax agreement over real rows.
+    assert rows["ort-int8-dynamic-rnn"]["fidelity"]["position_agreement"] >= 0.95
+
+
+def test_a_model_without_recurrent_layers_gets_no_recurrent_candidate(tmp_path: Path) -> None:
+    from edgekit.compress.base import Context
+    from edgekit.compress.quantize import Int8Config
+    from edgekit.compress.quantize_rnn import rnn_candidates
+
+    class Plain(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x) * 2.0
+
+    path = tmp_path / "plain.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Plain(), (torch.zeros(1, 4),), str(path), input_names=["x"], dynamo=False, opset_version=17)
+    patterns = detect(path)
+    assert not patterns.rnn and patterns.describe_rnn() == "no LSTM/GRU/RNN node detected"
+    record: dict[str, object] = {}
+    ctx = Context(workdir=tmp_path, calib=None, eval=None, task="raw")  # type: ignore[arg-type]
+    assert rnn_candidates(Int8Config(), path, [], tmp_path, patterns, ctx, [], record) == []
+    assert "scheme" not in record
+
+
+def test_bench_times_at_each_given_shape(bundle) -> None:
+    out, _ = bundle
+    code, err = invoke(["bench", str(out), "--threads", "1", "--time-budget", "0.02", "--no-memory", "--runtime",
+                        "onnxruntime", "--shapes", "rows:1x8x8/2x16x8/2x32x8", "-o", str(out.parent / "bench")])
+    assert code == 0, err
+    assert "timing" in err and "at the max shape rows:2x32x8" in err
+    report = json.loads((out.parent / "bench" / "report.json").read_text())
+    assert report["data"]["shapes"] == {"rows": "1x8x8/2x16x8/2x32x8"}
+    rows = [report["baseline"], *report["variants"]]
+    assert {r["name"] for r in rows} >= {"ort-fp32", "ort-int8-dynamic-rnn", "ort-int8-rnn"}
+    for r in rows:
+        by_shape = r["latency_by_shape"]
+        assert list(by_shape) == ["rows:1x8x8", "rows:2x16x8", "rows:2x32x8"], r["name"]
+        assert [v["role"] for v in by_shape.values()] == ["min", "opt", "max"]
+        # pos shares the dynamic axis "t" with rows, so it follows; the batch follows the shape.
+        assert by_shape["rows:2x16x8"]["shape"] == {"rows": [2, 16, 8], "pos": [2, 16, 1]}
+        assert all(v["p50"] > 0 for v in by_shape.values())
+        assert r["latency_ms"]["shape"]["rows"][1] == 24, report["data"]["extents"]  # and the median real shape
+    md = (out.parent / "bench" / "report.md").read_text()
+    assert "| rows:2x32x8 | max |" in md
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("rows:1x8/1x16/1x32", "has rank 2, the input has 3"),
+        ("rows:1x8x9/1x16x9/1x32x9", "axis 2 of 1x8x9 is fixed at 8"),
+        ("nope:1x8x8/1x16x8/1x32x8", "not model inputs"),
+        ("rows:1x32x8/1x16x8/1x8x8", "MIN <= OPT <= MAX"),
+        ("rows:1x8x8", "needs three shapes"),
+    ],
+)
+def test_bench_refuses_bad_shapes_in_one_line(bundle, spec: str, says: str) -> None:
+    out, _ = bundle
+    report = out.parent / f"bad-{abs(hash(spec))}"
+    code, err = invoke(["bench", str(out), "--threads", "1", "--no-memory", "--shapes", spec, "-o", str(report)])
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and says in lines[0], err
+    assert not report.exists()
+
+
+def test_pruned_model_keeps_the_dynamic_axes(trained, tmp_path: Path) -> None:
+    """The export after a torch-level step (pruning here) keeps the source model's dynamic axes
+    (text-recognizer: the width), not only the batch."""
+    import onnx
+
+    from edgekit import api
+    from edgekit.compress.prune import PruneConfig
+
+    _, path = trained("text-recognizer")
+    api.compress(path, steps=[PruneConfig(kind="unstructured", amount=0.3, finetune_epochs=0)],
+                 out=tmp_path / "b", threads=1, time_budget_s=0.02, with_memory=False)  # fmt: skip
+    for name in ("model.fp32.onnx", "model.fp32-prune.onnx"):
+        proto = onnx.load(str(tmp_path / "b" / name), load_external_data=False)
+        x = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        assert x == ["batch", 1, 32, "width"], name
