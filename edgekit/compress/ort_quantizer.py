@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.compress.base import Variant
 from edgekit.errors import BadInputError, require
 
 Feeds = list[dict[str, np.ndarray]]
@@ -197,3 +198,35 @@ def quantize_static(
             # a cache written by the first call serves every later one (same bytes, no re-run).
             calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
         )
+
+
+def quantize_static_from(
+    onnx_path: Path,
+    out: Path,
+    feeds: Feeds,
+    *,
+    exclude: tuple[str, ...],
+    options: dict[str, Any],
+    calibration_cache: Path | None = None,
+) -> list[str]:
+    """Pre-process ``onnx_path`` and quantize it statically into ``out`` (``exclude`` kept in
+    float); returns the pre-processing notes."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with preprocessed(onnx_path, exclude) as (pre, pre_notes):
+        quantize_static(pre, out, feeds, exclude=exclude, calibration_cache=calibration_cache, **options)
+    return pre_notes
+
+
+def static_variant(name: str, runtime: str, out: Path, exclude: tuple[str, ...], notes: list[str]) -> Variant:
+    """The variant of a statically quantized ``out``; ``notes`` gain the layers kept in float."""
+    if exclude:
+        notes.append(f"kept in float (exclude): {', '.join(exclude)}")
+    return Variant(
+        name=name,
+        runtime=runtime,
+        precision="int8",
+        path=out,
+        techniques=["quantize:int8-static"],
+        notes=notes,
+        extra_files=external_files(out),
+    )

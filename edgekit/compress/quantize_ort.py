@@ -19,7 +19,9 @@ from edgekit.compress.ort_quantizer import (
     preprocess,
     preprocessed,
     quantize_static,
+    quantize_static_from,
     quiet_root_logger,
+    static_variant,
 )
 from edgekit.compress.quantize_trt import trt_int8_qdq, trt_options
 from edgekit.errors import require
@@ -71,16 +73,10 @@ def ort_int8_static(
     many times).
     """
     out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with preprocessed(onnx_path, config.exclude) as (pre, pre_notes):
-        quantize_static(
-            pre,
-            out,
-            feeds,
-            exclude=config.exclude,
-            calibration_cache=calibration_cache,
-            **_static_options(config),
-        )
+    pre_notes = quantize_static_from(
+        onnx_path, out, feeds, exclude=config.exclude, options=_static_options(config),
+        calibration_cache=calibration_cache,
+    )  # fmt: skip
     symmetry = "symmetric" if config.symmetric_activations else "asymmetric"
     granularity = "per-channel" if config.per_channel else "per-tensor"
     notes = [
@@ -94,17 +90,7 @@ def ort_int8_static(
 
 
 def _static_variant(config: Int8Settings, out: Path, notes: list[str]) -> Variant:
-    if config.exclude:
-        notes.append(f"kept in float (exclude): {', '.join(config.exclude)}")
-    return Variant(
-        name="ort-int8-static",
-        runtime="onnxruntime",
-        precision="int8",
-        path=out,
-        techniques=["quantize:int8-static"],
-        notes=notes,
-        extra_files=external_files(out),
-    )
+    return static_variant("ort-int8-static", "onnxruntime", out, config.exclude, notes)
 
 
 TRANSFORMER_OPS = ("MatMul", "Gemm")

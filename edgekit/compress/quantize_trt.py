@@ -11,10 +11,9 @@ from edgekit.compress.base import Variant
 from edgekit.compress.ort_quantizer import (
     WEIGHTED_OPS,
     Feeds,
-    external_files,
     feed_count,
-    preprocessed,
-    quantize_static,
+    quantize_static_from,
+    static_variant,
 )
 from edgekit.errors import IntegrityError
 from edgekit.export.trt_qdq import check_trt_qdq
@@ -64,16 +63,10 @@ def trt_int8_qdq(
     ``transformer`` changes nothing (TensorRT chooses the precision of the unquantized layers).
     """
     out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with preprocessed(onnx_path, config.exclude) as (pre, pre_notes):
-        quantize_static(
-            pre,
-            out,
-            feeds,
-            exclude=config.exclude,
-            calibration_cache=calibration_cache,
-            **trt_options(config),
-        )
+    pre_notes = quantize_static_from(
+        onnx_path, out, feeds, exclude=config.exclude, options=trt_options(config),
+        calibration_cache=calibration_cache,
+    )  # fmt: skip
     problems = check_trt_qdq(out)
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
@@ -86,16 +79,6 @@ def trt_int8_qdq(
         "the engine is built on the device (edgekit build); Q/DQ layers need no precision flag",
         *pre_notes,
     ]
-    if config.exclude:
-        notes.append(f"kept in float (exclude): {', '.join(config.exclude)}")
-    return Variant(
-        name="trt-int8-qdq",
-        runtime="tensorrt",
-        precision="int8",
-        path=out,
-        techniques=["quantize:int8-static"],
-        notes=notes,
-        extra_files=external_files(out),
-    )
+    return static_variant("trt-int8-qdq", "tensorrt", out, config.exclude, notes)
 
 
