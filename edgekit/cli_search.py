@@ -122,7 +122,7 @@ def _print(report: dict) -> None:
             score = (c.get("fidelity") or {}).get("top1_agreement")
         mark = "*" if c["name"] in report["pareto_front"] else " "
         click.echo(
-            f"{mark}{c['name']:33} {c['status']:13} {p50 if p50 is None else f'{p50:.4f}':>9} "
+            f"{mark}{c['name']:33} {c['status']:13} {'-' if p50 is None else f'{p50:.4f}':>9} "
             f"{'-' if score is None else f'{score:.4f}':>10}  {c['reason'] or ''}"
         )
     click.echo("* Pareto front (latency vs " + report["score"] + "): " + " → ".join(report["pareto_front"]))

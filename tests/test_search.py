@@ -171,7 +171,7 @@ def test_cli_search_help() -> None:
 def test_steps_rebuild_each_candidate_kind(tmp_path: Path) -> None:
     from edgekit.compress.prune import PruneConfig
     from edgekit.compress.quantize import Int8Config
-    from edgekit.search.run import steps_for
+    from edgekit.search.rebuild import steps_for
     from edgekit.search.space import Spec
 
     assert steps_for(Spec("fp32", "openvino")) == []
@@ -247,7 +247,8 @@ def test_openvino_runs_read_only_and_strided_inputs(trained, tmp_path: Path) -> 
 
 def test_fp32_wins_and_says_so_when_int8_is_slower() -> None:
     from edgekit.benchmarks.report import VariantRow
-    from edgekit.search.run import Outcome, _choose
+    from edgekit.search.choose import choose
+    from edgekit.search.outcome import Outcome
     from edgekit.search.space import Spec
 
     def outcome(spec: Spec, p50: float, status: str = "measured") -> Outcome:
@@ -263,11 +264,11 @@ def test_fp32_wins_and_says_so_when_int8_is_slower() -> None:
         "fp32@ov": (Spec("fp32", "openvino"), 0.09, "measured"),  # not in the target's runtimes
     }
     outcomes = {name: outcome(*args) for name, args in specs.items()}
-    winner, ranked, why = _choose(outcomes, ("onnxruntime",))
+    winner, ranked, why = choose(outcomes, ("onnxruntime",))
     assert winner == "fp32@ort" and ranked == ["fp32@ort", "int8-static@ort"]
     assert "INT8 was slower than fp32" in why and "int8-static@ort" in why
     assert "Faster but rejected by the gate: int8-dynamic@ort" in why
-    winner, _, why = _choose(outcomes, ("onnxruntime", "openvino"))
+    winner, _, why = choose(outcomes, ("onnxruntime", "openvino"))
     assert winner == "fp32@ov" and "INT8 was slower" not in why  # no INT8 on OpenVINO was measured
 
 
