@@ -11,7 +11,7 @@ from edgekit.search.outcome import Outcome
 from edgekit.search.space import PEERS
 
 
-def _score(row: Any, metric_name: str | None) -> float | None:
+def score(row: Any, metric_name: str | None) -> float | None:
     if metric_name and row.metric:
         return float(row.metric["value"])
     fid = row.fidelity or {}
@@ -31,15 +31,15 @@ def points_of(outcomes: dict[str, Outcome], metric_name: str | None) -> list[dic
         r = o.row
         if r is None or not r.latency_ms:
             continue
-        score = _score(r, metric_name)
-        if score is None:
+        value = score(r, metric_name)
+        if value is None:
             continue
         points.append(
             {
                 "name": o.spec.name,
                 "runtime": o.spec.runtime,
                 "latency": float(r.latency_ms["p50"]),
-                "score": score,
+                "score": value,
                 "deployable": bool(r.deployable),
                 "peer": o.spec.peer,
             }
@@ -51,11 +51,14 @@ def _p50(o: Outcome) -> float:
     return float(o.row.latency_ms["p50"])
 
 
+EPS = 1e-9  # scores are compared with this tolerance
+
+
 def _timed_peers(outcomes: dict[str, Outcome], metric_name: str | None) -> list[Outcome]:
     return [
         o
         for o in outcomes.values()
-        if o.spec.peer and o.row is not None and o.row.latency_ms and _score(o.row, metric_name) is not None
+        if o.spec.peer and o.row is not None and o.row.latency_ms and score(o.row, metric_name) is not None
     ]
 
 
@@ -63,11 +66,8 @@ def _unbeaten_by(o: Outcome, peer: Outcome, metric_name: str | None) -> bool:
     """``o`` is at least as fast as ``peer`` and scores at least as well (the must-show condition)."""
     return (
         _p50(o) <= _p50(peer)
-        and (_score(o.row, metric_name) or -np.inf) >= (_score(peer.row, metric_name) or np.inf) - EPS
+        and (score(o.row, metric_name) or -np.inf) >= (score(peer.row, metric_name) or np.inf) - EPS
     )
-
-
-EPS = 1e-9
 
 
 def choose(
@@ -115,7 +115,7 @@ def choose(
         short = [p.spec.name for p in peers if not _unbeaten_by(fast, p, metric_name)]
         why += (
             f" Faster and within the budget, but scoring below {', '.join(short)}: {fast.spec.name} "
-            f"({_p50(fast):.3f} ms, {_score(fast.row, metric_name):.4g} vs {_score(best.row, metric_name):.4g})."
+            f"({_p50(fast):.3f} ms, {score(fast.row, metric_name):.4g} vs {score(best.row, metric_name):.4g})."
         )
     faster_rejected = [
         o.spec.name
@@ -155,7 +155,7 @@ def peer_rows(outcomes: dict[str, Outcome], winner: str | None, metric_name: str
             d["peer_p50_ms"] = _p50(o)
             d["winner_p50_ms"] = _p50(w)
             d["latency_ratio"] = round(_p50(w) / _p50(o), 4)  # < 1: the winner is faster
-            ws, ps = _score(w.row, metric_name), _score(o.row, metric_name)
+            ws, ps = score(w.row, metric_name), score(o.row, metric_name)
             if ws is not None and ps is not None:
                 d["metric_difference"] = round(ws - ps, 6)  # > 0: the winner scores higher
             d["metric"] = metric_name or "fidelity"
@@ -169,13 +169,13 @@ def peer_rows(outcomes: dict[str, Outcome], winner: str | None, metric_name: str
     return rows
 
 
-def _fastest_at_least(outcomes: dict[str, Outcome], score: float, metric_name: str | None) -> Outcome | None:
+def _fastest_at_least(outcomes: dict[str, Outcome], target: float, metric_name: str | None) -> Outcome | None:
     pool = [
         o
         for o in outcomes.values()
         if o.status == "measured"
         and not o.spec.peer
         and o.row.latency_ms
-        and (_score(o.row, metric_name) or -np.inf) >= score - 1e-9
+        and (score(o.row, metric_name) or -np.inf) >= target - EPS
     ]
     return min(pool, key=_p50) if pool else None

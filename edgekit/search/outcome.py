@@ -15,7 +15,9 @@ class Outcome:
     """What happened to one candidate."""
 
     spec: Spec
-    status: str = "pending"  # measured | rejected | build_failed | not_extended | out_of_time | not_runnable
+    status: str = (
+        "pending"  # measured | rejected | build_failed | not_extended | not_proposed | out_of_time | not_runnable
+    )
     reason: str | None = None
     build: dict[str, Any] = field(default_factory=dict)
     row: Any = None  # the harness VariantRow once measured

@@ -19,6 +19,8 @@ def torch_step(spec: Spec) -> Any:
 
     if spec.distill:
         return DistillConfig(width=spec.distill)
+    if spec.prune_lr:
+        return PruneConfig(kind="structured", amount=float(spec.prune or 0), lr=spec.prune_lr)
     return PruneConfig(kind="structured", amount=float(spec.prune or 0))
 
 

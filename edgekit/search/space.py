@@ -45,13 +45,16 @@ class Spec:
     runtime: str
     prune: float | None = None  # structured channel-pruning ratio applied before export
     distill: float | None = None  # width of the distilled student (slimmed from the model) used instead
+    prune_lr: float | None = None  # fine-tuning learning rate after pruning (None: the compress default)
 
     @property
     def stem(self) -> str | None:
         """The torch-level step this candidate starts from (``prune0.3``, ``distill0.45``), if any."""
         if self.distill:
             return f"distill{self.distill:g}"
-        return f"prune{self.prune:g}" if self.prune else None
+        if not self.prune:
+            return None
+        return f"prune{self.prune:g}" + (f"-lr{self.prune_lr:g}" if self.prune_lr else "")
 
     @property
     def peer(self) -> bool:
@@ -71,7 +74,7 @@ class Spec:
 
     @property
     def stem_root(self) -> Spec:
-        return Spec("fp32", "onnxruntime", self.prune, self.distill)
+        return Spec("fp32", "onnxruntime", self.prune, self.distill, self.prune_lr)
 
     @property
     def parents(self) -> tuple[str, ...]:
@@ -91,6 +94,8 @@ class Spec:
         if self.peer:
             return [self.graph]
         out = [f"prune:structured:{self.prune:g}"] if self.prune else []
+        if self.prune and self.prune_lr:
+            out.append(f"finetune:lr{self.prune_lr:g}")
         if self.distill:
             out.append(f"distill:width{self.distill:g}")
         if self.graph != "fp32":
@@ -106,6 +111,7 @@ def space(
     mixed: bool,
     peers: bool,
     distill_widths: tuple[float, ...] = (),
+    prune_lrs: tuple[float | None, ...] = (None,),
 ) -> tuple[list[Spec], list[Spec]]:
     """(level 0, level 1) specs. Level 0 needs only the source model (cheap first: graph techniques,
     then pruning, then distillation, which trains a student); level 1 combines each pruned or
@@ -114,12 +120,12 @@ def space(
     # fp32 on ONNX Runtime is the gate's reference (and the source of every pruned graph), so it is
     # built whatever the target; the winner is chosen among the target's runtimes only.
     base = [Spec(g, rt) for g in graphs for rt in RUNTIMES_OF[g] if rt in runtimes or Spec(g, rt).root]
-    roots = [Spec("fp32", "onnxruntime", r) for r in prune_ratios]
+    roots = [Spec("fp32", "onnxruntime", r, prune_lr=lr) for r in prune_ratios for lr in prune_lrs]
     roots += [Spec("fp32", "onnxruntime", distill=w) for w in distill_widths]
     level0 = base + roots
     if peers:
         level0 += [Spec(p, rt) for p, rt in PEERS.items()]
-    level1 = [Spec(s.graph, s.runtime, r.prune, r.distill) for r in roots for s in base if not s.root]
+    level1 = [Spec(s.graph, s.runtime, r.prune, r.distill, r.prune_lr) for r in roots for s in base if not s.root]
     return level0, level1
 
 
