@@ -37,7 +37,7 @@ DEFAULT_PRUNE = (0.3, 0.5)
 # tuned 8 epochs at 3e-3 lost 1 of 359 held-out images; at 1e-3 it lost none.
 DEFAULT_PRUNE_LRS: tuple[float | None, ...] = (None, 1e-3)
 DEFAULT_DISTILL = (0.45,)  # the student width compress --distill uses by default
-DISTILL_TASKS = ("classification", "binary", "regression")
+TRAINABLE = ("classification", "binary", "regression")  # tasks pruning's fine-tuning and distillation train
 SCHEMA = 1
 MIN_TIMING_S = 0.02
 
@@ -150,17 +150,16 @@ def search(
     splits = splits.map(lambda ds: dataclasses.replace(ds, task=task))
 
     notes: list[str] = []
-    trainable = loaded.module is not None and loaded.eager and splits.train is not None
+    trainable = loaded.module is not None and loaded.eager and splits.train is not None and task in TRAINABLE
+    why_not = f"it needs the torch module, labelled training data and a {'/'.join(TRAINABLE)} task"
     if prune_ratios is None:
         prune_ratios = DEFAULT_PRUNE if trainable else ()
         if not trainable:
-            notes.append("structured pruning skipped: it needs the torch module and labelled training data")
+            notes.append(f"structured pruning skipped: {why_not} (fine-tuning)")
     if distill_widths is None:
-        distill_widths = DEFAULT_DISTILL if trainable and task in DISTILL_TASKS else ()
-        if not distill_widths:
-            notes.append(
-                f"distillation skipped: it needs the torch module, labelled data and a {'/'.join(DISTILL_TASKS)} task"
-            )
+        distill_widths = DEFAULT_DISTILL if trainable else ()
+        if not trainable:
+            notes.append(f"distillation skipped: {why_not}")
     level0, level1 = space(
         runtimes,
         prune_ratios=tuple(prune_ratios),

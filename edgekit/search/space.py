@@ -230,7 +230,9 @@ def _build(job: Job) -> tuple[Path, list[Path], list[str]]:
         config = Int8Config(runtimes=(spec.runtime,), mode=mode)
     ctx = _context(job, job.budget if spec.graph == "int8-mixed" else None)
     _, fn = handler_for(config)
-    (variant,) = fn(config, job.source_onnx, ctx)
+    # The runtime's own variant comes first; a transformer graph adds ORT dynamic MatMul/Gemm INT8 (the
+    # int8-dynamic candidate already) and a bf16-capable CPU an OpenVINO bf16 variant after it.
+    variant = fn(config, job.source_onnx, ctx)[0]
     notes = list(variant.notes)
     if spec.graph == "int8-mixed":
         kept = (ctx.records.get("budget") or {}).get("variants", {})
