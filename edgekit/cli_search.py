@@ -15,7 +15,13 @@ import click
 @click.option("--min-top1", type=float, default=None, help="Fidelity budget without labels: top-1 agreement (0-1).")
 @click.option("--min-cosine", type=float, default=None, help="Fidelity budget without labels: cosine similarity.")
 @click.option("--min-sqnr", type=float, default=None, help="Fidelity budget: SQNR in dB vs fp32.")
-@click.option("--minutes", type=float, default=10.0, show_default=True, help="Time budget for building candidates.")
+@click.option(
+    "--minutes",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Time budget of the whole search: builds, then the timing run is shortened to fit.",
+)
 @click.option(
     "-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Default: MODEL.search."
 )
