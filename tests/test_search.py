@@ -435,3 +435,19 @@ def test_optuna_strategy_in_a_real_search(trained, tmp_path: Path) -> None:
     assert sum(c["status"] in ("measured", "rejected") for c in level1) == 2
     proposed_not = [c for c in level1 if c["status"] == "not_proposed"]
     assert len(proposed_not) == 3 and all("did not propose" in c["reason"] for c in proposed_not)
+
+
+def test_timing_is_shortened_to_fit_what_is_left_of_the_minutes() -> None:
+    from edgekit.search.outcome import Outcome
+    from edgekit.search.run import MIN_TIMING_S, timing_budget
+    from edgekit.search.space import Spec
+
+    root = Outcome(Spec("fp32", "onnxruntime", 0.5), status="built", build={"build_s": 30.0})
+    child = Outcome(Spec("int8-static", "onnxruntime", 0.5), status="built", build={"build_s": 2.0})
+    outcomes = {o.spec.name: o for o in (root, child)}
+    measured = [root, child]
+    assert timing_budget(0.5, 600.0, measured, outcomes) == 0.5  # plenty left: as asked
+    # 32 s are kept for rebuilding the winner (its stem's build + its own); the rest spread over 2 × 1.5
+    assert timing_budget(5.0, 35.0, measured, outcomes) == pytest.approx(1.0)
+    assert timing_budget(0.5, 35.0, measured, outcomes) == 0.5  # never more than asked
+    assert timing_budget(0.5, 10.0, measured, outcomes) == MIN_TIMING_S  # out of time: the floor

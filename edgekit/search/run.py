@@ -362,7 +362,7 @@ def timing_budget(asked: float, left_s: float, measured: Sequence[Outcome], outc
     ``--minutes``; never below :data:`MIN_TIMING_S` (20 calls at least are timed anyway)."""
 
     def rebuild_s(o: Outcome) -> float:
-        stem = outcomes.get(o.spec.stem_root.name) if o.spec.stem else None
+        stem = outcomes.get(o.spec.stem_root.name) if o.spec.stem and not o.spec.root else None
         return float(o.build.get("build_s") or 0) + (float(stem.build.get("build_s") or 0) if stem else 0.0)
 
     reserve = max((rebuild_s(o) for o in measured), default=0.0)
