@@ -15,7 +15,13 @@ import click
 @click.option("--min-top1", type=float, default=None, help="Fidelity budget without labels: top-1 agreement (0-1).")
 @click.option("--min-cosine", type=float, default=None, help="Fidelity budget without labels: cosine similarity.")
 @click.option("--min-sqnr", type=float, default=None, help="Fidelity budget: SQNR in dB vs fp32.")
-@click.option("--minutes", type=float, default=10.0, show_default=True, help="Time budget for building candidates.")
+@click.option(
+    "--minutes",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Time budget of the whole search: builds, then the timing run is shortened to fit.",
+)
 @click.option(
     "-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Default: MODEL.search."
 )
@@ -24,6 +30,15 @@ import click
 @click.option("--peers", is_flag=True, help="Also build and measure the stock pipelines' defaults, side by side.")
 @click.option("--prune", "prune", default=None, help="Structured pruning ratios, e.g. 0.3,0.5 (0 to skip).")
 @click.option("--no-fp16", is_flag=True, help="Leave out the FP16 candidates.")
+@click.option("--distill", "distill", default=None, help="Distilled-student widths, e.g. 0.45 (0 to skip).")
+@click.option(
+    "--strategy",
+    type=click.Choice(["auto", "exhaustive", "optuna"]),
+    default="auto",
+    show_default=True,
+    help="Who proposes the combined candidates: all of them, or Optuna's ask/tell sampler (auto: by size).",
+)
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="Builds the Optuna sampler may propose.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Parallel builds (local).")
 @click.option("--ray-address", default=None, help="Address of an existing Ray cluster (default: start a local one).")
@@ -51,6 +66,9 @@ def search(
     peers: bool,
     prune: str | None,
     no_fp16: bool,
+    distill: str | None,
+    strategy: str,
+    trials: int | None,
     executor: str,
     jobs: int,
     ray_address: str | None,
@@ -66,15 +84,11 @@ def search(
     import json
 
     from edgekit.cli import _budget, _command_line, _progress
-    from edgekit.errors import BadInputError, BudgetError
+    from edgekit.errors import BudgetError
     from edgekit.search import search as run
 
-    ratios = None
-    if prune is not None:
-        try:
-            ratios = tuple(float(x) for x in prune.split(",") if x.strip() and float(x) != 0)
-        except ValueError:
-            raise BadInputError(f"--prune takes ratios like 0.3,0.5 (got {prune!r})") from None
+    ratios = _floats("--prune", prune, "0.3,0.5")
+    widths = _floats("--distill", distill, "0.45")
     with _progress(not as_json) as step:
         result = run(
             model,
@@ -87,6 +101,9 @@ def search(
             resume=resume,
             peers=peers,
             prune_ratios=ratios,
+            distill_widths=widths,
+            strategy_name=strategy,
+            trials=trials,
             fp16=not no_fp16,
             executor=executor,
             jobs=jobs,
@@ -113,6 +130,17 @@ def search(
         raise BudgetError(result.budget_error)
 
 
+def _floats(option: str, value: str | None, example: str) -> tuple[float, ...] | None:
+    from edgekit.errors import BadInputError
+
+    if value is None:
+        return None
+    try:
+        return tuple(float(x) for x in value.split(",") if x.strip() and float(x) != 0)
+    except ValueError:
+        raise BadInputError(f"{option} takes values like {example} (got {value!r})") from None
+
+
 def _print(report: dict) -> None:
     click.echo(f"{'candidate':34} {'status':13} {'p50 ms':>9} {report['score'].split(' ')[0]:>10}  note")
     for c in report["candidates"]:
@@ -122,7 +150,7 @@ def _print(report: dict) -> None:
             score = (c.get("fidelity") or {}).get("top1_agreement")
         mark = "*" if c["name"] in report["pareto_front"] else " "
         click.echo(
-            f"{mark}{c['name']:33} {c['status']:13} {p50 if p50 is None else f'{p50:.4f}':>9} "
+            f"{mark}{c['name']:33} {c['status']:13} {'-' if p50 is None else f'{p50:.4f}':>9} "
             f"{'-' if score is None else f'{score:.4f}':>10}  {c['reason'] or ''}"
         )
     click.echo("* Pareto front (latency vs " + report["score"] + "): " + " → ".join(report["pareto_front"]))

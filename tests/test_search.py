@@ -12,7 +12,7 @@ import pytest
 from edgekit.benchmarks.gate import Budget
 from edgekit.search import pareto
 
-STATUSES = {"measured", "rejected", "build_failed", "not_extended", "out_of_time", "not_runnable"}
+STATUSES = {"measured", "rejected", "build_failed", "not_extended", "not_proposed", "out_of_time", "not_runnable"}
 
 
 def test_pareto_front_on_synthetic_points() -> None:
@@ -43,6 +43,8 @@ def searched(trained, tmp_path_factory):
         budget=Budget(max_drop=0.0),
         graphs=("int8-static",),
         prune_ratios=(0.7,),
+        prune_lrs=(None,),
+        distill_widths=(),
         peers=True,
         minutes=5,
         time_budget_s=0.05,
@@ -94,12 +96,21 @@ def test_a_gate_failure_is_never_extended(searched) -> None:
     assert "prune0.7+int8-static@ort" not in built and "prune0.7+fp32@ort" in built
 
 
-def test_winner_is_the_fastest_deployable_and_is_bundled(searched) -> None:
+def test_winner_follows_the_stated_rule_and_is_bundled(searched) -> None:
     from edgekit.bundle import manifest as mf
 
     report = searched.report
     rows = [c for c in report["candidates"] if c["status"] == "measured" and not c["peer"]]
-    assert report["winner"] == min(rows, key=lambda c: c["latency_ms"]["p50"])["name"]
+    peers = [c for c in report["candidates"] if c["peer"] and c.get("latency_ms")]
+
+    def unbeaten(c: dict) -> bool:  # at least as fast as every peer and scoring at least as well
+        return all(
+            c["latency_ms"]["p50"] <= p["latency_ms"]["p50"] and c["metric"]["value"] >= p["metric"]["value"]
+            for p in peers
+        )
+
+    pool = [c for c in rows if unbeaten(c)] or rows
+    assert report["winner"] == min(pool, key=lambda c: c["latency_ms"]["p50"])["name"]
     winner = next(c for c in rows if c["name"] == report["winner"])
     assert winner["deployable"] and winner["metric_drop"] <= 0.0 + 1e-9
     assert report["winner"] in report["why"]
@@ -136,6 +147,8 @@ def test_resume_skips_what_the_journal_lists(searched) -> None:
         budget=Budget(max_drop=0.0),
         graphs=("int8-static",),
         prune_ratios=(0.7,),
+        prune_lrs=(None,),
+        distill_widths=(),
         peers=True,
         minutes=5,
         time_budget_s=0.02,
@@ -171,7 +184,7 @@ def test_cli_search_help() -> None:
 def test_steps_rebuild_each_candidate_kind(tmp_path: Path) -> None:
     from edgekit.compress.prune import PruneConfig
     from edgekit.compress.quantize import Int8Config
-    from edgekit.search.run import steps_for
+    from edgekit.search.rebuild import steps_for
     from edgekit.search.space import Spec
 
     assert steps_for(Spec("fp32", "openvino")) == []
@@ -210,7 +223,7 @@ def test_ray_executor_finds_the_same_candidates_and_winner_as_the_pool(trained, 
 
     _, model = trained("digits-cnn")
     # fp32 on ONNX Runtime vs OpenVINO: two candidates whose latencies differ by far more than noise.
-    small = dict(graphs=(), prune_ratios=(), fp16=False, minutes=5, time_budget_s=0.1, bundle=False)
+    small = dict(graphs=(), prune_ratios=(), distill_widths=(), fp16=False, minutes=5, time_budget_s=0.1, bundle=False)
     pool = search(model, out=tmp_path / "pool", executor="local", **small)
     remote = search(model, out=tmp_path / "ray", executor="ray", **small)
     assert not ray.is_initialized()  # the executor shuts down the instance it started
@@ -247,7 +260,8 @@ def test_openvino_runs_read_only_and_strided_inputs(trained, tmp_path: Path) -> 
 
 def test_fp32_wins_and_says_so_when_int8_is_slower() -> None:
     from edgekit.benchmarks.report import VariantRow
-    from edgekit.search.run import Outcome, _choose
+    from edgekit.search.choose import choose
+    from edgekit.search.outcome import Outcome
     from edgekit.search.space import Spec
 
     def outcome(spec: Spec, p50: float, status: str = "measured") -> Outcome:
@@ -263,11 +277,11 @@ def test_fp32_wins_and_says_so_when_int8_is_slower() -> None:
         "fp32@ov": (Spec("fp32", "openvino"), 0.09, "measured"),  # not in the target's runtimes
     }
     outcomes = {name: outcome(*args) for name, args in specs.items()}
-    winner, ranked, why = _choose(outcomes, ("onnxruntime",))
+    winner, ranked, why = choose(outcomes, ("onnxruntime",))
     assert winner == "fp32@ort" and ranked == ["fp32@ort", "int8-static@ort"]
     assert "INT8 was slower than fp32" in why and "int8-static@ort" in why
     assert "Faster but rejected by the gate: int8-dynamic@ort" in why
-    winner, _, why = _choose(outcomes, ("onnxruntime", "openvino"))
+    winner, _, why = choose(outcomes, ("onnxruntime", "openvino"))
     assert winner == "fp32@ov" and "INT8 was slower" not in why  # no INT8 on OpenVINO was measured
 
 
@@ -303,3 +317,137 @@ def test_bench_calibrate_timer_against_benchmark_app(searched, tmp_path: Path) -
     assert 0.01 < ov["tool_p50_ms"] < 1000  # parsed from benchmark_app's "Median: … us|ms"
     ort = cal["variants"]["ort-fp32"]
     assert ort["tool"] == "onnxruntime_perf_test" and ort["status"] in ("not available", "measured", "failed")
+
+
+def _outcome(spec, p50: float, value: float, status: str = "measured"):
+    from edgekit.benchmarks.report import VariantRow
+    from edgekit.search.outcome import Outcome
+
+    row = VariantRow(spec.name, spec.runtime, spec.precision, spec.techniques, None, 100)
+    row.latency_ms = {"p50": p50}
+    row.metric = {"name": "accuracy", "value": value}
+    row.deployable = status == "measured"
+    return Outcome(spec, status=status, row=row)
+
+
+def test_winner_rule_prefers_a_candidate_no_peer_beats_and_says_why() -> None:
+    from edgekit.search.choose import choose
+    from edgekit.search.space import Spec
+
+    specs = [
+        (Spec("fp32", "onnxruntime"), 0.080, 98.6),
+        (Spec("fp32", "onnxruntime", 0.5), 0.038, 98.0),  # fastest, but below the peers
+        (Spec("fp32", "onnxruntime", 0.3, prune_lr=1e-3), 0.052, 98.6),  # as fast and as good as every peer
+        (Spec("peer:ort-quantize_static", "onnxruntime"), 0.085, 98.6),
+        (Spec("peer:nncf-quantize-openvino", "openvino"), 0.105, 98.6),
+    ]
+    outcomes = {s.name: _outcome(s, p50, v) for s, p50, v in specs}
+    winner, ranked, why = choose(outcomes, ("onnxruntime",), "accuracy")
+    assert winner == "prune0.3-lr0.001+fp32@ort"
+    assert ranked == ["prune0.3-lr0.001+fp32@ort", "fp32@ort", "prune0.5+fp32@ort"]
+    assert "at least as fast as every peer pipeline and scores at least as well as each" in why
+    assert "prune0.5+fp32@ort" in why  # the faster candidate it passed over, and why
+    # No candidate matches a peer on both axes: the fastest within the budget wins, and says so.
+    outcomes["peer:ort-quantize_static"] = _outcome(Spec("peer:ort-quantize_static", "onnxruntime"), 0.03, 99.0)
+    winner, _, why = choose(outcomes, ("onnxruntime",), "accuracy")
+    assert winner == "prune0.5+fp32@ort" and "does not match peer:ort-quantize_static" in why
+    # Without peers: simply the fastest within the budget.
+    plain = {k: v for k, v in outcomes.items() if not v.spec.peer}
+    assert choose(plain, ("onnxruntime",), "accuracy")[0] == "prune0.5+fp32@ort"
+
+
+def test_space_names_and_rebuilds_distilled_and_gently_tuned_candidates() -> None:
+    from edgekit.compress.distill import DistillConfig
+    from edgekit.compress.prune import PruneConfig
+    from edgekit.compress.quantize import Int8Config
+    from edgekit.search.rebuild import steps_for
+    from edgekit.search.space import space
+
+    level0, level1 = space(
+        ("onnxruntime",),
+        prune_ratios=(0.3,),
+        fp16=False,
+        mixed=False,
+        peers=False,
+        distill_widths=(0.45,),
+        prune_lrs=(None, 1e-3),
+    )
+    names0 = [s.name for s in level0]
+    assert names0[-3:] == ["prune0.3+fp32@ort", "prune0.3-lr0.001+fp32@ort", "distill0.45+fp32@ort"]
+    by_name = {s.name: s for s in level1}
+    spec = by_name["distill0.45+int8-static@ort"]
+    assert spec.parents == ("distill0.45+fp32@ort", "int8-static@ort")
+    assert steps_for(spec) == [DistillConfig(width=0.45), Int8Config(runtimes=("onnxruntime",))]
+    gentle = by_name["prune0.3-lr0.001+int8-dynamic@ort"]
+    assert gentle.parents[0] == "prune0.3-lr0.001+fp32@ort"
+    assert steps_for(gentle)[0] == PruneConfig(kind="structured", amount=0.3, lr=1e-3)
+
+
+def test_optuna_sampler_proposes_distinct_candidates_within_its_trials() -> None:
+    from types import SimpleNamespace
+
+    from edgekit.search.space import space
+    from edgekit.search.strategy import OptunaSampler, make
+
+    _, level1 = space(
+        ("onnxruntime", "openvino"),
+        prune_ratios=(0.3, 0.5),
+        fp16=True,
+        mixed=False,
+        peers=False,
+        prune_lrs=(None, 1e-3),
+    )
+    jobs = [SimpleNamespace(spec=s) for s in level1]  # the sampler reads only the spec
+    sampler = OptunaSampler(seed=0, trials=10)
+    seen = []
+    for batch in sampler.rounds(jobs):
+        (job,) = batch
+        seen.append(job.spec.name)
+        fast = job.spec.graph == "fp32" and job.spec.runtime == "onnxruntime"
+        sampler.tell(job.spec, None if job.spec.graph == "int8-dynamic" else (0.5 if fast else 1.2, 98.0))
+    assert len(seen) == 10 == len(set(seen)) and set(seen) <= {s.name for s in level1}
+    assert len(sampler.study.trials) >= 10
+    assert make("auto", 10, seed=0, trials=None).name == "exhaustive"
+    assert make("auto", 100, seed=0, trials=5).name == "optuna"
+
+
+def test_optuna_strategy_in_a_real_search(trained, tmp_path: Path) -> None:
+    from edgekit.search import search
+
+    _, model = trained("digits-cnn")
+    result = search(
+        model,
+        out=tmp_path / "opt",
+        graphs=("fp16", "int8-static"),
+        prune_ratios=(0.5,),
+        prune_lrs=(None,),
+        distill_widths=(),
+        strategy_name="optuna",
+        trials=2,
+        minutes=5,
+        time_budget_s=0.02,
+        bundle=False,
+    )
+    report = result.report
+    assert report["strategy"] == "optuna"
+    level1 = [c for c in report["candidates"] if c["name"].startswith("prune0.5+") and c["name"] != "prune0.5+fp32@ort"]
+    assert len(level1) == 5  # fp32@ov, fp16@ort, fp16@ov, int8-static@ort, int8-static@ov
+    assert sum(c["status"] in ("measured", "rejected") for c in level1) == 2
+    proposed_not = [c for c in level1 if c["status"] == "not_proposed"]
+    assert len(proposed_not) == 3 and all("did not propose" in c["reason"] for c in proposed_not)
+
+
+def test_timing_is_shortened_to_fit_what_is_left_of_the_minutes() -> None:
+    from edgekit.search.outcome import Outcome
+    from edgekit.search.run import MIN_TIMING_S, timing_budget
+    from edgekit.search.space import Spec
+
+    root = Outcome(Spec("fp32", "onnxruntime", 0.5), status="built", build={"build_s": 30.0})
+    child = Outcome(Spec("int8-static", "onnxruntime", 0.5), status="built", build={"build_s": 2.0})
+    outcomes = {o.spec.name: o for o in (root, child)}
+    measured = [root, child]
+    assert timing_budget(0.5, 600.0, measured, outcomes) == 0.5  # plenty left: as asked
+    # 32 s are kept for rebuilding the winner (its stem's build + its own); the rest spread over 2 × 1.5
+    assert timing_budget(5.0, 35.0, measured, outcomes) == pytest.approx(1.0)
+    assert timing_budget(0.5, 35.0, measured, outcomes) == 0.5  # never more than asked
+    assert timing_budget(0.5, 10.0, measured, outcomes) == MIN_TIMING_S  # out of time: the floor

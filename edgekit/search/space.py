@@ -46,6 +46,17 @@ class Spec:
     graph: str  # one of GRAPH, or a PEERS key
     runtime: str
     prune: float | None = None  # structured channel-pruning ratio applied before export
+    distill: float | None = None  # width of the distilled student (slimmed from the model) used instead
+    prune_lr: float | None = None  # fine-tuning learning rate after pruning (None: the compress default)
+
+    @property
+    def stem(self) -> str | None:
+        """The torch-level step this candidate starts from (``prune0.3``, ``distill0.45``), if any."""
+        if self.distill:
+            return f"distill{self.distill:g}"
+        if not self.prune:
+            return None
+        return f"prune{self.prune:g}" + (f"-lr{self.prune_lr:g}" if self.prune_lr else "")
 
     @property
     def peer(self) -> bool:
@@ -55,23 +66,24 @@ class Spec:
     def name(self) -> str:
         if self.peer:
             return self.graph
-        prefix = f"prune{self.prune:g}+" if self.prune else ""
+        prefix = f"{self.stem}+" if self.stem else ""
         return f"{prefix}{self.graph}@{SHORT.get(self.runtime, self.runtime)}"
 
     @property
     def root(self) -> bool:
-        """The fp32 ONNX Runtime candidate of a (pruned or not) model: the source of its graph variants."""
+        """The fp32 ONNX Runtime candidate of a (pruned, distilled or not) model: the source of its graph variants."""
         return self.graph == "fp32" and self.runtime == ORT
+
+    @property
+    def stem_root(self) -> Spec:
+        return Spec("fp32", "onnxruntime", self.prune, self.distill, self.prune_lr)
 
     @property
     def parents(self) -> tuple[str, ...]:
         """Candidates that must pass the gate before this one is built ("never extend a failure")."""
-        if self.peer or self.prune is None:
+        if self.peer or self.stem is None or self.root:
             return ()
-        pruned_root = Spec("fp32", ORT, self.prune).name
-        if self.root:
-            return ()
-        return (pruned_root, Spec(self.graph, self.runtime).name)
+        return (self.stem_root.name, Spec(self.graph, self.runtime).name)
 
     @property
     def precision(self) -> str:
@@ -81,28 +93,41 @@ class Spec:
 
     @property
     def techniques(self) -> list[str]:
-        out = [f"prune:structured:{self.prune:g}"] if self.prune else []
         if self.peer:
             return [self.graph]
+        out = [f"prune:structured:{self.prune:g}"] if self.prune else []
+        if self.prune and self.prune_lr:
+            out.append(f"finetune:lr{self.prune_lr:g}")
+        if self.distill:
+            out.append(f"distill:width{self.distill:g}")
         if self.graph != "fp32":
             out.append("quantize:" + ("int8-static" if self.graph == "int8-mixed" else self.graph))
         return out
 
 
 def space(
-    runtimes: tuple[str, ...], *, prune_ratios: tuple[float, ...], fp16: bool, mixed: bool, peers: bool
+    runtimes: tuple[str, ...],
+    *,
+    prune_ratios: tuple[float, ...],
+    fp16: bool,
+    mixed: bool,
+    peers: bool,
+    distill_widths: tuple[float, ...] = (),
+    prune_lrs: tuple[float | None, ...] = (None,),
 ) -> tuple[list[Spec], list[Spec]]:
-    """(level 0, level 1) specs. Level 0 needs only the source model (cheap first); level 1 combines
-    a pruned model with each graph technique and is built only for parents that passed the gate."""
+    """(level 0, level 1) specs. Level 0 needs only the source model (cheap first: graph techniques,
+    then pruning, then distillation, which trains a student); level 1 combines each pruned or
+    distilled model with each graph technique and is built only for parents that passed the gate."""
     graphs = [g for g in GRAPH if (g != "fp16" or fp16) and (g != "int8-mixed" or mixed)]
     # fp32 on ONNX Runtime is the gate's reference (and the source of every pruned graph), so it is
     # built whatever the target; the winner is chosen among the target's runtimes only.
     base = [Spec(g, rt) for g in graphs for rt in RUNTIMES_OF[g] if rt in runtimes or Spec(g, rt).root]
-    roots = [Spec("fp32", ORT, r) for r in prune_ratios]
+    roots = [Spec("fp32", ORT, r, prune_lr=lr) for r in prune_ratios for lr in prune_lrs]
+    roots += [Spec("fp32", ORT, distill=w) for w in distill_widths]
     level0 = base + roots
     if peers:
         level0 += [Spec(p, rt) for p, rt in PEERS.items()]
-    level1 = [Spec(s.graph, s.runtime, r) for r in prune_ratios for s in base if not s.root]
+    level1 = [Spec(s.graph, s.runtime, r.prune, r.distill, r.prune_lr) for r in roots for s in base if not s.root]
     return level0, level1
 
 
@@ -192,8 +217,8 @@ def _build(job: Job) -> tuple[Path, list[Path], list[str]]:
         from edgekit.search import peers
 
         return peers.build(spec.graph, job)
-    if spec.root and spec.prune:
-        return _pruned_root(job)
+    if spec.root and spec.stem:
+        return _torch_root(job)
     if spec.graph == "fp32" and spec.runtime == ORT:
         return job.source_onnx, [], []
     if spec.graph == "fp32":
@@ -214,7 +239,9 @@ def _build(job: Job) -> tuple[Path, list[Path], list[str]]:
         config = Int8Config(runtimes=(spec.runtime,), mode=mode)
     ctx = _context(job, job.budget if spec.graph == "int8-mixed" else None)
     _, fn = handler_for(config)
-    (variant,) = fn(config, job.source_onnx, ctx)
+    # The runtime's own variant comes first; a transformer graph adds ORT dynamic MatMul/Gemm INT8 (the
+    # int8-dynamic candidate already) and a bf16-capable CPU an OpenVINO bf16 variant after it.
+    variant = fn(config, job.source_onnx, ctx)[0]
     notes = list(variant.notes)
     if spec.graph == "int8-mixed":
         kept = (ctx.records.get("budget") or {}).get("variants", {})
@@ -223,27 +250,34 @@ def _build(job: Job) -> tuple[Path, list[Path], list[str]]:
     return variant.path, list(variant.extra_files), notes
 
 
-def _pruned_root(job: Job) -> tuple[Path, list[Path], list[str]]:
-    """Structured pruning (with its fine-tuning) of the torch model, exported to fp32 ONNX."""
+def _torch_root(job: Job) -> tuple[Path, list[Path], list[str]]:
+    """Structured pruning (with its fine-tuning) or distillation into a slimmed student of the
+    torch model, exported to fp32 ONNX."""
     import copy
 
     import torch
 
     from edgekit.compress.base import handler_for
-    from edgekit.compress.prune import PruneConfig
     from edgekit.export.onnx import export_onnx
     from edgekit.io.models import load_model
+    from edgekit.search.rebuild import torch_step
 
     loaded = load_model(job.model_path, **job.load_options)
     if loaded.module is None or not loaded.eager:
-        raise ValueError("structured pruning needs the model as a torch module (reference model, --arch, pickle)")
-    config = PruneConfig(kind="structured", amount=float(job.spec.prune or 0))
+        raise ValueError(f"{job.spec.stem} needs the model as a torch module (reference model, --arch, pickle)")
+    config = torch_step(job.spec)
     ctx = _context(job, None)
     _, fn = handler_for(config)
     torch.manual_seed(job.seed)
     module = fn(config, copy.deepcopy(loaded.module), ctx)
     out = job.out_dir / "model.fp32.onnx"
     export_onnx(module, out, sample=job.eval.head(16).inputs)
+    notes = []
     record = ctx.records.get("prune") or {}
-    notes = [f"pruning: {record['runtime_benefit']}"] if record.get("runtime_benefit") else []
+    if record.get("runtime_benefit"):
+        notes.append(f"pruning: {record['runtime_benefit']}")
+    record = ctx.records.get("distill") or {}
+    if record:
+        keys = ("teacher_metric", "student_kd_metric", "student_alone_metric")
+        notes.append("distillation: " + ", ".join(f"{k} {record[k]:.4g}" for k in keys if record.get(k) is not None))
     return out, [], notes
