@@ -20,8 +20,8 @@ ROOT = Path(edgekit.__file__).parent
 # Top to bottom: a unit imports only units of its own layer or of a layer below it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("command line", ("cli",)),
-    ("public API", ("api", "pipeline")),
-    ("search and diagnosis", ("search", "benchmarks.doctor", "benchmarks.backends", "bindings")),
+    ("public API", ("api", "pipeline", "search")),
+    ("diagnosis and runtime bindings", ("benchmarks.doctor", "benchmarks.backends", "bindings")),
     ("delivery to devices", ("bundle", "devices")),
     ("techniques, measuring, reference models", ("compress", "benchmarks", "zoo")),
     ("graphs, runtimes, training", ("export", "runtimes", "training")),
@@ -39,7 +39,6 @@ DEBT: dict[tuple[str, str], str] = {
     ("edgekit.benchmarks.report", "devices"): "machine facts (cpu_name) move below measuring",
     ("edgekit.devices.probe", "benchmarks"): "device probing times with benchmarks.latency (cycle with report)",
     ("edgekit.devices.probe", "bundle"): "toolchain versions belong below bundle and devices",
-    ("edgekit.search.run", "api"): "search calls api.compress; one measure() for both removes it",
 }
 
 

@@ -64,24 +64,23 @@ def bundle_of(
     candidate_file: Path | None = None,
 ) -> dict[str, Any]:
     """Rebuild the candidate through ``compress`` (same handlers, same seed) into a verified bundle."""
-    from edgekit import api
+    from edgekit.pipeline import compress as pipeline
+    from edgekit.pipeline.options import DataOptions, MeasureOptions, ModelOptions
 
-    result = api.compress(
-        src,
+    job = pipeline.CompressJob(
+        model=Path(src),
         steps=steps_for(spec),
-        data=data,
-        target=_target_for(spec.runtime, target),
-        out=dest,
+        out=Path(dest),
         overwrite=True,
         seed=seed,
-        threads=threads,
+        target=_target_for(spec.runtime, target),
         budget=budget,
-        time_budget_s=0.2,
-        with_memory=False,
+        load=ModelOptions(**load_options),
+        data=DataOptions(data=data),
+        measure=MeasureOptions(time_budget_s=0.2, threads=threads, with_memory=False),
         command=f"edgekit search (bundle of {spec.name})",
-        progress=progress,
-        **load_options,
     )
+    result = pipeline.run(job, progress)
     match = [
         r.name
         for r in result.report.rows()
