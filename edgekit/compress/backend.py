@@ -10,7 +10,7 @@ never import a runtime and a new runtime needs no change here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -148,3 +148,21 @@ def need(backends: Backends | None) -> Backends:
             "Context(..., backends=edgekit.benchmarks.backends.for_techniques())"
         )
     return backends
+
+
+def graph_step_backends(
+    onnx_path: Path, backends: Backends | None, runtimes: Sequence[str], usable: Callable[[RuntimeBackend], bool],
+    cannot: str,
+) -> tuple[Path, Backends, list[RuntimeBackend]]:  # fmt: skip
+    """What a graph technique starts from: the resolved input ONNX (which must exist), the
+    backends, and those of ``runtimes``; a runtime whose backend is not ``usable`` is refused
+    with "edgekit cannot ``cannot`` for it"."""
+    onnx_path = Path(onnx_path).resolve()
+    if not onnx_path.is_file():
+        raise BadInputError(f"ONNX model {onnx_path} does not exist; export the model first")
+    have = need(backends)
+    chosen = [have.get(rt) for rt in runtimes]
+    for b in chosen:
+        if not usable(b):
+            raise BadInputError(f"edgekit cannot {cannot} for {b.runtime} (it has no such backend)")
+    return onnx_path, have, chosen

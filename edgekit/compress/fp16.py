@@ -13,9 +13,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.compress.backend import check_runtimes, need
+from edgekit.compress.backend import check_runtimes, graph_step_backends
 from edgekit.compress.base import Context, Variant, register
-from edgekit.errors import BadInputError, require
+from edgekit.errors import require
 
 
 @dataclass(frozen=True)
@@ -82,14 +82,9 @@ def trt_fp16(onnx_path: Path | str, out: Path | str) -> Variant:
 @register(Fp16Config, "graph")
 def _fp16(config: Fp16Config, onnx_path: Path, ctx: Context) -> list[Variant]:
     """One fp16 variant per runtime of ``config``; files go to ``ctx.workdir``."""
-    onnx_path = Path(onnx_path).resolve()
-    if not onnx_path.is_file():
-        raise BadInputError(f"ONNX model {onnx_path} does not exist; export the model first")
-    backends = need(ctx.backends)
-    chosen = [backends.get(rt) for rt in config.runtimes]
-    for b in chosen:
-        if b.fp16 is None:
-            raise BadInputError(f"edgekit cannot make an FP16 variant for {b.runtime} (it has no FP16 backend)")
+    onnx_path, _, chosen = graph_step_backends(
+        onnx_path, ctx.backends, config.runtimes, lambda b: b.fp16 is not None, "make an FP16 variant"
+    )
     workdir = Path(ctx.workdir).resolve()
     variants: list[Variant] = []
     for b in chosen:

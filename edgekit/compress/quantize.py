@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.artifact import PartialBuild
-from edgekit.compress.backend import RuntimeBackend, check_runtimes, need
+from edgekit.compress.backend import RuntimeBackend, check_runtimes, graph_step_backends
 from edgekit.compress.base import Context, Variant, register
 from edgekit.compress.calibration import calibration_facts, calibration_feeds, model_inputs
 from edgekit.compress.qdq_summary import quantization_summary
@@ -125,14 +125,10 @@ class Int8Config:
 @register(Int8Config, "graph")
 def _int8(config: Int8Config, onnx_path: Path, ctx: Context) -> list[Variant]:
     """Quantize ``onnx_path`` to INT8 for each runtime of ``config``, into ``ctx.workdir``."""
-    onnx_path = Path(onnx_path).resolve()
-    if not onnx_path.is_file():
-        raise BadInputError(f"ONNX model {onnx_path} does not exist; export the model first")
-    backends = need(ctx.backends)
-    chosen = [backends.get(rt) for rt in config.runtimes]
-    for b in chosen:
-        if b.int8 is None and b.int8_dynamic is None:
-            raise BadInputError(f"edgekit cannot quantize for {b.runtime} (it has no INT8 backend)")
+    onnx_path, backends, chosen = graph_step_backends(
+        onnx_path, ctx.backends, config.runtimes, lambda b: b.int8 is not None or b.int8_dynamic is not None,
+        "quantize to INT8",
+    )  # fmt: skip
     workdir = Path(ctx.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
 
