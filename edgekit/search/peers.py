@@ -29,25 +29,25 @@ class _Reader:
 def _feeds(job: Any) -> list[dict[str, np.ndarray]]:
     from edgekit.compress.quantize import calibration_feeds
 
-    return calibration_feeds(job.calib, job.source_onnx, 300)
+    return calibration_feeds(job.calib, job.source_onnx, len(job.calib))
 
 
 def build(kind: str, job: Any) -> tuple[Path, list[Path], list[str]]:
-    from edgekit.search.space import _in_temp_cwd
+    from edgekit.compress.ort_quantizer import in_temp_cwd, quiet_root_logger
 
     out = job.out_dir
     if kind == "peer:ort-quantize_static":
         from onnxruntime.quantization import quantize_static
 
         path = out / "model.onnx"
-        with _in_temp_cwd():
+        with in_temp_cwd(), quiet_root_logger():
             quantize_static(str(job.source_onnx), str(path), _Reader(_feeds(job)))
         return path, [], ["onnxruntime.quantization.quantize_static defaults (QDQ, per-tensor, MinMax)"]
     if kind == "peer:ort-quantize_dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
         path = out / "model.onnx"
-        with _in_temp_cwd():
+        with in_temp_cwd(), quiet_root_logger():
             quantize_dynamic(str(job.source_onnx), str(path))
         return path, [], ["onnxruntime.quantization.quantize_dynamic defaults (all supported ops, Conv included)"]
     if kind == "peer:nncf-quantize-openvino":

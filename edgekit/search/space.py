@@ -9,12 +9,8 @@ process pool or a Ray task): it takes only picklable inputs and returns a plain 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,17 +144,6 @@ class Job:
     threads: int
     model_path: Path
     load_options: dict[str, Any] = field(default_factory=dict)
-
-
-@contextlib.contextmanager
-def _in_temp_cwd() -> Iterator[None]:
-    old = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
-        try:
-            yield
-        finally:
-            os.chdir(old)
 
 
 def build(job: Job) -> dict[str, Any]:
