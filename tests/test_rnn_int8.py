@@ -186,6 +186,7 @@ def test_bench_times_at_each_given_shape(bundle) -> None:
     assert "timing" in err and "at the max shape rows:2x32x8" in err
     report = json.loads((out.parent / "bench" / "report.json").read_text())
     assert report["data"]["shapes"] == {"rows": "1x8x8/2x16x8/2x32x8"}
+    assert report["data"]["extents"]["median"] == 24, report["data"]["extents"]  # along the dynamic axis, as timed
     rows = [report["baseline"], *report["variants"]]
     assert {r["name"] for r in rows} >= {"ort-fp32", "ort-int8-dynamic-rnn", "ort-int8-rnn"}
     for r in rows:

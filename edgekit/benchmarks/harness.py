@@ -301,10 +301,10 @@ def fill(
     """Measure ``candidates`` (the first is the fp32 baseline) into ``report``: rows, the
     output kind and the rules that judged them, the recommendation for ``target_runtime``, and a
     warning for every variant slower than fp32."""
-    if output is None:
-        from edgekit.runtimes import get_runtime
+    from edgekit.runtimes import get_runtime
 
-        probe = get_runtime(candidates[0].runtime, threads=1).load(candidates[0].path)
+    probe = get_runtime(candidates[0].runtime, threads=1).load(candidates[0].path)
+    if output is None:
         output = detect_output(probe, data.head(EVAL_BATCH))
         measure_options.get("progress", lambda _m: None)(f"output kind: {output.summary()}")
     rows = measure(candidates, data, baseline=candidates[0].name, budget=budget, output=output, **measure_options)
@@ -313,7 +313,7 @@ def fill(
     report.model["output_kind"] = output.kind
     report.model["output"] = output.as_dict()
     report.budget = budget.describe(base_metric, output.kind, output.metric)
-    ext = find_extents(data.inputs, data.lengths)
+    ext = extents_for(probe, data)  # along the axes the model declares dynamic, as timed
     if ext is not None:
         report.data["extents"] = ext.describe()  # real lengths: min / median (timed) / max
     report.recommended, report.recommendation_reason = recommend(report.variants, target_runtime, report.baseline)
