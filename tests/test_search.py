@@ -301,6 +301,25 @@ def test_space_keeps_the_reference_and_orders_cheap_first() -> None:
     assert "int8-mixed@ort" in [s.name for s in level0] and sum(s.peer for s in level0) == 4
 
 
+def test_an_attention_graph_measures_both_int8_schemes() -> None:
+    from edgekit.compress.quantize import Int8Config
+    from edgekit.search.rebuild import steps_for
+    from edgekit.search.space import Spec, space
+
+    plain, _ = space(("onnxruntime", "openvino"), prune_ratios=(), fp16=False, mixed=False, peers=False)
+    assert not any(s.graph == "int8-cnn" for s in plain)  # a CNN: the auto scheme is the default one
+    level0, _ = space(
+        ("onnxruntime", "openvino"), prune_ratios=(), fp16=False, mixed=False, peers=False, attention=True
+    )
+    names = [s.name for s in level0]
+    assert names.index("int8-static@ov") < names.index("int8-cnn@ov")  # both, the auto scheme first
+    assert {"int8-cnn@ort", "int8-cnn@ov"} <= set(names)
+    cnn = Spec("int8-cnn", "openvino")
+    assert cnn.techniques == ["quantize:int8-static", "scheme:cnn"] and cnn.precision == "int8"
+    assert steps_for(cnn) == [Int8Config(runtimes=("openvino",), scheme="cnn")]
+    assert steps_for(Spec("int8-static", "openvino")) == [Int8Config(runtimes=("openvino",))]
+
+
 def test_bench_calibrate_timer_against_benchmark_app(searched, tmp_path: Path) -> None:
     from edgekit import api
 

@@ -398,3 +398,28 @@ def test_search_minutes_must_be_positive(tmp_path: Path) -> None:
     assert code == 2
     assert err.strip().splitlines() == ["edgekit: error: --search-minutes must be a positive number of minutes (got 0)"]
     assert not (tmp_path / "m.bundle").exists()
+
+
+@pytest.mark.slow
+def test_search_measures_both_int8_schemes_and_the_gate_picks(encoder, tmp_path: Path) -> None:
+    """On an attention graph the search builds INT8 with the transformer scheme and with the
+    default one; with the planted outlier the default scheme fails the gate on ONNX Runtime and is
+    never the winner, the transformer scheme passes."""
+    from edgekit.search import search
+
+    calib, test = encoder["calib"], encoder["test"]
+    npz = tmp_path / "planted.npz"
+    arrays = {k: np.concatenate([calib.inputs[k], test.inputs[k]]) for k in ("input_ids", "attention_mask")}
+    np.savez(npz, **arrays, y=np.concatenate([calib.labels, test.labels]))
+    result = search(
+        encoder["dir"] / "planted.onnx", data=npz, out=tmp_path / "planted.search", budget=Budget(max_drop=1.0),
+        graphs=("int8-static", "int8-cnn"), minutes=5, time_budget_s=0.05, bundle=False,
+    )  # fmt: skip
+    rows = {c["name"]: c for c in result.report["candidates"]}
+    assert {"int8-static@ort", "int8-static@ov", "int8-cnn@ort", "int8-cnn@ov"} <= set(rows)
+    cnn, transformer = rows["int8-cnn@ort"], rows["int8-static@ort"]
+    assert cnn["status"] == "rejected" and "accuracy drops" in cnn["reason"], cnn
+    assert transformer["status"] == "measured" and transformer["deployable"], transformer
+    assert "scheme:cnn" in cnn["techniques"] and any(n.startswith("scheme: default") for n in cnn["notes"])
+    assert any(n.startswith("scheme: transformer") for n in transformer["notes"])
+    assert result.report["winner"] not in ("int8-cnn@ort",) and rows[result.report["winner"]]["deployable"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.benchmarks.gate import Budget
-from edgekit.search.space import Spec
+from edgekit.search.space import SCHEME, Spec
 
 Progress = Callable[[str], None]
 
@@ -34,8 +34,8 @@ def steps_for(spec: Spec) -> list[object]:
         steps.append(Fp16Config(runtimes=(spec.runtime,)))
     elif spec.graph == "int8-dynamic":
         steps.append(Int8Config(runtimes=("onnxruntime",), mode="dynamic"))
-    elif spec.graph in ("int8-static", "int8-mixed"):
-        steps.append(Int8Config(runtimes=(spec.runtime,)))
+    elif spec.graph in ("int8-static", "int8-cnn", "int8-mixed"):
+        steps.append(Int8Config(runtimes=(spec.runtime,), scheme=SCHEME.get(spec.graph, "auto")))
     return steps
 
 
@@ -90,12 +90,17 @@ def bundle_of(
         and bool(spec.distill) == any(t.startswith("distill") for t in r.techniques)
         and (spec.graph != "fp32" or r.precision == "fp32")
     ]
-    variant = match[-1] if match else None
-    info: dict[str, Any] = {"variant": variant, "recommended": result.report.recommended}
-    if variant is not None and candidate_file is not None:
+    identical: dict[str, bool] = {}
+    if candidate_file is not None:
         from edgekit.io.atomic import sha256_file
 
-        row = result.report.row(variant)
         # Same handlers, same seed: the bundle's file should be the searched file, byte for byte.
-        info["identical_to_candidate"] = sha256_file(dest / str(row.artifact)) == sha256_file(candidate_file)
+        want = sha256_file(candidate_file)
+        identical = {n: sha256_file(dest / str(result.report.row(n).artifact)) == want for n in match}
+    # A step may make several variants of one precision for a runtime (the transformer scheme adds
+    # dynamic MatMul INT8 beside static): the searched one is the one with the same bytes.
+    variant = next((n for n in match if identical.get(n)), match[0] if match else None)
+    info: dict[str, Any] = {"variant": variant, "recommended": result.report.recommended}
+    if variant is not None and candidate_file is not None:
+        info["identical_to_candidate"] = identical[variant]
     return info

@@ -141,6 +141,7 @@ def search(
         progress("exporting the fp32 model to ONNX (checked against torch)")
         export_onnx(loaded, fp32, sample=splits.eval.head(16).inputs)
     from edgekit.compress.quantize import model_inputs
+    from edgekit.export.patterns import detect
     from edgekit.runtimes import get_runtime
 
     names = list(model_inputs(fp32))
@@ -168,6 +169,7 @@ def search(
         peers=peers,
         distill_widths=tuple(distill_widths),
         prune_lrs=tuple(prune_lrs),
+        attention=detect(fp32).transformer,
     )
     if graphs is not None:
         keep_graphs = set(graphs) | {"fp32"}

@@ -1,10 +1,12 @@
 """The candidates a search can build, and how one candidate is built.
 
 A candidate is a :class:`Spec`: an optional torch-level step (structured pruning at a ratio), a
-graph-level technique (fp32, fp16, INT8 static, INT8 dynamic, the budget-search mixed INT8) and a
-runtime. Peer pipelines (what a user would run by hand with the stock tools' defaults) are specs
-too, so they are built and measured in the same run. :func:`build` runs in a worker process (a
-process pool or a Ray task): it takes only picklable inputs and returns a plain dict.
+graph-level technique (fp32, fp16, INT8 static, INT8 dynamic, the budget-search mixed INT8; on a
+graph with attention blocks also INT8 static with the default scheme, ``int8-cnn``, beside the
+transformer scheme that ``int8-static`` picks there) and a runtime. Peer pipelines (what a user
+would run by hand with the stock tools' defaults) are specs too, so they are built and measured
+in the same run. :func:`build` runs in a worker process (a process pool or a Ray task): it takes
+only picklable inputs and returns a plain dict.
 """
 
 from __future__ import annotations
@@ -20,15 +22,21 @@ from edgekit.runtimes.table import ONNXRUNTIME, OPENVINO, TORCH
 
 ORT, OV, PT = ONNXRUNTIME.name, OPENVINO.name, TORCH.name
 SHORT = {ORT: ONNXRUNTIME.prefix, OV: OPENVINO.prefix, PT: PT}
-GRAPH = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-mixed")  # cheapest first
+GRAPH = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-cnn", "int8-mixed")  # cheapest first
 RUNTIMES_OF = {
     "fp32": (ORT, OV),
     "fp16": (ORT, OV),
     "int8-dynamic": (ORT,),
     "int8-static": (ORT, OV),
+    "int8-cnn": (ORT, OV),
     "int8-mixed": (ORT, OV),
 }
-PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8", "int8-mixed": "mixed"}
+PRECISION = {
+    "fp32": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8", "int8-cnn": "int8",
+    "int8-mixed": "mixed",
+}  # fmt: skip
+# The INT8 scheme each graph technique asks for ("auto": the transformer scheme on attention graphs).
+SCHEME = {"int8-cnn": "cnn"}
 PEERS = {
     "peer:ort-quantize_static": ORT,
     "peer:ort-quantize_dynamic": ORT,
@@ -97,7 +105,9 @@ class Spec:
         if self.distill:
             out.append(f"distill:width{self.distill:g}")
         if self.graph != "fp32":
-            out.append("quantize:" + ("int8-static" if self.graph == "int8-mixed" else self.graph))
+            out.append("quantize:" + ("int8-static" if self.graph in ("int8-mixed", "int8-cnn") else self.graph))
+        if self.graph in SCHEME:
+            out.append(f"scheme:{SCHEME[self.graph]}")
         return out
 
 
@@ -110,11 +120,17 @@ def space(
     peers: bool,
     distill_widths: tuple[float, ...] = (),
     prune_lrs: tuple[float | None, ...] = (None,),
+    attention: bool = False,
 ) -> tuple[list[Spec], list[Spec]]:
     """(level 0, level 1) specs. Level 0 needs only the source model (cheap first: graph techniques,
     then pruning, then distillation, which trains a student); level 1 combines each pruned or
-    distilled model with each graph technique and is built only for parents that passed the gate."""
-    graphs = [g for g in GRAPH if (g != "fp16" or fp16) and (g != "int8-mixed" or mixed)]
+    distilled model with each graph technique and is built only for parents that passed the gate.
+    ``attention`` (the graph has attention blocks) adds ``int8-cnn``: which scheme is faster and
+    faithful enough depends on the model and the CPU, so both are measured."""
+    graphs = [
+        g for g in GRAPH
+        if (g != "fp16" or fp16) and (g != "int8-mixed" or mixed) and (g != "int8-cnn" or attention)
+    ]  # fmt: skip
     # fp32 on ONNX Runtime is the gate's reference (and the source of every pruned graph), so it is
     # built whatever the target; the winner is chosen among the target's runtimes only.
     base = [Spec(g, rt) for g in graphs for rt in RUNTIMES_OF[g] if rt in runtimes or Spec(g, rt).root]
@@ -221,7 +237,7 @@ def _build(job: Job) -> tuple[Path, list[Path], list[str]]:
         from edgekit.compress.quantize import Int8Config
 
         mode = "dynamic" if spec.graph == "int8-dynamic" else "static"
-        config = Int8Config(runtimes=(spec.runtime,), mode=mode)
+        config = Int8Config(runtimes=(spec.runtime,), mode=mode, scheme=SCHEME.get(spec.graph, "auto"))
     ctx = _context(job, job.budget if spec.graph == "int8-mixed" else None)
     _, fn = handler_for(config)
     # The runtime's own variant comes first; a transformer graph adds ORT dynamic MatMul/Gemm INT8 (the
