@@ -338,21 +338,12 @@ def impossible(unlabelled, tmp_path_factory) -> tuple[int, str, dict[str, Any], 
     return code, err, report, out
 
 
-def _bf16_meets(report: dict[str, Any]) -> bool:
-    """On a CPU that computes bf16, OpenVINO may keep a model this small in f32 (outputs bit-exact
-    with fp32): ``ov-bf16`` then truly meets the budget, and the run rightly exits 0."""
-    row = _rows(report).get("ov-bf16")
-    return bool(row and row["deployable"] and row["fidelity"]["sqnr_db"] >= 80)
-
-
 @pytest.mark.slow
 def test_impossible_budget_without_labels_exits_3_with_the_bundle(impossible) -> None:
     code, err, report, out = impossible
+    assert code == 3, err
+    assert "budget" in _error_line(err) and "report.json" in _error_line(err)
     assert (out / "manifest.json").is_file() and report, "the bundle and report must be written"
-    meets = _bf16_meets(report)
-    assert code == (0 if meets else 3), err
-    if not meets:
-        assert "budget" in _error_line(err) and "report.json" in _error_line(err)
     record = report["techniques"]["budget"]
     _show("--min-top1 1.0 --min-sqnr 80", record)
     assert record["budget"]["decides"].startswith("fidelity")
@@ -370,18 +361,15 @@ def test_impossible_budget_without_labels_exits_3_with_the_bundle(impossible) ->
         assert row["metric_drop"] is None and row["deployable"] is False
         assert "SQNR" in row["rejected_reason"]
         assert any("NOT within budget" in n for n in row["notes"]), row["notes"]
-    compressed = [v for v in report["variants"] if v["techniques"] and not (meets and v["name"] == "ov-bf16")]
+    compressed = [v for v in report["variants"] if v["techniques"]]
     assert compressed and not any(v["deployable"] for v in compressed)
     rows[report["baseline"]["name"]] = report["baseline"]  # fp32 is always a candidate
-    chosen = rows[report["recommended"]]
-    assert chosen["precision"] == "fp32" or (meets and chosen["deployable"]), chosen["name"]
+    assert rows[report["recommended"]]["precision"] == "fp32"
 
 
 @pytest.mark.slow
 def test_impossible_budget_without_labels_names_the_best_variant(impossible) -> None:
-    code, err, report, _ = impossible
-    if _bf16_meets(report):
-        assert code == 0 and not _error_line(err), err  # nothing to name: a variant met the budget
-        return
+    code, err, _, _ = impossible
     line = _error_line(err)
-    assert code == 3 and any(n in line for n in ("ort-int8-static", "ov-int8")), line
+    # the closest to passing: an INT8 variant, or ov-bf16 on a CPU that computes bf16
+    assert code == 3 and any(n in line for n in ("ort-int8-static", "ov-int8", "ov-bf16")), line

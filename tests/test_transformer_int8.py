@@ -387,6 +387,29 @@ def test_ov_bf16_variant_runs_the_fp32_ir_with_the_bf16_hint(encoder, tmp_path: 
     assert described["inference_precision"] == ("bf16" if bf16_support()[0] else "fp32")
 
 
+def test_the_harness_runs_a_bf16_variant_with_its_hint(encoder, tmp_path: Path) -> None:
+    """The one measuring path (compress, bench, search, device) compiles ov-bf16 with the bf16
+    hint: a row named bf16 was once timed and gated in f32, a copy of ov-fp32."""
+    from edgekit.artifact import Artifact
+    from edgekit.benchmarks import harness
+    from edgekit.compress.quantize_ov import ov_bf16_ir, ov_fp32_ir
+
+    onnx = encoder["dir"] / "clean.onnx"
+    fp32 = Artifact("ort-fp32", "onnxruntime", "fp32", onnx)
+    rows = harness.measure(
+        [fp32, ov_fp32_ir(onnx, tmp_path / "f.xml"), ov_bf16_ir(onnx, tmp_path / "b.xml")],
+        encoder["test"].head(64), baseline="ort-fp32", budget=Budget(), batches=(1,), budget_s=0.05,
+    )  # fmt: skip
+    _, ov32, bf16 = rows
+    native = bf16_support()[0]
+    assert ov32.describe["inference_precision"] == "fp32" and ov32.describe["precision_hint"] is None
+    assert bf16.describe["precision_hint"] == "bf16"
+    assert bf16.describe["inference_precision"] == ("bf16" if native else "fp32")
+    if native:  # bf16 keeps 8 mantissa bits: its outputs differ from f32's, ov-fp32's do not
+        assert bf16.fidelity["sqnr_db"] < ov32.fidelity["sqnr_db"] - 20, (bf16.fidelity, ov32.fidelity)
+    assert bf16.peak_rss_mb and bf16.latency_ms
+
+
 def test_search_minutes_must_be_positive(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

@@ -50,11 +50,11 @@ def time_at_shapes(
     the same name. Inputs ``given`` does not name keep their median real shape. Returns the
     shape labels in the order timed."""
     from edgekit.benchmarks import latency as lat
-    from edgekit.runtimes import get_runtime
+    from edgekit.runtimes import runtime_for
 
     by_name = {r.name: r for r in rows}
     loaded = {
-        c.name: get_runtime(c.runtime, threads=threads).load(c.path)
+        c.name: runtime_for(c.runtime, c.precision, threads=threads).load(c.path)
         for c in candidates
         if c.name in by_name and by_name[c.name].measured
     }

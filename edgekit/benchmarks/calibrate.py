@@ -162,7 +162,7 @@ def calibrate(
     at batch 1 against the runtime's own tool (or the closest reference), alternating ``rounds``
     times; returns the figures, the ratios and their spread, and the exact commands."""
     from edgekit.benchmarks import latency as lat
-    from edgekit.runtimes import get_runtime
+    from edgekit.runtimes import runtime_for
 
     out: dict[str, Any] = {
         "threads": threads,
@@ -184,7 +184,7 @@ def calibrate(
             tool = "onnxruntime_perf_test"
         else:
             continue
-        rt = get_runtime(v["runtime"], threads=threads).load(path)
+        rt = runtime_for(v["runtime"], v.get("precision"), threads=threads).load(path)
         feeds = lat.feeds_from(data.bind([s.name for s in rt.inputs]), batch=1, n_feeds=8, seed=0)
         timer = lat.cycle(rt, feeds)
         try:

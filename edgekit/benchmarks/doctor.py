@@ -87,7 +87,7 @@ def diagnose(
     from edgekit.bundle import manifest as mf
     from edgekit.devices.detect import machine
     from edgekit.io.data import load_npz
-    from edgekit.runtimes import get_runtime
+    from edgekit.runtimes import get_runtime, runtime_for
 
     root = Path(bundle)
     manifest = mf.read(root, verify=True)
@@ -123,7 +123,7 @@ def diagnose(
             entry["not_run"] = reason
         else:
             progress(f"running {name}")
-            rt = get_runtime(v["runtime"], threads=threads).load(path)
+            rt = runtime_for(v["runtime"], v.get("precision"), threads=threads).load(path)
             entry["fidelity"] = fidelity(task, ref, _outputs(rt, data)).as_dict()
             full = rt.describe()
             says = {

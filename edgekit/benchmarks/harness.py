@@ -145,7 +145,7 @@ def _run_all(
 ) -> tuple[dict[str, Any], dict[str, Outputs]]:  # fmt: skip
     """Load every artifact this machine can run and run it on ``data`` (load and first-call times
     into its row); the others are marked not measured, with the reason."""
-    from edgekit.runtimes import get_runtime
+    from edgekit.runtimes import runtime_for
 
     loaded: dict[str, Any] = {}
     outputs: dict[str, Outputs] = {}
@@ -157,7 +157,7 @@ def _run_all(
             continue
         progress(f"running {c.name} on {len(data)} held-out samples")
         start = time.perf_counter()
-        rt = get_runtime(c.runtime, threads=threads).load(c.path)
+        rt = runtime_for(c.runtime, c.precision, threads=threads).load(c.path)
         rows[c.name].load_ms = (time.perf_counter() - start) * 1e3
         first = data.feed_for([s.name for s in rt.inputs], slice(0, 1))
         start = time.perf_counter()
@@ -211,7 +211,9 @@ def _memory(
             ext = extents_for(rt, data.head(1))
             if ext is not None:
                 feed = ext.crop(feed, slice(0, 1))
-            rows[c.name].peak_rss_mb = peak_rss(c.runtime, c.path, feed, threads=threads)["peak_rss_mb"]
+            rows[c.name].peak_rss_mb = peak_rss(c.runtime, c.path, feed, threads=threads, precision=c.precision)[
+                "peak_rss_mb"
+            ]
 
 
 def detect_output(

@@ -47,10 +47,12 @@ def peak_rss(
     batch: int | None = None,
     runs: int = DEFAULT_RUNS,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    precision: str | None = None,
 ) -> dict[str, float]:
     """Peak memory of ``runtime`` running ``model`` on ``feed`` (real samples), in a child process.
 
-    ``batch`` defaults to the number of samples in ``feed``. Returns ``peak_rss_mb``,
+    ``batch`` defaults to the number of samples in ``feed``; ``precision`` is the variant's
+    (a bf16 variant runs with its bf16 hint, :func:`edgekit.runtimes.runtime_for`). Returns ``peak_rss_mb``,
     ``model_rss_mb`` and ``baseline_rss_mb`` (after imports), in MiB.
     """
     model = Path(model)
@@ -73,6 +75,7 @@ def peak_rss(
             sys.executable, "-m", "edgekit.benchmarks.memory",
             "--runtime", runtime, "--model", str(model.resolve()), "--batch", str(batch),
             "--threads", str(threads), "--npz", str(npz), "--runs", str(runs),
+            *(["--precision", precision] if precision else []),
         ]
         try:
             proc = subprocess.run(
@@ -113,10 +116,10 @@ def _max_rss_mb() -> float:
 
 
 def _probe(
-    runtime: str, model: Path, batch: int, threads: int, npz: Path, runs: int
+    runtime: str, model: Path, batch: int, threads: int, npz: Path, runs: int, precision: str | None = None
 ) -> dict[str, float]:
     """The child's work: import, baseline, load, run, peak."""
-    from edgekit.runtimes import canonical, get_runtime
+    from edgekit.runtimes import canonical, runtime_for
     from edgekit.runtimes.base import TensorSpec
 
     with np.load(npz, allow_pickle=False) as data:
@@ -127,7 +130,7 @@ def _probe(
         rt_kwargs["input_specs"] = [
             TensorSpec(k, ("batch", *v.shape[1:]), v.dtype.name) for k, v in feed.items()
         ]
-    rt = get_runtime(name, **rt_kwargs)
+    rt = runtime_for(name, precision, **rt_kwargs)
     importlib.import_module(rt.module)  # the runtime package is part of the baseline, not the model
     baseline = _max_rss_mb()
     rt.load(model)
@@ -153,9 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--npz", required=True, type=Path)
     parser.add_argument("--runs", type=int, default=DEFAULT_RUNS)
+    parser.add_argument("--precision", default=None)
     args = parser.parse_args(argv)
     try:
-        result = _probe(args.runtime, args.model, args.batch, args.threads, args.npz, args.runs)
+        result = _probe(args.runtime, args.model, args.batch, args.threads, args.npz, args.runs, args.precision)
     except EdgekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -250,7 +250,7 @@ def profile(
         report.device = device
         return
     from edgekit.benchmarks import latency as lat
-    from edgekit.runtimes import get_runtime
+    from edgekit.runtimes import runtime_for
 
     meter.start()
     try:
@@ -262,7 +262,7 @@ def profile(
             if row is None or not row.measured:
                 continue
             progress(f"energy of {c.name}")
-            rt = get_runtime(c.runtime, threads=threads).load(c.path)
+            rt = runtime_for(c.runtime, c.precision, threads=threads).load(c.path)
             feeds = lat.feeds_from(data.bind([s.name for s in rt.inputs]), batch=1, n_feeds=8, seed=0)
             row.energy = energy_per_inference(lat.cycle(rt, feeds), meter, idle_w=idle)
     finally:

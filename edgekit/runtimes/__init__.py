@@ -24,6 +24,13 @@ def get_runtime(name: str, **kw: Any) -> Any:
     return cls(**kw)
 
 
+def runtime_for(name: str, precision: str | None, **kw: Any) -> Any:
+    """A new, unloaded runtime that runs a variant of ``precision`` as it was built: a bf16 variant
+    is the fp32 file compiled with a bf16 precision hint (OpenVINO); every other precision runs
+    as its file says (its compute precision forced to what the file holds)."""
+    return get_runtime(name, precision_hint="bf16" if precision == "bf16" else None, **kw)
+
+
 def available() -> dict[str, bool | str]:
     """``{name: True}`` for each runtime whose package is installed, else ``{name: reason}``.
 
@@ -47,4 +54,4 @@ def technique_backends(names: Any = None) -> dict[str, Any]:
     return {r.name: import_object(r.techniques)() for r in rows if r.techniques is not None}
 
 
-__all__ = ["ALIASES", "available", "canonical", "get_runtime", "names", "technique_backends"]
+__all__ = ["ALIASES", "available", "canonical", "get_runtime", "names", "runtime_for", "technique_backends"]
