@@ -320,6 +320,21 @@ def test_an_attention_graph_measures_both_int8_schemes() -> None:
     assert steps_for(Spec("int8-static", "openvino")) == [Int8Config(runtimes=("openvino",))]
 
 
+def test_a_bf16_cpu_adds_the_bf16_candidate() -> None:
+    from edgekit.compress.quantize import Int8Config
+    from edgekit.search.rebuild import steps_for
+    from edgekit.search.space import Spec, space
+
+    runtimes = ("onnxruntime", "openvino")
+    without, _ = space(runtimes, prune_ratios=(0.5,), fp16=True, mixed=False, peers=False)
+    level0, level1 = space(runtimes, prune_ratios=(0.5,), fp16=True, mixed=False, peers=False, bf16=True)
+    assert {s.name for s in level0} - {s.name for s in without} == {"bf16@ov"}
+    assert "prune0.5+bf16@ov" in {s.name for s in level1}  # a pruned model in bf16 too
+    bf16 = Spec("bf16", "openvino")
+    assert bf16.precision == "bf16" and bf16.techniques == ["quantize:bf16"]
+    assert steps_for(bf16) == [Int8Config(runtimes=("openvino",))]  # compress makes ov-bf16 in that step
+
+
 def test_bench_calibrate_timer_against_benchmark_app(searched, tmp_path: Path) -> None:
     from edgekit import api
 

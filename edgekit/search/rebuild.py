@@ -34,6 +34,8 @@ def steps_for(spec: Spec) -> list[object]:
         steps.append(Fp16Config(runtimes=(spec.runtime,)))
     elif spec.graph == "int8-dynamic":
         steps.append(Int8Config(runtimes=("onnxruntime",), mode="dynamic"))
+    elif spec.graph == "bf16":  # compress makes ov-bf16 beside OpenVINO's INT8, on a CPU with bf16
+        steps.append(Int8Config(runtimes=("openvino",)))
     elif spec.graph in ("int8-static", "int8-cnn", "int8-mixed"):
         steps.append(Int8Config(runtimes=(spec.runtime,), scheme=SCHEME.get(spec.graph, "auto")))
     return steps

@@ -143,6 +143,7 @@ def search(
     from edgekit.compress.quantize import model_inputs
     from edgekit.export.patterns import detect
     from edgekit.runtimes import get_runtime
+    from edgekit.runtimes.openvino import bf16_support
 
     names = list(model_inputs(fp32))
     splits = splits.map(lambda ds: dataclasses.replace(ds, inputs=ds.bind(names)))
@@ -170,6 +171,7 @@ def search(
         distill_widths=tuple(distill_widths),
         prune_lrs=tuple(prune_lrs),
         attention=detect(fp32).transformer,
+        bf16=bf16_support()[0],
     )
     if graphs is not None:
         keep_graphs = set(graphs) | {"fp32"}

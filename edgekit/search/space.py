@@ -1,12 +1,12 @@
 """The candidates a search can build, and how one candidate is built.
 
 A candidate is a :class:`Spec`: an optional torch-level step (structured pruning at a ratio), a
-graph-level technique (fp32, fp16, INT8 static, INT8 dynamic, the budget-search mixed INT8; on a
-graph with attention blocks also INT8 static with the default scheme, ``int8-cnn``, beside the
-transformer scheme that ``int8-static`` picks there) and a runtime. Peer pipelines (what a user
-would run by hand with the stock tools' defaults) are specs too, so they are built and measured
-in the same run. :func:`build` runs in a worker process (a process pool or a Ray task): it takes
-only picklable inputs and returns a plain dict.
+graph-level technique (fp32, fp16, bf16 where the CPU computes it, INT8 static, INT8 dynamic, the
+budget-search mixed INT8; on a graph with attention blocks also INT8 static with the default
+scheme, ``int8-cnn``, beside the transformer scheme that ``int8-static`` picks there) and a runtime.
+Peer pipelines (what a user would run by hand with the stock tools' defaults) are specs too, so
+they are built and measured in the same run. :func:`build` runs in a worker process (a process
+pool or a Ray task): it takes only picklable inputs and returns a plain dict.
 """
 
 from __future__ import annotations
@@ -22,17 +22,18 @@ from edgekit.runtimes.table import ONNXRUNTIME, OPENVINO, TORCH
 
 ORT, OV, PT = ONNXRUNTIME.name, OPENVINO.name, TORCH.name
 SHORT = {ORT: ONNXRUNTIME.prefix, OV: OPENVINO.prefix, PT: PT}
-GRAPH = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-cnn", "int8-mixed")  # cheapest first
+GRAPH = ("fp32", "fp16", "bf16", "int8-dynamic", "int8-static", "int8-cnn", "int8-mixed")  # cheapest first
 RUNTIMES_OF = {
     "fp32": (ORT, OV),
     "fp16": (ORT, OV),
+    "bf16": (OV,),
     "int8-dynamic": (ORT,),
     "int8-static": (ORT, OV),
     "int8-cnn": (ORT, OV),
     "int8-mixed": (ORT, OV),
 }
 PRECISION = {
-    "fp32": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8", "int8-cnn": "int8",
+    "fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8-dynamic": "int8", "int8-static": "int8", "int8-cnn": "int8",
     "int8-mixed": "mixed",
 }  # fmt: skip
 # The INT8 scheme each graph technique asks for ("auto": the transformer scheme on attention graphs).
@@ -121,16 +122,16 @@ def space(
     distill_widths: tuple[float, ...] = (),
     prune_lrs: tuple[float | None, ...] = (None,),
     attention: bool = False,
+    bf16: bool = False,
 ) -> tuple[list[Spec], list[Spec]]:
     """(level 0, level 1) specs. Level 0 needs only the source model (cheap first: graph techniques,
     then pruning, then distillation, which trains a student); level 1 combines each pruned or
     distilled model with each graph technique and is built only for parents that passed the gate.
     ``attention`` (the graph has attention blocks) adds ``int8-cnn``: which scheme is faster and
-    faithful enough depends on the model and the CPU, so both are measured."""
-    graphs = [
-        g for g in GRAPH
-        if (g != "fp16" or fp16) and (g != "int8-mixed" or mixed) and (g != "int8-cnn" or attention)
-    ]  # fmt: skip
+    faithful enough depends on the model and the CPU, so both are measured. ``bf16`` (the CPU
+    computes bf16 natively) adds the fp32 IR run in bf16 on OpenVINO."""
+    wanted = {"fp16": fp16, "bf16": bf16, "int8-mixed": mixed, "int8-cnn": attention}
+    graphs = [g for g in GRAPH if wanted.get(g, True)]
     # fp32 on ONNX Runtime is the gate's reference (and the source of every pruned graph), so it is
     # built whatever the target; the winner is chosen among the target's runtimes only.
     base = [Spec(g, rt) for g in graphs for rt in RUNTIMES_OF[g] if rt in runtimes or Spec(g, rt).root]
@@ -222,10 +223,10 @@ def _build(job: Job) -> tuple[Path, list[Path], list[str]]:
         return _torch_root(job)
     if spec.graph == "fp32" and spec.runtime == ORT:
         return job.source_onnx, [], []
-    if spec.graph == "fp32":
-        from edgekit.compress.quantize_ov import ov_fp32_ir
+    if spec.graph in ("fp32", "bf16"):
+        from edgekit.compress.quantize_ov import ov_bf16_ir, ov_fp32_ir
 
-        v = ov_fp32_ir(job.source_onnx, job.out_dir / "model.xml")
+        v = (ov_bf16_ir if spec.graph == "bf16" else ov_fp32_ir)(job.source_onnx, job.out_dir / "model.xml")
         return v.path, list(v.extra_files), list(v.notes)
     from edgekit.compress.base import handler_for
 
