@@ -236,3 +236,32 @@ def test_pruned_model_keeps_the_dynamic_axes(trained, tmp_path: Path) -> None:
         proto = onnx.load(str(tmp_path / "b" / name), load_external_data=False)
         x = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
         assert x == ["batch", 1, 32, "width"], name
+
+
+def test_openvino_can_keep_a_recurrent_layer_in_float(tagger, tmp_path: Path) -> None:
+    """NNCF quantizes OpenVINO's LSTMSequence, which the ONNX frontend names from a counter: the
+    ONNX LSTM is matched to it by order, so the budget search can keep it in float, and it is
+    tried first (the Q/DQ placement that ranks the other layers cannot rank it)."""
+    from edgekit.benchmarks.backends import for_techniques
+    from edgekit.compress.quantize import Int8Config
+    from edgekit.compress.quantize_ov import ov_int8, ov_mappable, ov_quantized_ops, recurrent_nodes
+
+    model, data, _ = tagger
+    lstm = recurrent_nodes(model)
+    assert len(lstm) == 1
+    assert ov_mappable(model, [*lstm, "/no/such/node"]) == lstm
+    assert for_techniques().get("openvino").unranked(model) == lstm  # type: ignore[misc]
+    with np.load(data) as d:
+        feeds = [{"rows": d["rows"][i : i + 1], "pos": d["pos"][i : i + 1]} for i in range(32)]
+
+    plain = ov_int8(Int8Config(runtimes=("openvino",)), model, feeds, tmp_path / "a" / "m.xml")
+    kept = ov_int8(Int8Config(runtimes=("openvino",), exclude=tuple(lstm)), model, feeds, tmp_path / "b" / "m.xml")
+    before, after = ov_quantized_ops(plain.path), ov_quantized_ops(kept.path)
+    def lstms(names: list[str]) -> int:  # OpenVINO numbers its recurrent ops: compare by type
+        return sum(n.startswith("LSTMSequence") for n in names)
+
+    assert lstms(before["quantized"]) == 1, before  # NNCF quantizes the LSTM by default
+    assert lstms(after["quantized"]) == 0 and lstms(after["float"] + after["weight_only"]) == 1, after
+    others = {n for n in before["quantized"] if not n.startswith("LSTMSequence")}
+    assert others and set(after["quantized"]) == others  # the other layers stay INT8
+    assert any("kept in float" in n and lstm[0] in n for n in kept.notes), kept.notes

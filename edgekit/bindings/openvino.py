@@ -13,10 +13,11 @@ from edgekit.runtimes.table import OPENVINO
 
 def techniques() -> RuntimeBackend:
     """What the techniques need from OpenVINO: INT8 through NNCF (its ignored scope keeps layers
-    in float; they are ranked with the Q/DQ placement on weighted-layer inputs, NNCF's default),
+    in float; they are ranked with the Q/DQ placement on weighted-layer inputs, NNCF's default,
+    after its INT8 LSTM/GRU layers, which that placement cannot rank),
     an IR with fp16 weights, the bf16 variant on CPUs that compute bf16 natively, and which
     layers of an IR are quantized."""
-    from edgekit.compress.quantize_ov import ov_fp16_ir, ov_int8, ov_mappable, ov_quantized_ops
+    from edgekit.compress.quantize_ov import ov_fp16_ir, ov_int8, ov_mappable, ov_quantized_ops, recurrent_nodes
     from edgekit.runtimes.table import TENSORRT
 
     row = OPENVINO
@@ -24,7 +25,7 @@ def techniques() -> RuntimeBackend:
         runtime=row.name, title="OpenVINO via NNCF", prefix=row.prefix, folder=row.folder,
         int8=ov_int8, int8_out=f"{row.folder}/model.{row.prefix}-int8.xml",
         fp16=ov_fp16_ir, fp16_out=f"{row.folder}/model.{row.prefix}-fp16.xml",
-        placement=TENSORRT.name, keep_float=ov_mappable, summary=ov_quantized_ops,
+        placement=TENSORRT.name, keep_float=ov_mappable, unranked=recurrent_nodes, summary=ov_quantized_ops,
         int8_extras=_bf16_variant,
     )  # fmt: skip
 

@@ -97,6 +97,8 @@ class RuntimeBackend:
     placement: str = ""
     follows_transformer: bool = True
     keep_float: Callable[[Path, list[str]], list[str]] | None = None  # ONNX nodes it can keep in float
+    # ONNX nodes it quantizes that the Q/DQ placement cannot rank (NNCF's INT8 LSTM): tried first.
+    unranked: Callable[[Path], list[str]] | None = None
     summary: Callable[[Path], dict[str, Any]] | None = None  # what a quantized artifact contains
     default_scheme: str | None = None  # the "scheme: …" note of an INT8 variant that has none
     measured_in: str | None = None  # the runtime that executes its artifacts here (None: itself)

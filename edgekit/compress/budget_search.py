@@ -28,12 +28,14 @@ if TYPE_CHECKING:
     from edgekit.compress.quantize import Int8Config
 
 TRANSFORMER = "transformer"  # the ranking placement of the transformer scheme
+UNRANKED = "not ranked: its runtime quantizes it, the ranking's Q/DQ placement does not; tried first"
 RANKING_METHOD = (
     "one pass: beside each quantized node of the fully quantized Q/DQ graph, a copy fed through "
     "its own Q/DQ from the float tensors; one run on held-out samples scores every node's output "
     "SQNR when quantized alone; the variant's "
     "own Q/DQ graph ranks for ort-int8-static, the placement on weighted-layer inputs "
-    "(TensorRT's, NNCF's) for ov-int8 and trt-int8-qdq; then bisection on how many top-ranked "
+    "(TensorRT's, NNCF's) for ov-int8 and trt-int8-qdq, after the recurrent layers NNCF quantizes "
+    "and that placement cannot rank; then bisection on how many top-ranked "
     "layers stay float, every step measured on the variant's runtime"
 )
 
@@ -154,6 +156,9 @@ class BudgetSearch:
 
         def ranking() -> list[LayerScore]:
             ranked = self.ranking(scheme)
+            if backend.unranked is not None:  # quantized by this runtime, not by the ranking's Q/DQ
+                first = [n for n in backend.unranked(self.onnx) if n not in self.config.exclude]
+                ranked = [LayerScore(n, "recurrent", 0.0, UNRANKED) for n in first] + ranked
             if backend.keep_float is not None:
                 keepable = set(backend.keep_float(self.onnx, [s.node for s in ranked]))
                 ranked = [s for s in ranked if s.node in keepable]

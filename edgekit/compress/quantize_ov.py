@@ -10,7 +10,7 @@ import io
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -142,18 +142,36 @@ def ov_bf16_ir(onnx_path: Path | str, out_xml: Path | str) -> Variant:
     return variant
 
 
-def _ov_names_for(exclude: tuple[str, ...], model: Any) -> list[str]:
+# OpenVINO's recurrent operations and the input that holds their weights W. The ONNX frontend
+# names them from a counter (``LSTMSequence_22``), not from the ONNX node, so they are matched to
+# the ONNX LSTM/GRU/RNN nodes by their order.
+RECURRENT_WEIGHT_INPUT = {"LSTMSequence": 4, "GRUSequence": 3, "RNNSequence": 3, "LSTMCell": 3, "GRUCell": 2,
+                          "RNNCell": 2}  # fmt: skip
+OV_RECURRENT = tuple(RECURRENT_WEIGHT_INPUT)
+
+
+def recurrent_nodes(onnx_path: Path | str) -> list[str]:
+    """The ONNX LSTM/GRU/RNN node names, in graph order."""
+    from edgekit.export.patterns import detect
+
+    return [name for _op, name in detect(onnx_path).recurrent]
+
+
+def _ov_names_for(exclude: tuple[str, ...], model: Any, recurrent: Sequence[str] = ()) -> list[str]:
     """OpenVINO operations that came from the named ONNX nodes (a Conv with bias becomes
-    ``<name>/WithoutBiases`` + an Add named ``<name>``)."""
+    ``<name>/WithoutBiases`` + an Add named ``<name>``; the k-th of the ONNX ``recurrent`` nodes
+    is the k-th recurrent operation)."""
     skip = ("Constant", "Parameter", "Result")
     ops = [op for op in model.get_ordered_ops() if op.get_type_name() not in skip]
+    rnn_ops = [op.get_friendly_name() for op in ops if op.get_type_name() in OV_RECURRENT]
+    by_order = dict(zip(recurrent, rnn_ops, strict=False)) if len(rnn_ops) == len(recurrent) else {}
     names: list[str] = []
     for onnx_name in exclude:
         found = [
             name
             for name in (op.get_friendly_name() for op in ops)
             if name == onnx_name or name.startswith(onnx_name + "/")
-        ]
+        ] or ([by_order[onnx_name]] if onnx_name in by_order else [])
         if not found:
             shown = ", ".join(op.get_friendly_name() for op in ops[:12])
             raise BadInputError(
@@ -168,10 +186,11 @@ def ov_mappable(onnx_path: Path | str, names: list[str]) -> list[str]:
     """The ONNX node names among ``names`` that map to OpenVINO operations (which an NNCF
     ignored scope can then keep in float), in the order given."""
     model = _convert(Path(onnx_path))
+    recurrent = recurrent_nodes(onnx_path)
     found: list[str] = []
     for name in names:
         try:
-            _ov_names_for((name,), model)
+            _ov_names_for((name,), model, recurrent)
         except BadInputError:
             continue
         found.append(name)
@@ -221,7 +240,7 @@ def ov_int8(
     model = _convert(onnx_path)
     ignored = None
     if config.exclude:
-        ignored = nncf.IgnoredScope(names=_ov_names_for(config.exclude, model))
+        ignored = nncf.IgnoredScope(names=_ov_names_for(config.exclude, model, recurrent_nodes(onnx_path)))
     extra: dict[str, Any] = {}
     if transformer is not None:
         extra = {
@@ -292,7 +311,8 @@ def ov_quantized_ops(xml: Path | str) -> dict[str, Any]:
     Returns ``FakeQuantize`` (count), ``quantized`` (weighted layers with int8 weights and
     fake-quantized inputs: they run in INT8), ``weight_only`` (int8 weights, float inputs),
     ``float`` (neither), and ``int8_weight_bytes``. Layer names drop OpenVINO's
-    ``/WithoutBiases`` suffix so they match the ONNX node names.
+    ``/WithoutBiases`` suffix so they match the ONNX node names; recurrent layers keep OpenVINO's
+    name (``LSTMSequence_3``).
     """
     require("openvino")
     import openvino as ov
@@ -304,11 +324,12 @@ def ov_quantized_ops(xml: Path | str) -> dict[str, Any]:
     weight_only: list[str] = []
     floating: list[str] = []
     for op in ops:
-        if op.get_type_name() not in WEIGHTED_TYPES:
+        weight = RECURRENT_WEIGHT_INPUT.get(op.get_type_name(), 1)
+        if op.get_type_name() not in WEIGHTED_TYPES and weight == 1:
             continue
         name = op.get_friendly_name().removesuffix("/WithoutBiases")
         act_fq = _reaches(op.input(0).get_source_output(), "FakeQuantize", _LAYOUT, 4) is not None
-        low_bit = _low_bit_weight(op.input(1).get_source_output())
+        low_bit = _low_bit_weight(op.input(weight).get_source_output())
         (quantized if act_fq and low_bit else weight_only if low_bit else floating).append(name)
     int8_bytes = sum(
         int(np.prod(list(op.get_output_shape(0))))
