@@ -187,7 +187,7 @@ for _cmd in (compress, bench, build, doctor):
 
 from edgekit import cli_device  # noqa: E402
 
-for _cmd in (cli_device.ship, cli_device.sign, cli_device.verify, cli_device.receive):
+for _cmd in (cli_device.ship, cli_device.sign, cli_device.verify, cli_device.receive, cli_device.measure_stage):
     cli.add_command(_cmd)
 
 

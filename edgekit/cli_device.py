@@ -138,3 +138,14 @@ def receive(destination: Path, pubkey: Path | None, require_signature: bool, no_
         destination, sys.stdin.buffer, pubkey=pubkey, require_signature=require_signature, gate=not no_gate
     )
     click.echo(json.dumps(result, indent=2) if as_json else f"installed and verified: {destination}")
+
+
+@click.command("measure-stage", hidden=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON (the only output).")
+def measure_stage(as_json: bool) -> None:
+    """Device end of 'edgekit search --host': read a stage tar on stdin (candidates, held-out
+    samples, options), measure it with the harness, print the rows; nothing is kept."""
+    from edgekit.search.remote import measure_stage as _measure
+
+    result = _measure(sys.stdin.buffer)
+    click.echo(json.dumps(result, default=str) if as_json else f"measured {len(result['rows'])} candidates")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from edgekit.cli_device import split_ssh_options, ssh_options
+
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
@@ -44,6 +46,13 @@ import click
 @click.option("--ray-address", default=None, help="Address of an existing Ray cluster (default: start a local one).")
 @click.option("--device", default="local", show_default=True, help="Ray custom resource device:NAME to measure on.")
 @click.option(
+    "--host",
+    default=None,
+    metavar="ssh://[user@]host[:port]",
+    help="Measure every candidate on this device (built here); it needs edgekit and the runtimes.",
+)
+@ssh_options
+@click.option(
     "--threads", type=click.IntRange(min=1), default=None, help="Threads per runtime (default: physical cores)."
 )
 @click.option("--time-budget", type=float, default=0.5, show_default=True, help="Seconds of timing per candidate.")
@@ -73,6 +82,9 @@ def search(
     jobs: int,
     ray_address: str | None,
     device: str,
+    host: str | None,
+    ssh_opts: tuple[str, ...],
+    remote_edgekit: str | None,
     threads: int | None,
     time_budget: float,
     seed: int,
@@ -109,6 +121,9 @@ def search(
             jobs=jobs,
             ray_address=ray_address,
             device=device,
+            host=host,
+            ssh_options=split_ssh_options(ssh_opts),
+            remote_edgekit=remote_edgekit,
             threads=threads,
             time_budget_s=time_budget,
             seed=seed,

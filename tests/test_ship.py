@@ -18,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -437,3 +438,34 @@ def test_signed_bundle_is_required_and_checked_on_the_device(device: Device, bun
     assert res.code == 2 and "is not signed" in res.stderr and res.stderr.count("\n") == 1, res
     no_secret(device, out, err, res.stdout, res.stderr)
     assert key.read_text().splitlines()[1] not in out + err + res.stdout + res.stderr
+
+
+# A device whose OpenVINO INT8 computes something else, whatever the file is called.
+ANY_OV_INT8_DIFFERS = DIFFERENT_OV_INT8.replace('self.path.name == "model.int8.xml"', '"int8" in self.path.name')
+
+
+def test_search_builds_here_and_measures_on_the_device(device: Device, trained, tmp_path: Path) -> None:
+    """``search --host``: the same candidates, built here, gated and timed on the device — whose
+    OpenVINO INT8 differs, so the device rejects what this machine passes, and nothing is left there."""
+    _, model = trained("digits-cnn")
+    exe = make_device_env(device.root, "search-device", startup=ANY_OV_INT8_DIFFERS)
+    common = ["--max-drop", "1.0", "--prune", "0", "--distill", "0", "--no-fp16", "--time-budget", "0.05",
+              "--minutes", "5", "--threads", "1"]  # fmt: skip
+    code, _, err = invoke(["search", str(model), *common, "-o", str(tmp_path / "here")])
+    assert code == 0, err
+    code, _, err = invoke(["search", str(model), *common, "-o", str(tmp_path / "there"), "--host", device.url,
+                           *ship_args(device, edgekit=exe)])  # fmt: skip
+    assert code == 0, err
+    assert f"measured on {device.url}" in err
+    here, there = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("here", "there"))
+    rows_here = {c["name"]: c for c in here["candidates"]}
+    rows_there = {c["name"]: c for c in there["candidates"]}
+    assert rows_here.keys() == rows_there.keys()  # the same candidate set
+    assert rows_here["int8-static@ov"]["status"] == "measured"  # faithful here
+    assert rows_there["int8-static@ov"]["status"] == "rejected", rows_there["int8-static@ov"]  # not there
+    assert all(rows_there[n]["latency_ms"]["p50"] > 0 for n in ("fp32@ort", "fp32@ov", "int8-static@ort"))
+    measured_on = there["measured_on"]
+    assert measured_on["address"] == device.url and measured_on["threads_used"] == 1 and measured_on["cpu"]
+    assert there["winner"] != "int8-static@ov" and here["measured_on"] == "this machine"
+    leftovers = [p for p in Path(tempfile.gettempdir()).glob("edgekit-stage-*") if p.is_dir()]
+    assert leftovers == []  # the device's temporary stage is gone (same machine here)

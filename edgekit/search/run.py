@@ -81,6 +81,9 @@ def search(
     jobs: int = 1,
     ray_address: str | None = None,
     device: str = "local",
+    host: str | None = None,
+    ssh_options: Sequence[str] = (),
+    remote_edgekit: str | None = None,
     threads: int | None = None,
     seed: int = 0,
     time_budget_s: float = 0.5,
@@ -122,6 +125,7 @@ def search(
         raise BadInputError(f"this machine cannot run {', '.join(wanted)}; search on the device or pick another target")
 
     load_options: dict[str, Any] = {"arch": arch, "trust_pickle": trust_pickle, "input_shape": input_shape}
+    threads_given = threads is not None
     if threads is None:
         from edgekit.benchmarks.latency import default_threads
 
@@ -204,6 +208,14 @@ def search(
 
     deadline = start + minutes * 60.0
     runner = executors.make(executor, jobs=jobs, address=ray_address, device=device, threads=threads)
+    if host:
+        from edgekit.search.remote import RemoteMeasure
+
+        runner = RemoteMeasure(
+            runner, host, ssh_options=ssh_options, remote_edgekit=remote_edgekit,
+            threads=threads if threads_given else None,
+        )  # fmt: skip
+        progress(f"candidates are built here and measured on {runner.where}")
     try:
         for level, specs in ((0, level0), (1, level1)):
             todo = []
@@ -320,6 +332,7 @@ def search(
         "command": command,
         "model": {"source": str(src), "sha256": loaded.sha256, "task": task, "inputs": names},
         "machine": machine_info(threads),
+        "measured_on": {"address": runner.where, **runner.machine} if host else "this machine",
         "target": target,
         "runtimes": list(runtimes),
         "budget": budget.describe(metric_name),
@@ -419,6 +432,7 @@ def _candidates(outcomes: Sequence[Outcome], root: Path) -> list[Any]:
                 path=path,
                 techniques=o.spec.techniques,
                 notes=list(o.build.get("notes", [])),
+                extra_files=[Path(p) for p in o.build.get("extra_files", [])],
                 size_bytes=size,
                 artifact=rel(path, root),
             )
