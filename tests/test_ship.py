@@ -469,3 +469,11 @@ def test_search_builds_here_and_measures_on_the_device(device: Device, trained, 
     assert there["winner"] != "int8-static@ov" and here["measured_on"] == "this machine"
     leftovers = [p for p in Path(tempfile.gettempdir()).glob("edgekit-stage-*") if p.is_dir()]
     assert leftovers == []  # the device's temporary stage is gone (same machine here)
+    # A device that cannot be reached, or has no edgekit, fails in one line before anything is written.
+    for host, extra in (("ssh://127.0.0.1:1", []), (device.url, ["--remote-edgekit", "/no/such/edgekit"])):
+        nowhere = tmp_path / "nowhere"
+        code, _, err = invoke(["search", str(model), "-o", str(nowhere), "--host", host,
+                               "--ssh-option", device.options(), *extra])  # fmt: skip
+        lines = [line for line in err.splitlines() if "error:" in line]
+        assert code == 2 and len(lines) == 1 and not nowhere.exists(), err
+        assert ("unreachable" if extra == [] else "not installed") in lines[0], lines

@@ -110,6 +110,10 @@ def search(
         raise BadInputError(f"--minutes must be > 0 (got {minutes})")
     if keep < 0:
         raise BadInputError(f"--keep must be >= 0 (got {keep})")
+    if host:  # a mistyped address, an unreachable device or one without edgekit fails here, before any write
+        from edgekit.devices.remote import launcher
+
+        launcher(host, ssh_options=ssh_options, remote_edgekit=remote_edgekit).run(["--version"])
     src = Path(model)
     root = Path(out) if out else src.with_name(src.stem + ".search")
     if root.resolve() == src.resolve() or src.resolve().is_relative_to(root.resolve()):
