@@ -265,3 +265,50 @@ def test_openvino_can_keep_a_recurrent_layer_in_float(tagger, tmp_path: Path) ->
     others = {n for n in before["quantized"] if not n.startswith("LSTMSequence")}
     assert others and set(after["quantized"]) == others  # the other layers stay INT8
     assert any("kept in float" in n and lstm[0] in n for n in kept.notes), kept.notes
+
+
+def test_a_measurement_stage_round_trips_an_unseen_model(tagger, tmp_path: Path) -> None:
+    """What ``search --host`` sends a device — candidate files, two padded inputs with their
+    lengths, labels, budget — measured there gives the same verdicts and figures as here; a
+    damaged stage is one line, exit 2."""
+    import io
+    import subprocess
+    import sys
+    import tarfile
+
+    from edgekit.artifact import Artifact
+    from edgekit.benchmarks import harness
+    from edgekit.benchmarks.gate import Budget
+    from edgekit.compress.quantize import Int8Config
+    from edgekit.compress.quantize_ov import ov_fp32_ir, ov_int8
+    from edgekit.io.data import load_npz
+    from edgekit.search.remote import measure_stage, write_stage
+
+    model, npz, _ = tagger
+    data = load_npz(npz)
+    feeds = [{"rows": data.inputs["rows"][i : i + 1], "pos": data.inputs["pos"][i : i + 1]} for i in range(32)]
+    candidates = [
+        Artifact("ort-fp32", "onnxruntime", "fp32", model),
+        ov_fp32_ir(model, tmp_path / "f" / "m.xml"),
+        ov_int8(Int8Config(runtimes=("openvino",)), model, feeds, tmp_path / "q" / "m.xml"),
+    ]
+    options = {"baseline": "ort-fp32", "batches": (), "threads": 1, "with_memory": False}
+    here = harness.measure(candidates, data, budget=Budget(max_drop=1.0), **options)
+    stream = io.BytesIO()
+    write_stage(stream, candidates, data, Budget(max_drop=1.0), options)
+    stream.seek(0)
+    there = measure_stage(stream)["rows"]
+    assert [r["name"] for r in there] == [r.name for r in here]
+    for a, b in zip(here, there, strict=True):
+        assert (a.deployable, a.metric) == (b["deployable"], b["metric"]), a.name  # same gate, same data
+        assert b["fidelity"]["positions"] == int(data.lengths["rows"].sum())  # padding still excluded
+    damaged = io.BytesIO()
+    with tarfile.open(fileobj=damaged, mode="w") as tar:
+        info = tarfile.TarInfo("stage.json")
+        info.size = 9
+        tar.addfile(info, io.BytesIO(b"{not json"))
+    for payload in (damaged.getvalue(), b"garbage"):
+        proc = subprocess.run([sys.executable, "-m", "edgekit", "measure-stage", "--json"], input=payload,
+                              capture_output=True, check=False)  # fmt: skip
+        lines = proc.stderr.decode().strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "measure-stage" in lines[0], lines

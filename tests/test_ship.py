@@ -447,7 +447,10 @@ ANY_OV_INT8_DIFFERS = DIFFERENT_OV_INT8.replace('self.path.name == "model.int8.x
 def test_search_builds_here_and_measures_on_the_device(device: Device, trained, tmp_path: Path) -> None:
     """``search --host``: the same candidates, built here, gated and timed on the device — whose
     OpenVINO INT8 differs, so the device rejects what this machine passes, and nothing is left there."""
+    import hashlib
+
     _, model = trained("digits-cnn")
+    before = hashlib.sha256(Path(model).read_bytes()).hexdigest()
     exe = make_device_env(device.root, "search-device", startup=ANY_OV_INT8_DIFFERS)
     common = ["--max-drop", "1.0", "--prune", "0", "--distill", "0", "--no-fp16", "--time-budget", "0.05",
               "--minutes", "5", "--threads", "1"]  # fmt: skip
@@ -477,3 +480,4 @@ def test_search_builds_here_and_measures_on_the_device(device: Device, trained, 
         lines = [line for line in err.splitlines() if "error:" in line]
         assert code == 2 and len(lines) == 1 and not nowhere.exists(), err
         assert ("unreachable" if extra == [] else "not installed") in lines[0], lines
+    assert hashlib.sha256(Path(model).read_bytes()).hexdigest() == before  # the input is untouched

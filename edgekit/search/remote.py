@@ -88,12 +88,19 @@ def measure_stage(stream: IO[bytes]) -> dict[str, Any]:
                 tar.extractall(root, filter="data")
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise BadInputError(f"measure-stage: the stream broke off or is not a tar archive ({exc})") from None
-        stage = json.loads(_inside(root, STAGE).read_text())
-        if stage.get("version") != STAGE_VERSION:
+        try:
+            stage = json.loads(_inside(root, STAGE).read_text())
+        except json.JSONDecodeError as exc:
+            raise BadInputError(f"measure-stage: {STAGE} is not JSON ({exc}); the stream is damaged") from None
+        if not isinstance(stage, dict) or stage.get("version") != STAGE_VERSION:
             raise BadInputError(
-                f"measure-stage: stage version {stage.get('version')} but this edgekit reads {STAGE_VERSION}; "
+                f"measure-stage: stage version {stage.get('version') if isinstance(stage, dict) else None} but this "
+                f"edgekit reads {STAGE_VERSION}; "
                 "install the same edgekit version here as on the build machine"
             )
+        missing = {"candidates", "data", "budget", "measure"} - set(stage)
+        if missing:
+            raise BadInputError(f"measure-stage: {STAGE} lacks {', '.join(sorted(missing))}; the stream is damaged")
         d = stage["data"]
         loaded = load_npz(_inside(root, DATA), task=d["task"])
         data = dataclasses.replace(loaded, name=d["name"], meta=d["meta"], directional_only=d["directional_only"])
