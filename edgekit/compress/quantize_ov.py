@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.compress.base import Variant
+from edgekit.compress.ov_recurrent import align_recurrent
 from edgekit.errors import BadInputError, require
 
 if TYPE_CHECKING:
@@ -222,6 +223,7 @@ def ov_int8(
     *,
     transformer: str | None = None,
     calibration_cache: Path | None = None,
+    align_rnn: bool = True,
 ) -> Variant:
     """INT8 OpenVINO IR: ``openvino.convert_model`` then ``nncf.quantize`` (default preset:
     symmetric int8 weights per channel and activations, fast bias correction).
@@ -229,7 +231,11 @@ def ov_int8(
     ``transformer`` (the reason, e.g. "attention blocks detected") switches NNCF to
     ``model_type=nncf.ModelType.TRANSFORMER`` with SmoothQuant on MatMul inputs: NNCF then
     leaves Softmax, LayerNorm and the residual path in float and migrates activation outliers
-    into the weights. ``calibration_cache`` is not used: NNCF estimates its own ranges."""
+    into the weights. ``calibration_cache`` is not used: NNCF estimates its own ranges.
+
+    INT8 LSTM/GRU sequences are then rewritten so that the CPU plugin's INT8 RNN kernel reads
+    them as NNCF meant (:mod:`edgekit.compress.ov_recurrent`); ``align_rnn=False`` keeps NNCF's
+    output as it is."""
     require("nncf")
     import nncf
     from nncf.quantization.advanced_parameters import (
@@ -257,6 +263,9 @@ def ov_int8(
             ignored_scope=ignored,
             **extra,
         )
+    aligned: list[str] = []
+    if align_rnn and any(op.get_type_name() in OV_RECURRENT for op in quantized.get_ordered_ops()):
+        aligned = align_recurrent(quantized, _convert(onnx_path))
     bin_path = _save(quantized, onnx_path, out_xml, compress_to_fp16=False)
     n = sum(len(next(iter(f.values()))) for f in feeds)
     scheme = (
@@ -273,6 +282,7 @@ def ov_int8(
         "(calib_method applies to ONNX Runtime)",
         "non-quantized operations run at OpenVINO's inference precision: " + BF16_NOTE,
     ]
+    notes.extend(f"recurrent INT8: {line}" for line in aligned)
     if config.exclude:
         notes.append(f"kept in float (NNCF ignored scope): {', '.join(config.exclude)}")
     return Variant(
