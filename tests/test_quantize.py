@@ -406,3 +406,32 @@ def test_trt_fp16_is_the_fp32_onnx_built_with_fp16_on_the_device(fp16, digits):
     assert (v.runtime, v.precision) == ("tensorrt", "fp16")
     assert v.path.read_bytes() == digits.onnx.read_bytes()
     assert any("--fp16" in n for n in v.notes)
+
+
+def test_stable_names_number_counter_names_in_graph_order_and_keep_the_sources() -> None:
+    """OpenVINO names operations from a process-wide counter, and NNCF builds names on them
+    (``LSTMSequence_23306/fq_output_0``): both are renumbered in graph order, so a model built
+    twice serializes the same; a name built on a source node's name (``Conv_3/WithoutBiases``)
+    is kept, since layers are matched to ONNX nodes by it."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from edgekit.compress.quantize_ov import stable_names
+
+    def build(counter: int) -> list[str]:
+        x = ops.parameter([1, 4], np.float32, name="x")
+        a = ops.relu(x)
+        a.set_friendly_name(f"Relu_{counter}")
+        b = ops.multiply(a, ops.constant(np.float32(2.0)))
+        b.set_friendly_name(f"Relu_{counter}/fq_output_0")
+        c = ops.relu(b)
+        c.set_friendly_name("Conv_3/WithoutBiases")
+        model = ov.Model([c], [x])
+        stable_names(model, {"Conv_3", "x"})
+        return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() != "Result"]
+
+    first, second = build(17), build(23306)
+    assert first == second, (first, second)
+    assert "Conv_3/WithoutBiases" in first and "x" in first
+    relu = next(n for n in first if n.startswith("Relu_") and "/" not in n)
+    assert f"{relu}/fq_output_0" in first  # the derived name follows its base

@@ -349,10 +349,14 @@ def test_openvino_int8_lstm_is_aligned_with_the_cpu_kernel(tagger, tmp_path: Pat
     ref = _ov_outputs(fp32.path, feeds)
     before = _sqnr_db(ref, _ov_outputs(nncf_as_is.path, feeds))
     after = _sqnr_db(ref, _ov_outputs(aligned.path, feeds))
-    assert after > before + 10.0 and after > 20.0, (before, after, aligned.notes)  # measured 3.8 → 23.3 dB
+    # measured 3.8 → 23.3 dB (AVX-512 VNNI), 3.7 → 20.5 dB (oneDNN limited to AVX2)
+    assert after > before + 10.0 and after > 15.0, (before, after, aligned.notes)
     assert any("recurrent INT8" in note and "[-1, 1]" in note for note in aligned.notes), aligned.notes
     assert not any("recurrent INT8" in note for note in nncf_as_is.notes)
     assert any(name.startswith("LSTMSequence") for name in ov_quantized_ops(aligned.path)["quantized"])
+    again = ov_int8(config, model, feeds, tmp_path / "c" / "m.xml")  # same bytes, in the same process too
+    assert again.path.read_bytes() == aligned.path.read_bytes()
+    assert again.path.with_suffix(".bin").read_bytes() == aligned.path.with_suffix(".bin").read_bytes()
 
     ir = ov.Core().read_model(str(aligned.path))
     (lstm,) = [op for op in ir.get_ordered_ops() if op.get_type_name() == "LSTMSequence"]
@@ -397,3 +401,32 @@ def test_a_recurrent_layer_nncf_leaves_float_is_left_alone(tmp_path: Path) -> No
     variant = ov_int8(Int8Config(runtimes=("openvino",)), path, feeds, tmp_path / "q" / "m.xml")
     notes = [n for n in variant.notes if n.startswith("recurrent INT8")]
     assert len(notes) == 1 and "left as NNCF made it (its input is not quantized)" in notes[0], variant.notes
+
+
+def test_a_variant_that_cannot_run_here_is_a_row_not_an_abort(tagger, tmp_path: Path) -> None:
+    """A variant this machine's runtime refuses (here an IR whose .xml was cut short) is a row
+    that says why and is not deployable; the others are measured and gated. The baseline failing
+    is still an error: nothing could be judged without it."""
+    from edgekit.artifact import Artifact
+    from edgekit.benchmarks import harness
+    from edgekit.benchmarks.gate import Budget
+    from edgekit.compress.quantize_ov import ov_fp32_ir
+    from edgekit.errors import BadInputError
+    from edgekit.io.data import load_npz
+
+    model, npz, _ = tagger
+    data = load_npz(npz).head(24)
+    good = ov_fp32_ir(model, tmp_path / "f" / "m.xml")
+    cut = ov_fp32_ir(model, tmp_path / "c" / "m.xml")
+    cut.path.write_bytes(cut.path.read_bytes()[:200])
+    cut.name = "ov-cut"
+    options = {"budget": Budget(max_drop=1.0), "batches": (1,), "budget_s": 0.02, "with_memory": False}
+    base, ov32, broken = harness.measure(
+        [Artifact("ort-fp32", "onnxruntime", "fp32", model), good, cut], data, baseline="ort-fp32", **options
+    )
+    assert base.measured and ov32.measured and ov32.deployable and ov32.latency_ms
+    assert not broken.measured and not broken.deployable and broken.latency_ms is None
+    assert broken.not_measured_reason.startswith("could not run here: openvino could not load")
+    assert "not verified on this machine" in broken.rejected_reason
+    with pytest.raises(BadInputError, match="could not load"):
+        harness.measure([cut, good], data, baseline="ov-cut", **options)

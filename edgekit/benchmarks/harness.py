@@ -13,6 +13,7 @@ from edgekit.artifact import Artifact
 from edgekit.benchmarks.accuracy import Outputs, OutputSpec, detect
 from edgekit.benchmarks.gate import Budget, OutputJudge, Verdict, decide
 from edgekit.benchmarks.report import Report, VariantRow
+from edgekit.errors import BadInputError
 from edgekit.io.data import Dataset
 from edgekit.io.extents import Extents, find_extents
 
@@ -72,8 +73,10 @@ def run_outputs(runtime: Any, data: Dataset, *, batch: int = EVAL_BATCH) -> Outp
     arrays = data.bind(names)
     ext = extents_for(runtime, data)
     if ext is None:
-        parts = [np.asarray(runtime.run({k: v[i : i + batch] for k, v in arrays.items()})[0])
-                 for i in range(0, len(data), batch)]
+        parts = [
+            np.asarray(runtime.run({k: v[i : i + batch] for k, v in arrays.items()})[0])
+            for i in range(0, len(data), batch)
+        ]
         return Outputs(np.concatenate(parts, axis=0))
     order = np.argsort(ext.lengths, kind="stable")
     chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
@@ -124,7 +127,7 @@ def measure(
     ``batches=()`` skips timing (the gate only). The gate (:mod:`edgekit.benchmarks.gate`)
     decides each row's ``deployable``; the rows come back in the order of ``candidates``."""
     rows = {c.name: VariantRow.of(c) for c in candidates}
-    loaded, outputs = _run_all(candidates, rows, data, threads, progress)
+    loaded, outputs = _run_all(candidates, rows, data, threads, baseline, progress)
     if baseline not in outputs:
         raise RuntimeError(f"the baseline {baseline} could not be run here")
     ref = outputs[baseline]
@@ -140,13 +143,12 @@ def measure(
 
 
 def _run_all(
-    candidates: Sequence[Artifact], rows: dict[str, VariantRow], data: Dataset, threads: int,
+    candidates: Sequence[Artifact], rows: dict[str, VariantRow], data: Dataset, threads: int, baseline: str,
     progress: Callable[[str], None],
 ) -> tuple[dict[str, Any], dict[str, Outputs]]:  # fmt: skip
     """Load every artifact this machine can run and run it on ``data`` (load and first-call times
-    into its row); the others are marked not measured, with the reason."""
-    from edgekit.runtimes import runtime_for
-
+    into its row); the others are marked not measured, with the reason. A variant that fails to
+    load or run is one of those; the baseline failing is an error."""
     loaded: dict[str, Any] = {}
     outputs: dict[str, Outputs] = {}
     for c in candidates:
@@ -156,17 +158,37 @@ def _run_all(
             rows[c.name].not_measured_reason = reason
             continue
         progress(f"running {c.name} on {len(data)} held-out samples")
-        start = time.perf_counter()
-        rt = runtime_for(c.runtime, c.precision, threads=threads).load(c.path)
-        rows[c.name].load_ms = (time.perf_counter() - start) * 1e3
-        first = data.feed_for([s.name for s in rt.inputs], slice(0, 1))
-        start = time.perf_counter()
-        rt.run(first)
-        rows[c.name].first_inference_ms = (time.perf_counter() - start) * 1e3
-        loaded[c.name] = rt
-        outputs[c.name] = run_outputs(rt, data)
-        rows[c.name].describe = rt.describe()
+        try:
+            loaded[c.name], outputs[c.name] = _run_one(c, rows[c.name], data, threads)
+        except (BadInputError, RuntimeError) as exc:
+            if c.name == baseline:
+                raise
+            # A variant this machine's runtime cannot load or run (e.g. a precision its CPU
+            # plugin refuses) is a row that says why; the others are still measured and delivered.
+            rows[c.name].measured = False
+            rows[c.name].not_measured_reason = "could not run here: " + _first_line(exc)
     return loaded, outputs
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _run_one(c: Artifact, row: VariantRow, data: Dataset, threads: int) -> tuple[Any, Outputs]:
+    """Load ``c`` and run it on ``data``; its load and first-call times go into ``row``."""
+    from edgekit.runtimes import runtime_for
+
+    start = time.perf_counter()
+    rt = runtime_for(c.runtime, c.precision, threads=threads).load(c.path)
+    row.load_ms = (time.perf_counter() - start) * 1e3
+    first = data.feed_for([s.name for s in rt.inputs], slice(0, 1))
+    start = time.perf_counter()
+    rt.run(first)
+    row.first_inference_ms = (time.perf_counter() - start) * 1e3
+    outputs = run_outputs(rt, data)
+    row.describe = rt.describe()
+    return rt, outputs
 
 
 def _time(

@@ -33,7 +33,7 @@ WEIGHTED_TYPES = (
 _DECOMPRESSION = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze")
 _LAYOUT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Concat", "Split")
 _LOW_BIT = ("i8", "u8", "i4", "u4")
-_AUTO_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_\d+$")
+_AUTO_NAME = re.compile(r"^(([A-Za-z][A-Za-z0-9]*)_\d+)(/.*)?$")  # (base (prefix)_N)(/suffix)
 
 BF16_NOTE = (
     "OpenVINO's CPU plugin computes in bf16 by default on CPUs with AVX512-BF16 or AMX; "
@@ -53,29 +53,36 @@ def _onnx_names(onnx_path: Path) -> set[str]:
 
 
 def stable_names(model: Any, reserved: set[str]) -> None:
-    """Rename the operations OpenVINO named from a process-wide counter (``Constant_39163``) to
-    names numbered in graph order, so the same model always serializes to the same bytes.
+    """Rename the operations OpenVINO named from a process-wide counter (``Constant_39163``, and
+    names built on one, such as NNCF's ``LSTMSequence_23306/fq_output_0``) to names numbered in
+    graph order, so the same model always serializes to the same bytes.
 
     Names in ``reserved`` (the source model's own names), inputs and outputs are kept.
     """
-    ops = list(model.get_ordered_ops())
-    to_rename = [
-        op
+    ops = [op for op in model.get_ordered_ops() if op.get_type_name() not in ("Parameter", "Result")]
+    counted = {
+        id(op): m
         for op in ops
-        if _AUTO_NAME.match(op.get_friendly_name())
+        if (m := _AUTO_NAME.match(op.get_friendly_name()))
         and op.get_friendly_name() not in reserved
-        and op.get_type_name() not in ("Parameter", "Result")
-    ]
-    renamed = {id(op) for op in to_rename}
-    taken = {op.get_friendly_name() for op in ops if id(op) not in renamed} | reserved
+        and m.group(1) not in reserved  # e.g. ``Conv_3/WithoutBiases`` of an ONNX node ``Conv_3``
+    }
+    taken = {op.get_friendly_name() for op in ops if id(op) not in counted} | reserved
+    bases: dict[str, str] = {}  # counter-numbered name → its graph-order name
     k = 0
-    for op in to_rename:
-        prefix = _AUTO_NAME.match(op.get_friendly_name()).group(1)  # type: ignore[union-attr]
-        while f"{prefix}_{k}" in taken:
+    for op in ops:
+        m = counted.get(id(op))
+        if m is None or m.group(1) in bases:
+            continue
+        while f"{m.group(2)}_{k}" in taken:
             k += 1
-        op.set_friendly_name(f"{prefix}_{k}")
-        taken.add(f"{prefix}_{k}")
+        bases[m.group(1)] = f"{m.group(2)}_{k}"
+        taken.add(bases[m.group(1)])
         k += 1
+    for op in ops:
+        m = counted.get(id(op))
+        if m is not None:
+            op.set_friendly_name(bases[m.group(1)] + (m.group(3) or ""))
 
 
 def _convert(onnx_path: Path) -> Any:
