@@ -76,11 +76,11 @@ def _copy(layout: Any, data: Any) -> Any:
     """The layout operation ``layout`` again, on ``data``."""
     from openvino import opset13 as ops
 
-    second = layout.input(1).get_source_output()
+    rest = [i.get_source_output() for i in layout.inputs()[1:]]  # order, shape or axes (if any)
     kind = layout.get_type_name()
     if kind == "Reshape":
-        return ops.reshape(data, second, layout.get_attributes()["special_zero"])
-    return {"Transpose": ops.transpose, "Squeeze": ops.squeeze, "Unsqueeze": ops.unsqueeze}[kind](data, second)
+        return ops.reshape(data, rest[0], layout.get_attributes()["special_zero"])
+    return {"Transpose": ops.transpose, "Squeeze": ops.squeeze, "Unsqueeze": ops.unsqueeze}[kind](data, *rest)
 
 
 def _why_not(op: Any) -> str | None:
