@@ -430,3 +430,47 @@ def test_a_variant_that_cannot_run_here_is_a_row_not_an_abort(tagger, tmp_path: 
     assert "not verified on this machine" in broken.rejected_reason
     with pytest.raises(BadInputError, match="could not load"):
         harness.measure([cut, good], data, baseline="ov-cut", **options)
+
+
+def test_the_alignment_copies_the_path_when_nncf_quantizer_feeds_other_values() -> None:
+    """The sequence's input FakeQuantize is replaced in place when only the sequence reads it
+    (the plugin then fuses it into the layer before); when another operation reads its values,
+    that one keeps NNCF's FakeQuantize and the sequence gets a copy of the layout path."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from edgekit.compress.ov_recurrent import align_recurrent, input_quantizer
+
+    hidden, feat = 4, 3
+    rng = np.random.default_rng(0)
+    w, r = rng.normal(size=(1, 4 * hidden, feat)), rng.normal(size=(1, 4 * hidden, hidden))
+    b = rng.normal(size=(1, 4 * hidden))
+
+    def build(quantized: bool, other_reader: bool) -> tuple[ov.Model, ov.Node]:
+        x = ops.parameter([1, feat, 5], np.float32, name="x")
+        c = lambda v: ops.constant(np.float32(v))  # noqa: E731
+        data = ops.fake_quantize(x, c(0), c(2), c(0), c(2), 256) if quantized else x
+        seq = ops.transpose(data, ops.constant(np.array([0, 2, 1], np.int64)))
+        zeros = ops.constant(np.zeros((1, 1, hidden), np.float32))
+
+        def weights(m: np.ndarray) -> ov.Node:
+            if not quantized:
+                return ops.constant(m.astype(np.float32))
+            scale = (np.abs(m).max(axis=(0, 2)) / 127).astype(np.float32).reshape(1, -1, 1)
+            q = np.rint(m / scale).astype(np.int8)
+            return ops.multiply(ops.convert(ops.constant(q), ov.Type.f32), ops.constant(scale))
+
+        lstm = ops.lstm_sequence(seq, zeros, zeros, ops.constant(np.array([5], np.int32)), weights(w), weights(r),
+                                 ops.constant(b.astype(np.float32)), hidden, "forward")  # fmt: skip
+        outputs = [lstm.output(0)] + ([ops.relu(data).output(0)] if other_reader else [])
+        return ov.Model(outputs, [x]), data
+
+    for other_reader in (False, True):
+        model, nncf_fq = build(True, other_reader)
+        notes = align_recurrent(model, build(False, other_reader)[0])
+        assert len(notes) == 1 and "±2" in notes[0], notes
+        (lstm,) = [op for op in model.get_ordered_ops() if op.get_type_name() == "LSTMSequence"]
+        fq, path = input_quantizer(lstm)  # type: ignore[misc]
+        assert fq.get_levels() == 255 and [p.get_type_name() for p in path] == ["Transpose"]
+        readers = {t.get_node().get_type_name() for t in nncf_fq.output(0).get_target_inputs()}
+        assert readers == ({"Relu"} if other_reader else set()), readers

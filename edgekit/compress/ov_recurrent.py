@@ -83,6 +83,13 @@ def _copy(layout: Any, data: Any) -> Any:
     return {"Transpose": ops.transpose, "Squeeze": ops.squeeze, "Unsqueeze": ops.unsqueeze}[kind](data, *rest)
 
 
+def _feeds_only(fq: Any, first: Any) -> bool:
+    """Whether ``fq``'s values go to ``first`` alone (other consumers read only its shape)."""
+    return all(
+        t.get_node() == first or t.get_node().get_type_name() == "ShapeOf" for t in fq.output(0).get_target_inputs()
+    )
+
+
 def _why_not(op: Any) -> str | None:
     """Why ``op`` is left as NNCF made it (None when it can be aligned)."""
     kind = op.get_type_name()
@@ -146,9 +153,12 @@ def align_recurrent(quantized: Any, fp32: Any) -> list[str]:
             return ops.constant(np.float32(value))
 
         x = ops.fake_quantize(fq.input(0).get_source_output(), const(-s), const(s), const(-1.0), const(1.0), LEVELS)
-        for layout in path:  # a copy of the path: NNCF's FakeQuantize may feed other operations too
-            x = _copy(layout, x.output(0))
-        op.input(0).replace_source_output(x.output(0))
+        if _feeds_only(fq, path[0] if path else op):
+            fq.output(0).replace(x.output(0))  # in place: the plugin fuses it into the layer before
+        else:  # NNCF's FakeQuantize also feeds other values: a copy of the path for the sequence
+            for layout in path:
+                x = _copy(layout, x.output(0))
+            op.input(0).replace_source_output(x.output(0))
         # The kernel reads the initial state's u8 data with the input's scale and shift too: NNCF
         # stored it with its own (zeros → u8 0, which now means -1). Quantize it the same way.
         h0 = op.input(1).get_source_output()
