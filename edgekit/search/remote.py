@@ -125,20 +125,11 @@ def measure_stage(stream: IO[bytes]) -> dict[str, Any]:
 class RemoteMeasure:
     """An executor whose builds run as ``runner``'s do and whose measurements run on ``host``."""
 
-    def __init__(
-        self,
-        runner: Any,
-        host: str,
-        *,
-        ssh_options: Sequence[str] = (),
-        remote_edgekit: str | None = None,
-        threads: int | None = None,
-    ) -> None:
-        """``threads`` None: the device's own default (its physical cores), as ``bench`` there."""
-        from edgekit.devices.remote import launcher
-
-        self._runner, self._threads = runner, threads
-        self._lch = launcher(host, ssh_options=ssh_options, remote_edgekit=remote_edgekit)
+    def __init__(self, runner: Any, device: Any, *, threads: int | None = None) -> None:
+        """``device``: the launcher of the edgekit command there (:func:`edgekit.devices.remote.launcher`,
+        already checked by the caller). ``threads`` None: the device's own default (its physical
+        cores), as ``bench`` there."""
+        self._runner, self._threads, self._lch = runner, threads, device
         self.name = f"{runner.name} builds, measured on {self._lch.where}"
         self.machine: dict[str, Any] = {}
 

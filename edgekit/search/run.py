@@ -110,10 +110,12 @@ def search(
         raise BadInputError(f"--minutes must be > 0 (got {minutes})")
     if keep < 0:
         raise BadInputError(f"--keep must be >= 0 (got {keep})")
+    remote = None
     if host:  # a mistyped address, an unreachable device or one without edgekit fails here, before any write
         from edgekit.devices.remote import launcher
 
-        launcher(host, ssh_options=ssh_options, remote_edgekit=remote_edgekit).run(["--version"])
+        remote = launcher(host, ssh_options=ssh_options, remote_edgekit=remote_edgekit)
+        remote.run(["--version"])
     src = Path(model)
     root = Path(out) if out else src.with_name(src.stem + ".search")
     if root.resolve() == src.resolve() or src.resolve().is_relative_to(root.resolve()):
@@ -212,13 +214,10 @@ def search(
 
     deadline = start + minutes * 60.0
     runner = executors.make(executor, jobs=jobs, address=ray_address, device=device, threads=threads)
-    if host:
+    if remote is not None:
         from edgekit.search.remote import RemoteMeasure
 
-        runner = RemoteMeasure(
-            runner, host, ssh_options=ssh_options, remote_edgekit=remote_edgekit,
-            threads=threads if threads_given else None,
-        )  # fmt: skip
+        runner = RemoteMeasure(runner, remote, threads=threads if threads_given else None)
         progress(f"candidates are built here and measured on {runner.where}")
     try:
         for level, specs in ((0, level0), (1, level1)):
