@@ -28,6 +28,7 @@ unaligned INT8 kernel; the test tagger (hidden size 32) 3.8 → 23.3 dB.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -111,11 +112,13 @@ def _weights(op: Any, port: int) -> np.ndarray:
     return np.asarray(op.input(port).get_source_output().get_node().get_data(), dtype=np.float32)
 
 
-def align_recurrent(quantized: Any, fp32: Any) -> list[str]:
+def align_recurrent(quantized: Any, fp32: Any, names: Sequence[str] = ()) -> list[str]:
     """Rewrite every INT8 ``LSTMSequence``/``GRUSequence`` of ``quantized`` (NNCF's output) as the
     module docstring says, taking the float weights from ``fp32`` (the same graph before
     quantization; its recurrent operations are matched by order). Returns one note per
-    recurrent operation: aligned with its input scale, or why it was left as it was."""
+    recurrent operation: aligned with its input scale, or why it was left as it was. ``names``
+    (the source model's LSTM/GRU nodes, in order) label the notes; OpenVINO's own names come
+    from a counter."""
     import openvino as ov
     from openvino import opset13 as ops
 
@@ -125,8 +128,8 @@ def align_recurrent(quantized: Any, fp32: Any) -> list[str]:
     if len(targets) != len(sources):
         return [f"recurrent INT8 not aligned: {len(targets)} recurrent operations against {len(sources)} in fp32"]
     notes: list[str] = []
-    for op, source in zip(targets, sources, strict=True):
-        name = op.get_friendly_name()
+    labels = list(names) if len(names) == len(targets) else [op.get_friendly_name() for op in targets]
+    for op, source, name in zip(targets, sources, labels, strict=True):
         why = _why_not(op)
         w_port, r_port = WEIGHT_INPUTS[op.get_type_name()]
         if why is None and not all(

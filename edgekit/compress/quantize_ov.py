@@ -272,7 +272,10 @@ def ov_int8(
         )
     aligned: list[str] = []
     if align_rnn and any(op.get_type_name() in OV_RECURRENT for op in quantized.get_ordered_ops()):
-        aligned = align_recurrent(quantized, _convert(onnx_path))
+        from edgekit.export.patterns import detect
+
+        lstm_gru = [name for op, name in detect(onnx_path).recurrent if op in ("LSTM", "GRU")]
+        aligned = align_recurrent(quantized, _convert(onnx_path), lstm_gru)
     bin_path = _save(quantized, onnx_path, out_xml, compress_to_fp16=False)
     n = sum(len(next(iter(f.values()))) for f in feeds)
     scheme = (
