@@ -33,8 +33,12 @@ from typing import Any
 
 import numpy as np
 
-# Operation → (weights W input, recurrence weights R input). X is input 0, H input 1.
-WEIGHT_INPUTS = {"LSTMSequence": (4, 5), "GRUSequence": (3, 4)}
+# OpenVINO's recurrent operations and the input that holds their weights W (R is the next one;
+# X is input 0, H input 1).
+RECURRENT_WEIGHT_INPUT = {"LSTMSequence": 4, "GRUSequence": 3, "RNNSequence": 3, "LSTMCell": 3, "GRUCell": 2,
+                          "RNNCell": 2}  # fmt: skip
+# The sequences the CPU plugin runs as one INT8 RNN kernel: (W input, R input).
+WEIGHT_INPUTS = {k: (RECURRENT_WEIGHT_INPUT[k], RECURRENT_WEIGHT_INPUT[k] + 1) for k in ("LSTMSequence", "GRUSequence")}
 DEFAULT_ACTIVATIONS = {"LSTMSequence": ["sigmoid", "tanh", "tanh"], "GRUSequence": ["sigmoid", "tanh"]}
 LEVELS = 255  # an odd number of levels puts 0 exactly on a level: h and X both start at 0
 # What may stand between the FakeQuantize and the sequence's input (OpenVINO's own low-precision
@@ -117,8 +121,8 @@ def align_recurrent(quantized: Any, fp32: Any, names: Sequence[str] = ()) -> lis
     module docstring says, taking the float weights from ``fp32`` (the same graph before
     quantization; its recurrent operations are matched by order). Returns one note per
     recurrent operation: aligned with its input scale, or why it was left as it was. ``names``
-    (the source model's LSTM/GRU nodes, in order) label the notes; OpenVINO's own names come
-    from a counter."""
+    (the source model's recurrent nodes, in order) label the notes when they match one to one;
+    OpenVINO's own names come from a counter."""
     import openvino as ov
     from openvino import opset13 as ops
 

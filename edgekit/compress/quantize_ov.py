@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.compress.base import Variant
-from edgekit.compress.ov_recurrent import align_recurrent
+from edgekit.compress.ov_recurrent import RECURRENT_WEIGHT_INPUT, align_recurrent
 from edgekit.errors import BadInputError, require
 
 if TYPE_CHECKING:
@@ -150,11 +150,9 @@ def ov_bf16_ir(onnx_path: Path | str, out_xml: Path | str) -> Variant:
     return variant
 
 
-# OpenVINO's recurrent operations and the input that holds their weights W. The ONNX frontend
-# names them from a counter (``LSTMSequence_22``), not from the ONNX node, so they are matched to
-# the ONNX LSTM/GRU/RNN nodes by their order.
-RECURRENT_WEIGHT_INPUT = {"LSTMSequence": 4, "GRUSequence": 3, "RNNSequence": 3, "LSTMCell": 3, "GRUCell": 2,
-                          "RNNCell": 2}  # fmt: skip
+# OpenVINO's recurrent operations (RECURRENT_WEIGHT_INPUT: the input that holds their weights W).
+# The ONNX frontend names them from a counter (``LSTMSequence_22``), not from the ONNX node, so
+# they are matched to the ONNX LSTM/GRU/RNN nodes by their order.
 OV_RECURRENT = tuple(RECURRENT_WEIGHT_INPUT)
 
 
@@ -251,9 +249,10 @@ def ov_int8(
     )
 
     model = _convert(onnx_path)
+    recurrent = recurrent_nodes(onnx_path)
     ignored = None
     if config.exclude:
-        ignored = nncf.IgnoredScope(names=_ov_names_for(config.exclude, model, recurrent_nodes(onnx_path)))
+        ignored = nncf.IgnoredScope(names=_ov_names_for(config.exclude, model, recurrent))
     extra: dict[str, Any] = {}
     if transformer is not None:
         extra = {
@@ -270,12 +269,7 @@ def ov_int8(
             ignored_scope=ignored,
             **extra,
         )
-    aligned: list[str] = []
-    if align_rnn and any(op.get_type_name() in OV_RECURRENT for op in quantized.get_ordered_ops()):
-        from edgekit.export.patterns import detect
-
-        lstm_gru = [name for op, name in detect(onnx_path).recurrent if op in ("LSTM", "GRU")]
-        aligned = align_recurrent(quantized, _convert(onnx_path), lstm_gru)
+    aligned = align_recurrent(quantized, _convert(onnx_path), recurrent) if align_rnn and recurrent else []
     bin_path = _save(quantized, onnx_path, out_xml, compress_to_fp16=False)
     n = sum(len(next(iter(f.values()))) for f in feeds)
     scheme = (
