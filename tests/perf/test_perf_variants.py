@@ -45,10 +45,30 @@ def edge_bundle(trained, tmp_path_factory) -> Path:
     return _bundle(trained, tmp_path_factory, "edge-cnn", [PruneConfig(kind="structured", amount=0.5)])
 
 
-def _runner(bundle: Path, artifact: str, runtime: str, batch: int):
-    rt = get_runtime(runtime, threads=1).load(bundle / artifact)
+@pytest.fixture(scope="module")
+def recognizer_bundle(trained, tmp_path_factory) -> Path:
+    """text-recognizer's INT8 bundle, plus the OpenVINO INT8 IR as NNCF makes it (LSTM not aligned
+    with the CPU kernel) beside the aligned one."""
+    from edgekit.compress.quantize import Int8Config
+    from edgekit.compress.quantize_ov import ov_int8
+
+    out = _bundle(trained, tmp_path_factory, "text-recognizer", [Int8Config(runtimes=("onnxruntime", "openvino"))])
+    calib = load_npz(out / "data" / "calib.npz")
+    widths = calib.lengths["x"]
+    feeds = [{"x": calib.inputs["x"][i : i + 1, ..., : int(widths[i])]} for i in range(64)]
+    config = Int8Config(runtimes=("openvino",))
+    ov_int8(config, out / "model.fp32.onnx", feeds, out / "openvino" / "model.int8-nncf.xml", align_rnn=False)
+    return out
+
+
+def _runner(bundle: Path, artifact: str, runtime: str, batch: int, threads: int = 1):
+    from edgekit.benchmarks.harness import extents_for
+
+    rt = get_runtime(runtime, threads=threads).load(bundle / artifact)
     data = load_npz(bundle / "data" / "eval.npz")
-    feeds = feeds_from(data.bind([s.name for s in rt.inputs]), batch=batch, n_feeds=8, seed=0)
+    # Variable-length inputs are timed as deployed: real samples cropped to the median length.
+    feeds = feeds_from(data.bind([s.name for s in rt.inputs]), batch=batch, n_feeds=8, seed=0,
+                       extents=extents_for(rt, data))  # fmt: skip
     return cycle(rt, feeds)
 
 
@@ -75,3 +95,23 @@ def test_edge_cnn_structured_pruning_batch32(benchmark, edge_bundle: Path, artif
     fn = _runner(edge_bundle, artifact, "onnxruntime", 32)
     out = benchmark(fn)
     assert np.asarray(out[0]).shape == (32, 10)
+
+
+RECOGNIZER = [
+    ("model.fp32.onnx", "onnxruntime"),
+    ("openvino/model.int8.xml", "openvino"),  # LSTM aligned with the CPU kernel (edgekit's ov-int8)
+    ("openvino/model.int8-nncf.xml", "openvino"),  # as NNCF makes it
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("artifact,runtime", RECOGNIZER)
+def test_recognizer_int8_lstm_vs_fp32(
+    benchmark, recognizer_bundle: Path, artifact: str, runtime: str, threads: int
+) -> None:
+    """Compare within a group (the aligned LSTM against NNCF's and against ONNX Runtime fp32), and
+    one runtime across the two groups (what a second thread buys it)."""
+    benchmark.group = f"text-recognizer batch 1, median width, {threads} thread(s)"
+    fn = _runner(recognizer_bundle, artifact, runtime, 1, threads)
+    out = np.asarray(benchmark(fn)[0])
+    assert out.shape[0] == 1 and out.shape[2] == 11 and out.shape[1] > 1, out.shape
