@@ -75,6 +75,12 @@ def test_bundle_layout_and_manifest(bundle: Path) -> None:
     assert not list(bundle.parent.glob(".*tmp*")), "a temporary directory was left beside the bundle"
 
 
+def test_each_variant_records_the_thread_count_it_was_fastest_with(bundle: Path) -> None:
+    from helpers import check_thread_counts
+
+    check_thread_counts(bundle)  # the suite sets OMP_NUM_THREADS=1: one count (test_rnn_int8 times several)
+
+
 def test_report_has_int8_on_both_runtimes_with_figures(bundle: Path) -> None:
     r = report(bundle)
     assert r["schema"] == 1 and r["baseline"]["name"] == "ort-fp32"

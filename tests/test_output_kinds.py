@@ -259,6 +259,16 @@ def test_threads_default(monkeypatch) -> None:
     assert default_threads() == (physical_cores(), "physical cores")
 
 
+def test_thread_counts_tried() -> None:
+    from edgekit.benchmarks.latency import thread_choices
+
+    assert thread_choices(2, "physical cores") == (1, 2)
+    assert thread_choices(8, "physical cores") == (1, 4, 8)
+    assert thread_choices(1, "physical cores") == (1,)
+    for source in ("--threads", "EDGEKIT_THREADS", "OMP_NUM_THREADS"):  # a count the user set is used alone
+        assert thread_choices(4, source) == (4,)
+
+
 # ------------------------------------------------------------------------- recommendation
 def _row(name: str, runtime: str, precision: str, p50: float, deployable: bool = True) -> VariantRow:
     row = VariantRow(name=name, runtime=runtime, precision=precision, techniques=[], artifact=None, size_bytes=1)

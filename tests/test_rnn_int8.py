@@ -432,6 +432,51 @@ def test_a_variant_that_cannot_run_here_is_a_row_not_an_abort(tagger, tmp_path: 
         harness.measure([cut, good], data, baseline="ov-cut", **options)
 
 
+def test_each_variant_keeps_the_thread_count_it_was_fastest_with(tagger, tmp_path: Path) -> None:
+    """Every variant is timed at each thread count, side by side in one run; its figures are the
+    fastest count's, which its row, its latency entry and (OpenVINO) what the runtime says it ran
+    all name, and the p50 at every count is kept. Speed-ups compare each at its own best."""
+    from edgekit.artifact import Artifact
+    from edgekit.benchmarks import harness
+    from edgekit.benchmarks.gate import Budget
+    from edgekit.compress.quantize_ov import ov_fp32_ir
+    from edgekit.io.data import load_npz
+
+    model, npz, _ = tagger
+    data = load_npz(npz).head(24)
+    candidates = [Artifact("ort-fp32", "onnxruntime", "fp32", model), ov_fp32_ir(model, tmp_path / "f" / "m.xml")]
+    rows = harness.measure(candidates, data, baseline="ort-fp32", budget=Budget(max_drop=1.0), batches=(1,),
+                           threads=2, thread_choices=(1, 2), budget_s=0.05, with_memory=False)  # fmt: skip
+    for r in rows:
+        by_threads = r.latency_ms["p50_by_threads"]
+        assert set(by_threads) == {"1", "2"} and all(v > 0 for v in by_threads.values())
+        assert r.threads in (1, 2) and r.latency_ms["threads"] == r.threads
+        assert r.latency_ms["p50"] == by_threads[str(r.threads)] == min(by_threads.values())
+    ov = rows[1]
+    assert ov.describe["threads_used"] == ov.threads
+    assert ov.speedup_vs_baseline == rows[0].latency_ms["p50"] / ov.latency_ms["p50"]
+    alone = harness.measure(candidates, data, baseline="ort-fp32", budget=Budget(max_drop=1.0), batches=(1,),
+                            threads=1, budget_s=0.02, with_memory=False)  # fmt: skip
+    assert all(r.threads == 1 and "p50_by_threads" not in r.latency_ms for r in alone)
+
+
+def test_without_a_thread_count_compress_times_each_variant_at_several(tagger, tmp_path: Path, monkeypatch) -> None:
+    """With the default (the physical cores), each variant of an unseen two-input model is timed
+    at one thread, half the cores and all of them, and the bundle records each one's fastest."""
+    from helpers import check_thread_counts
+
+    from edgekit.benchmarks.latency import physical_cores, thread_choices
+
+    for var in ("EDGEKIT_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    model, data, _ = tagger
+    out = tmp_path / "b"
+    code, err = invoke(["compress", str(model), "--int8", "--data", str(data), "--runtime", "onnxruntime,openvino",
+                        "--time-budget", "0.05", "--no-memory", "-o", str(out)])  # fmt: skip
+    assert code == 0, err
+    assert check_thread_counts(out) == list(thread_choices(physical_cores(), "physical cores"))
+
+
 def test_the_alignment_copies_the_path_when_nncf_quantizer_feeds_other_values() -> None:
     """The sequence's input FakeQuantize is replaced in place when only the sequence reads it
     (the plugin then fuses it into the layer before); when another operation reads its values,

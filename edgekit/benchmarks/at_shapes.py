@@ -47,14 +47,15 @@ def time_at_shapes(
 ) -> list[str]:
     """Time the measured ``candidates`` at each shape of ``given`` (checked against the model's
     inputs), interleaved; the stats go into ``row.latency_by_shape`` of the report ``rows`` of
-    the same name. Inputs ``given`` does not name keep their median real shape. Returns the
+    the same name, each at the thread count its row was fastest with (``threads`` when it has
+    none). Inputs ``given`` does not name keep their median real shape. Returns the
     shape labels in the order timed."""
     from edgekit.benchmarks import latency as lat
     from edgekit.runtimes import runtime_for
 
     by_name = {r.name: r for r in rows}
     loaded = {
-        c.name: runtime_for(c.runtime, c.precision, threads=threads).load(c.path)
+        c.name: runtime_for(c.runtime, c.precision, threads=by_name[c.name].threads or threads).load(c.path)
         for c in candidates
         if c.name in by_name and by_name[c.name].measured
     }

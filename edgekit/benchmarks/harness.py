@@ -116,6 +116,7 @@ def measure(
     budget: Budget,
     batches: Sequence[int] = (1,),
     threads: int = 1,
+    thread_choices: Sequence[int] = (),
     budget_s: float = 1.0,
     with_memory: bool = True,
     output: OutputSpec | None = None,
@@ -124,8 +125,10 @@ def measure(
     """Measure every artifact on ``data`` and time it: the one measuring path of compress, bench,
     search and the device check. ``baseline`` names the fp32 reference among them; ``output``
     says how the output is used (detected from the baseline's output and the data when None);
-    ``batches=()`` skips timing (the gate only). The gate (:mod:`edgekit.benchmarks.gate`)
-    decides each row's ``deployable``; the rows come back in the order of ``candidates``."""
+    ``batches=()`` skips timing (the gate only). Each variant is timed at every count of
+    ``thread_choices`` (default: ``threads`` alone), side by side; its row keeps the fastest
+    (``row.threads``) and the p50 at each. The gate (:mod:`edgekit.benchmarks.gate`) decides
+    each row's ``deployable``; the rows come back in the order of ``candidates``."""
     rows = {c.name: VariantRow.of(c) for c in candidates}
     loaded, outputs = _run_all(candidates, rows, data, threads, baseline, progress)
     if baseline not in outputs:
@@ -134,8 +137,9 @@ def measure(
     spec = output or detect_output(loaded[baseline], data, ref)
     gate = OutputJudge(spec, ref, data, budget)
     decide(rows, {name: gate(out) for name, out in outputs.items()}, baseline)
+    timing = _Timing(loaded, {c.name: c for c in candidates}, threads, tuple(thread_choices) or (threads,))
     for b in batches:
-        _time(loaded, rows, data, b, baseline, budget_s, progress)
+        _time(timing, rows, data, b, baseline, budget_s, progress)
     _speedups(rows, baseline)
     if with_memory:
         _memory(candidates, loaded, rows, data, threads, progress)
@@ -191,31 +195,63 @@ def _run_one(c: Artifact, row: VariantRow, data: Dataset, threads: int) -> tuple
     return rt, outputs
 
 
+class _Timing:
+    """The loaded variants at each thread count they are timed at: the runtime the gate ran (at
+    ``threads``) and, loaded once on first use, one per other count of ``choices``."""
+
+    def __init__(self, loaded: dict[str, Any], artifacts: dict[str, Artifact], threads: int, choices: tuple[int, ...]):
+        self.loaded, self.artifacts, self.threads = loaded, artifacts, threads
+        self.choices = tuple(sorted(set(choices)))
+        self._more: dict[tuple[str, int], Any] = {}
+
+    def runtime(self, name: str, threads: int) -> Any:
+        if threads == self.threads:
+            return self.loaded[name]
+        if (name, threads) not in self._more:
+            from edgekit.runtimes import runtime_for
+
+            c = self.artifacts[name]
+            self._more[name, threads] = runtime_for(c.runtime, c.precision, threads=threads).load(c.path)
+        return self._more[name, threads]
+
+
 def _time(
-    loaded: dict[str, Any], rows: dict[str, VariantRow], data: Dataset, b: int, baseline: str, budget_s: float,
+    timing: _Timing, rows: dict[str, VariantRow], data: Dataset, b: int, baseline: str, budget_s: float,
     progress: Callable[[str], None],
 ) -> None:  # fmt: skip
-    """Time every loaded variant at batch ``b``, interleaved, into its row."""
+    """Time every loaded variant at batch ``b`` and every thread count, interleaved, into its row
+    (the fastest count's figures)."""
     from edgekit.benchmarks import latency as lat
 
-    fns, shapes = {}, {}
-    for name, rt in loaded.items():
+    fns, shapes, key = {}, {}, {}
+    for name, rt in timing.loaded.items():
         bound = data.bind([s.name for s in rt.inputs])
         feeds = lat.feeds_from(bound, batch=b, n_feeds=8, seed=0, extents=extents_for(rt, data))
-        fns[name] = lat.cycle(rt, feeds)
         shapes[name] = _shape_of(feeds[0])
-    ext = extents_for(loaded[baseline], data)
+        for t in timing.choices:
+            key[name, t] = f"{name}@{t}"
+            fns[key[name, t]] = lat.cycle(timing.runtime(name, t), feeds)
+    ext = extents_for(timing.loaded[baseline], data)
     at = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes[baseline].items())
     how = f"real samples cropped to the median length: {at}" if ext is not None else at
-    progress(f"timing {len(loaded)} variants at batch {b}, interleaved ({how})")
+    counts = "" if len(timing.choices) == 1 else f" at {'/'.join(map(str, timing.choices))} threads"
+    progress(f"timing {len(timing.loaded)} variants{counts} at batch {b}, interleaved ({how})")
     stats = lat.measure(fns, batch=b, budget_s=budget_s)
-    for name, s in stats.items():
-        entry = {**s.as_dict(), "shape": shapes[name]}
+    for name in timing.loaded:
+        p50 = {t: stats[key[name, t]].p50 for t in timing.choices}
+        best = min(timing.choices, key=lambda t: (p50[t], t != timing.threads))
+        s = stats[key[name, best]]
+        entry = {**s.as_dict(), "shape": shapes[name], "threads": best}
+        if len(timing.choices) > 1:
+            entry["p50_by_threads"] = {str(t): v for t, v in p50.items()}
         rows[name].latency_by_batch[str(b)] = entry
         if rows[name].latency_ms is None:
             rows[name].latency_ms = entry
             rows[name].latency_samples_ms = _kept(s.samples_ms)
             rows[name].throughput_ips = s.throughput_ips
+            rows[name].threads = best
+            if best != timing.threads:  # what the runtime says it ran, as timed
+                rows[name].describe = timing.runtime(name, best).describe()
 
 
 def _memory(
@@ -233,9 +269,9 @@ def _memory(
             ext = extents_for(rt, data.head(1))
             if ext is not None:
                 feed = ext.crop(feed, slice(0, 1))
-            rows[c.name].peak_rss_mb = peak_rss(c.runtime, c.path, feed, threads=threads, precision=c.precision)[
-                "peak_rss_mb"
-            ]
+            at = rows[c.name].threads or threads
+            peak = peak_rss(c.runtime, c.path, feed, threads=at, precision=c.precision)
+            rows[c.name].peak_rss_mb = peak["peak_rss_mb"]
 
 
 def detect_output(

@@ -245,6 +245,17 @@ def default_threads() -> tuple[int, str]:
     return physical_cores(), "physical cores"
 
 
+def thread_choices(threads: int, source: str) -> tuple[int, ...]:
+    """Thread counts every variant is timed at: ``threads`` alone when the user set it
+    (``--threads``, ``EDGEKIT_THREADS``/``OMP_NUM_THREADS``); with the default (the physical
+    cores) also one thread and half the cores. More threads are not always faster: a batch-1
+    recurrent layer synchronises its threads at every time step, and on a shared machine that
+    costs more than the second core gives (OpenVINO's INT8 LSTM of ``text-recognizer``)."""
+    if source != "physical cores" or threads <= 1:
+        return (threads,)
+    return tuple(sorted({1, threads // 2, threads}))
+
+
 class Cycle:
     """Round robin over the feeds of one runtime, each bound once (:meth:`Runtime.bind_for_timing`).
 

@@ -32,6 +32,7 @@ class VariantRow:
     latency_ms: dict[str, Any] | None = None  # batch 1 (or the first batch measured): p50, p90, p99, mean, n
     latency_by_batch: dict[str, dict[str, Any]] = field(default_factory=dict)  # "8" → stats
     latency_by_shape: dict[str, dict[str, Any]] = field(default_factory=dict)  # "x:1x1x32x64" → stats (--shapes)
+    threads: int | None = None  # the thread count latency_ms was measured with (the fastest of those tried)
     throughput_ips: float | None = None
     peak_rss_mb: float | None = None
     metric: dict[str, Any] | None = None  # {"name", "value"}
@@ -224,11 +225,18 @@ def extra_batches(report: Report) -> list[str]:
     return list(base.latency_by_batch)[1:] if base else []
 
 
+def several_thread_counts(report: Report) -> bool:
+    """Whether each variant was timed at several thread counts (then a ``thr`` column says which
+    count its figures are from)."""
+    return len(report.machine.get("threads_tried") or ()) > 1
+
+
 def header(report: Report) -> list[str]:
     first = (report.baseline.latency_ms or {}).get("batch", 1) if report.baseline else 1
     cols = list(HEADER)
     cols[3:6] = [f"p50 b{first}", f"p99 b{first}", "× fp32"]
-    return cols[:6] + [f"p50 b{b}" for b in extra_batches(report)] + cols[6:]
+    thr = ["thr"] if several_thread_counts(report) else []
+    return cols[:6] + thr + [f"p50 b{b}" for b in extra_batches(report)] + cols[6:]
 
 
 def table_rows(report: Report) -> list[list[str]]:
@@ -258,6 +266,7 @@ def table_rows(report: Report) -> list[list[str]]:
                 _fmt(lat.get("p50")),
                 _fmt(lat.get("p99")),
                 _fmt(r.speedup_vs_fp32_same_runtime, ".2f"),
+                *([str(r.threads or "—")] if several_thread_counts(report) else []),
                 *(_fmt((r.latency_by_batch.get(b) or {}).get("p50")) for b in extra_batches(report)),
                 "—" if r.size_bytes is None else f"{r.size_bytes / 1024:.0f}",
                 metric,
@@ -293,8 +302,9 @@ def to_markdown(report: Report) -> str:
     lines.append(f"Model: `{m.get('source')}` (sha256 {sha}…, task {m.get('task')}, {m.get('params')} params)  ")
     mc = report.machine
     isa = ", ".join(mc.get("isa", []))
-    threads = mc.get("threads_used")
-    lines.append(f"Machine: {mc.get('cpu')}, {mc.get('cores')} cores, {threads} thread(s) used, ISA {isa}  ")
+    tried = mc.get("threads_tried") or [mc.get("threads_used")]
+    threads = f"timed at {'/'.join(map(str, tried))} threads" if len(tried) > 1 else f"{tried[0]} thread(s) used"
+    lines.append(f"Machine: {mc.get('cpu')}, {mc.get('cores')} cores, {threads}, ISA {isa}  ")
     if report.data:
         lines.append(f"Data: {report.data}  ")
     lines.append(f"Gate: {report.budget}\n")
@@ -309,6 +319,12 @@ def to_markdown(report: Report) -> str:
         + str((report.baseline.latency_ms or {}).get("batch", 1) if report.baseline else 1)
         + " (b8 = batch 8, …): median of interleaved runs, in ms; `× fp32` = fp32 p50 / variant p50 at the first"
         " batch on the same runtime (>1 is faster)."
+        + (
+            f" Each variant was timed at {'/'.join(map(str, report.machine['threads_tried']))} threads, side by"
+            " side; `thr` is the count it was fastest with, which its figures are from."
+            if several_thread_counts(report)
+            else ""
+        )
     )
     lines.extend(_shape_table(report))
     if report.recommended:

@@ -84,7 +84,7 @@ def measure_bundle(
             "params": next((v.get("params") for v in variants if v["name"] == "ort-fp32"), None),
             "task": ds.task,
         },
-        machine={**machine_info(threads), **threads_info(threads_source)},
+        machine={**machine_info(threads), **threads_info(threads, threads_source)},
         budget=budget.describe(manifest.model.get("metric") if ds.labels is not None else None),
         data={"source": "bundle data/eval.npz", "eval_n": len(ds), "eval_sha256": ds.sha256()},
     )
@@ -100,7 +100,8 @@ def measure_bundle(
     m = job.measure
     target_rt = target_runtime(manifest.target) if manifest.model.get("target_given", True) else None
     harness.fill(report, candidates, ds, target_runtime=target_rt, budget=budget, batches=m.batches, threads=threads,
-                 budget_s=m.time_budget_s, with_memory=m.with_memory, output=output, progress=progress)  # fmt: skip
+                 thread_choices=report.machine["threads_tried"], budget_s=m.time_budget_s,
+                 with_memory=m.with_memory, output=output, progress=progress)  # fmt: skip
     report.warnings.extend(f"{f} is in the bundle but not in its manifest; ignored" for f in manifest.extra_files)
     if job.shapes:
         from edgekit.benchmarks.at_shapes import time_at_shapes

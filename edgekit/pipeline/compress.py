@@ -277,7 +277,7 @@ def measure_and_report(
             "format": prep.loaded.format,
             "inputs": [{"name": n} for n in prep.input_names],
         },
-        machine={**machine_info(prep.threads), **threads_info(prep.threads_source)},
+        machine={**machine_info(prep.threads), **threads_info(prep.threads, prep.threads_source)},
         budget=job.budget.describe(_primary(prep.task) if splits.eval.labels is not None else None),
         data={**splits.info, "calib_sha256": splits.calib.sha256(), "eval_sha256": splits.eval.sha256()},
         techniques=dict(prep.ctx.records),
@@ -285,7 +285,8 @@ def measure_and_report(
     if splits.calib.directional_only:
         report.warnings.append("calibration and evaluation used random inputs: accuracy figures are directional only")
     harness.fill(report, artifacts, splits.eval, target_runtime=target_rt, budget=job.budget, batches=m.batches,
-                 threads=prep.threads, budget_s=m.time_budget_s, with_memory=m.with_memory, output=prep.output,
+                 threads=prep.threads, thread_choices=report.machine["threads_tried"], budget_s=m.time_budget_s,
+                 with_memory=m.with_memory, output=prep.output,
                  progress=progress)  # fmt: skip
     report.variants.extend(not_built)
     report.model["shapes"] = describe_shapes(prep_profiles)
@@ -329,7 +330,11 @@ def write_manifest(
         },
         budget=dataclasses.asdict(job.budget),
     )
-    manifest.variants = [a.manifest_entry() for a in artifacts]
+    fastest = {r.name: r.threads for r in report.rows() if r.threads}
+    # The thread count each variant was fastest with here: the count to deploy it with on a
+    # machine like this one (bench and the device check time it again where it runs).
+    manifest.variants = [{**a.manifest_entry(), **({"threads": fastest[a.name]} if a.name in fastest else {})}
+                         for a in artifacts]  # fmt: skip
     mf.write_schemas(root)
     manifest.add_files(root, [p for p in root.rglob("*") if p.is_file()])
     mf.write(root, manifest)

@@ -103,7 +103,10 @@ def threads(value: int | None) -> tuple[int, str]:
     return default_threads()
 
 
-def threads_info(source: str) -> dict[str, Any]:
-    from edgekit.benchmarks.latency import physical_cores
+def threads_info(threads: int, source: str) -> dict[str, Any]:
+    """What the report says of threads: the physical cores, where the count came from, and the
+    counts every variant was timed at (each row's ``threads`` is its fastest)."""
+    from edgekit.benchmarks.latency import physical_cores, thread_choices
 
-    return {"physical_cores": physical_cores(), "threads_source": source}
+    tried = list(thread_choices(threads, source))
+    return {"physical_cores": physical_cores(), "threads_source": source, "threads_tried": tried}
