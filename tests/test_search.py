@@ -490,3 +490,26 @@ def test_timing_is_shortened_to_fit_what_is_left_of_the_minutes() -> None:
     assert timing_budget(5.0, 35.0, measured, outcomes) == pytest.approx(1.0)
     assert timing_budget(0.5, 35.0, measured, outcomes) == 0.5  # never more than asked
     assert timing_budget(0.5, 10.0, measured, outcomes) == MIN_TIMING_S  # out of time: the floor
+    # each candidate timed at 2 thread counts: twice the runs share what is left
+    assert timing_budget(5.0, 35.0, measured, outcomes, counts=2) == pytest.approx(0.5)
+
+
+def test_without_a_thread_count_search_times_each_candidate_at_several(trained, tmp_path: Path, monkeypatch) -> None:
+    """With the default (the physical cores) the final timing run tries each candidate at every
+    count of ``thread_choices`` and ranks it at its fastest; the report says which."""
+    from edgekit.benchmarks.latency import physical_cores, thread_choices
+    from edgekit.search import search
+
+    for var in ("EDGEKIT_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    _, model = trained("digits-cnn")
+    small = dict(graphs=(), prune_ratios=(), distill_widths=(), fp16=False, minutes=5, time_budget_s=0.05, bundle=False)
+    report = search(model, out=tmp_path / "s", **small).report
+    tried = list(thread_choices(physical_cores(), "physical cores"))
+    assert report["machine"]["threads_tried"] == tried
+    for c in report["candidates"]:
+        assert c["threads"] in tried and c["latency_ms"]["threads"] == c["threads"]
+        if len(tried) > 1:
+            assert c["latency_ms"]["p50"] == min(c["latency_ms"]["p50_by_threads"].values())
+    fixed = search(model, out=tmp_path / "f", threads=1, **small).report
+    assert fixed["machine"]["threads_tried"] == [1] and {c["threads"] for c in fixed["candidates"]} == {1}

@@ -60,7 +60,7 @@ def bundle_of(
     target: str | None,
     budget: Budget,
     seed: int,
-    threads: int,
+    threads: int | None,
     load_options: dict[str, Any],
     progress: Progress,
     candidate_file: Path | None = None,

@@ -82,6 +82,7 @@ class _Plan:
     seed: int
     deadline: float
     minutes: float
+    thread_choices: tuple[int, ...] = ()  # the counts the final timing run tries (default: threads alone)
 
     def job(self, spec: Spec) -> Job:
         source = self.fp32
@@ -180,15 +181,19 @@ def search(
     root = _output_root(src, out, resume)
     runtimes = _runtimes(target)
     threads_given = threads is not None
-    if threads is None:
-        from edgekit.benchmarks.latency import default_threads
+    from edgekit.benchmarks.latency import thread_choices
+    from edgekit.pipeline.options import threads as resolve_threads
 
-        threads = default_threads()[0]
+    threads, threads_source = resolve_threads(threads)
+    # Measured here, each candidate is timed at each count it could be deployed with and keeps its
+    # fastest; on a device (--host) at one count, the device's own default unless --threads.
+    choices = thread_choices(threads, threads_source) if remote is None else (threads,)
     plan = _prepare(
         src, root, data, runtimes, budget, threads, seed, resume, command,
         {"arch": arch, "trust_pickle": trust_pickle, "input_shape": input_shape}, start + minutes * 60.0, minutes,
         progress,
     )  # fmt: skip
+    plan.thread_choices = choices
     trainable = (
         plan.loaded.module is not None
         and plan.loaded.eager
@@ -224,7 +229,7 @@ def search(
         "kind": "search",
         "command": command,
         "model": {"source": str(src), "sha256": plan.loaded.sha256, "task": plan.task, "inputs": plan.names},
-        "machine": machine_info(threads),
+        "machine": {**machine_info(threads), "threads_tried": list(choices)},
         "measured_on": {"address": runner.where, **runner.machine} if host else "this machine",
         "target": target,
         "runtimes": list(runtimes),
@@ -251,8 +256,9 @@ def search(
             dest = root / ("winner" if rank == 0 else f"keep-{rank + 1}")
             progress(f"writing the bundle of {name} to {dest}")
             o = plan.outcomes[name]
-            info = bundle_of(o.spec, src, dest, data, target, budget, seed, threads, plan.load_options, progress,
-                             Path(o.build["path"]))  # fmt: skip
+            # Without --threads, compress times the bundle at each count too and records the fastest.
+            info = bundle_of(o.spec, src, dest, data, target, budget, seed, threads if threads_given else None,
+                             plan.load_options, progress, Path(o.build["path"]))  # fmt: skip
             bundles.append(dest)
             report.setdefault("bundles", []).append({"candidate": name, "path": dest.name, **info})
     report_path = root / "report.json"
@@ -445,15 +451,18 @@ def _gate(plan: _Plan, runner: Any, progress: Progress) -> None:
 def _time_all(plan: _Plan, runner: Any, asked_s: float, progress: Progress) -> tuple[list[Any], float]:
     """One interleaved timing run over every built candidate, shortened to fit ``--minutes``."""
     measured = [o for o in plan.outcomes.values() if o.status == "built"]
-    timing_s = timing_budget(asked_s, plan.deadline - time.monotonic(), measured, plan.outcomes)
+    counts = len(plan.thread_choices) or 1
+    timing_s = timing_budget(asked_s, plan.deadline - time.monotonic(), measured, plan.outcomes, counts)
     if timing_s < asked_s:
         plan.notes.append(
             f"timing shortened to {timing_s:.3g} s per candidate (asked {asked_s:g} s) "
             f"to stay within --minutes {plan.minutes:g}"
         )
-    progress(f"timing {len(measured)} candidates at batch 1, interleaved ({timing_s:.3g} s each)")
+    at = f" at {'/'.join(map(str, plan.thread_choices))} threads" if counts > 1 else ""
+    progress(f"timing {len(measured)} candidates{at} at batch 1, interleaved ({timing_s:.3g} s each)")
     base = plan.outcomes[BASELINE.name]
-    rows = plan.measure(runner, [base] + [o for o in measured if o is not base], batches=(1,), budget_s=timing_s)
+    rows = plan.measure(runner, [base] + [o for o in measured if o is not base], batches=(1,), budget_s=timing_s,
+                        **({"thread_choices": plan.thread_choices} if counts > 1 else {}))  # fmt: skip
     return rows, timing_s
 
 
@@ -471,17 +480,20 @@ def _record(plan: _Plan, rows: Sequence[Any]) -> None:
         plan.journal.write("measured", row.name, status=o.status, p50=(row.latency_ms or {}).get("p50"))
 
 
-def timing_budget(asked: float, left_s: float, measured: Sequence[Outcome], outcomes: dict[str, Outcome]) -> float:
-    """Seconds of timing per candidate so that the timing run (about 1.5× the sum, with loading
-    and warm-up) and the winner's rebuild (its measured build time) fit in what is left of
-    ``--minutes``; never below :data:`MIN_TIMING_S` (20 calls at least are timed anyway)."""
+def timing_budget(
+    asked: float, left_s: float, measured: Sequence[Outcome], outcomes: dict[str, Outcome], counts: int = 1
+) -> float:
+    """Seconds of timing per candidate and thread count (``counts`` of them) so that the timing run
+    (about 1.5× the sum, with loading and warm-up) and the winner's rebuild (its measured build
+    time) fit in what is left of ``--minutes``; never below :data:`MIN_TIMING_S` (20 calls at
+    least are timed anyway)."""
 
     def rebuild_s(o: Outcome) -> float:
         stem = outcomes.get(o.spec.stem_root.name) if o.spec.stem and not o.spec.root else None
         return float(o.build.get("build_s") or 0) + (float(stem.build.get("build_s") or 0) if stem else 0.0)
 
     reserve = max((rebuild_s(o) for o in measured), default=0.0)
-    fit = (left_s - reserve) / (1.5 * max(len(measured), 1))
+    fit = (left_s - reserve) / (1.5 * max(len(measured), 1) * max(counts, 1))
     return max(MIN_TIMING_S, min(asked, fit))
 
 
