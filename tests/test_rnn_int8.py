@@ -426,7 +426,7 @@ def test_a_variant_that_cannot_run_here_is_a_row_not_an_abort(tagger, tmp_path: 
     )
     assert base.measured and ov32.measured and ov32.deployable and ov32.latency_ms
     assert not broken.measured and not broken.deployable and broken.latency_ms is None
-    assert broken.not_measured_reason.startswith("could not run here: openvino could not load")
+    assert broken.not_measured_reason.startswith("could not run here: openvino could not load m.xml:")
     assert "not verified on this machine" in broken.rejected_reason
     with pytest.raises(BadInputError, match="could not load"):
         harness.measure([cut, good], data, baseline="ov-cut", **options)

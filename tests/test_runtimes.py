@@ -360,3 +360,15 @@ def test_precision_verdict() -> None:
 def test_bad_precision_hint() -> None:
     with pytest.raises(BadInputError, match="fp32, fp16, bf16, int8"):
         get_runtime("openvino", precision_hint="fp64")
+
+
+def test_a_load_failure_names_the_runtime_reason_not_its_source_location() -> None:
+    from edgekit.runtimes.base import _reason
+
+    raised = RuntimeError(
+        "Exception from src/inference/src/cpp/core.cpp:132:\nException from src/inference/src/dev/plugin.cpp:59:\n"
+        "could not create a primitive descriptor for the LSTM forward propagation primitive.\n\n"
+    )
+    assert _reason(raised) == "could not create a primitive descriptor for the LSTM forward propagation primitive."
+    assert _reason(ValueError("bad header\nmore")) == "bad header"
+    assert _reason(ValueError("")) == "ValueError"

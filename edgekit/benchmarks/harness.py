@@ -170,7 +170,9 @@ def _run_all(
             # A variant this machine's runtime cannot load or run (e.g. a precision its CPU
             # plugin refuses) is a row that says why; the others are still measured and delivered.
             rows[c.name].measured = False
-            rows[c.name].not_measured_reason = "could not run here: " + _first_line(exc)
+            # Named as in the bundle: the file is measured in the bundle's temporary directory.
+            where = _first_line(exc).replace(str(c.path), c.artifact or c.path.name)
+            rows[c.name].not_measured_reason = "could not run here: " + where
     return loaded, outputs
 
 

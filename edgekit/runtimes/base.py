@@ -139,7 +139,7 @@ class Runtime(ABC):
         except BadInputError:
             raise
         except Exception as exc:  # the runtime's own parser rejected the file
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = _reason(exc)
             raise BadInputError(
                 f"{self.name} could not load {p}: {first}; "
                 f"check that it is a valid {self._kinds()} model"
@@ -364,3 +364,11 @@ def specs_from_onnx(path: str | Path) -> tuple[list[TensorSpec], list[TensorSpec
     inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
     outputs = [spec(v) for v in model.graph.output]
     return inputs, outputs
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of ``exc`` that says what went wrong: OpenVINO puts the C++ source locations
+    it passed through ("Exception from src/...:") before the message."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not (ln.startswith("Exception from ") and ln.endswith(":"))]
+    return (said or lines or [type(exc).__name__])[0]
