@@ -6,6 +6,14 @@ from __future__ import annotations
 import importlib.util
 
 
+def error_line(exc: BaseException) -> str:
+    """The first line of ``exc`` that says what went wrong, for a one-line message. OpenVINO puts
+    the C++ source locations it passed through ("Exception from src/...:") before the message."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not (ln.startswith("Exception from ") and ln.endswith(":"))]
+    return (said or lines or [type(exc).__name__])[0]
+
+
 class EdgekitError(Exception):
     """An internal failure (exit code 1)."""
 

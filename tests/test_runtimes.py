@@ -363,7 +363,7 @@ def test_bad_precision_hint() -> None:
 
 
 def test_a_load_failure_names_the_runtime_reason_not_its_source_location() -> None:
-    from edgekit.runtimes.base import _reason
+    from edgekit.errors import error_line as _reason
 
     raised = RuntimeError(
         "Exception from src/inference/src/cpp/core.cpp:132:\nException from src/inference/src/dev/plugin.cpp:59:\n"

@@ -13,7 +13,7 @@ from edgekit.artifact import Artifact
 from edgekit.benchmarks.accuracy import Outputs, OutputSpec, detect
 from edgekit.benchmarks.gate import Budget, OutputJudge, Verdict, decide
 from edgekit.benchmarks.report import Report, VariantRow
-from edgekit.errors import BadInputError
+from edgekit.errors import BadInputError, error_line
 from edgekit.io.data import Dataset
 from edgekit.io.extents import Extents, find_extents
 
@@ -171,14 +171,9 @@ def _run_all(
             # plugin refuses) is a row that says why; the others are still measured and delivered.
             rows[c.name].measured = False
             # Named as in the bundle: the file is measured in the bundle's temporary directory.
-            where = _first_line(exc).replace(str(c.path), c.artifact or c.path.name)
+            where = error_line(exc).replace(str(c.path), c.artifact or c.path.name)
             rows[c.name].not_measured_reason = "could not run here: " + where
     return loaded, outputs
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _run_one(c: Artifact, row: VariantRow, data: Dataset, threads: int) -> tuple[Any, Outputs]:

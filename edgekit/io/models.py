@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekit.errors import BadInputError
+from edgekit.errors import BadInputError, error_line
 from edgekit.io.atomic import sha256_file
 from edgekit.io.inputs import META_FILE, InputSpec, forward_input_names, inputs_from_meta, parse_input_shapes
 from edgekit.registry import import_object
@@ -425,8 +425,7 @@ def onnx_inputs(model: Any) -> list[InputSpec]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    return error_line(exc)[:300]
 
 
 __all__ = [

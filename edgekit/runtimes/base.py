@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from edgekit.errors import BadInputError, EdgekitError, require
+from edgekit.errors import BadInputError, EdgekitError, error_line, require
 
 if TYPE_CHECKING:
     from edgekit.runtimes.table import RuntimeInfo
@@ -139,7 +139,7 @@ class Runtime(ABC):
         except BadInputError:
             raise
         except Exception as exc:  # the runtime's own parser rejected the file
-            first = _reason(exc)
+            first = error_line(exc)
             raise BadInputError(
                 f"{self.name} could not load {p}: {first}; "
                 f"check that it is a valid {self._kinds()} model"
@@ -364,11 +364,3 @@ def specs_from_onnx(path: str | Path) -> tuple[list[TensorSpec], list[TensorSpec
     inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
     outputs = [spec(v) for v in model.graph.output]
     return inputs, outputs
-
-
-def _reason(exc: BaseException) -> str:
-    """The first line of ``exc`` that says what went wrong: OpenVINO puts the C++ source locations
-    it passed through ("Exception from src/...:") before the message."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    said = [ln for ln in lines if not (ln.startswith("Exception from ") and ln.endswith(":"))]
-    return (said or lines or [type(exc).__name__])[0]
